@@ -1,0 +1,1 @@
+"""Apply stage: the agent, its index of ids, and the only code that mutates the secondary."""

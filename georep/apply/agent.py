@@ -1,0 +1,665 @@
+"""The agent: applies the sender's messages to a secondary ROOT, found by id.
+
+Theory of operation
+-------------------
+The sender says "object ID is PARENT/NAME with this metadata" (`EntryMsg`).  The agent
+looks ID up in its index (`georep.apply.index`):
+
+* ID already at PARENT/NAME (and the inode on disk is the one recorded): refresh
+  metadata; a regular file whose size and mtime differ is answered NEED.
+* ID known under another name: one ``rename()`` moves it here (a directory moves with
+  everything below it).  No data travels for a rename.
+* ID unknown: directories are made at once; symlinks and special files are made in
+  staging and published with ``rename()``; regular files are answered NEED, and their
+  data is written into ``ROOT/.georep/staging``, checked against the sender's digest,
+  given its metadata and only then renamed into place.  A reader of the secondary never
+  sees a partial file or a temporary name.
+
+Whatever stands in the way of a name is moved aside into staging under its id, not
+destroyed: in a swap (a→tmp, b→a, tmp→b) the object moved aside is found there by id a
+moment later and renamed into its new place.  At `Finish` of a full crawl, names the
+sender did not confirm in this session (and anything still in staging) are removed,
+unless the source looked empty (mass-delete guard); then directory modes and mtimes
+are settled, deepest changes first being irrelevant since setting a directory's mtime
+does not touch its parent.
+
+Per-item failures are answered FAILED with a one-line cause and the rest goes on; an
+exception out of `Applier.handle` means the session is broken (disk full, protocol
+violation) and ends it.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from georep.apply import fsops
+from georep.apply.index import STAGING_ID, Index
+from georep.errors import DiskFull, GeorepError, ProtocolError, SecondaryNotWritable, SourceLooksUnmounted
+from georep.model import ROOT_ID, Kind, Meta, name_problem
+from georep.protocol import messages as m
+from georep.protocol.digest import ExtentDigest
+from georep.protocol.session import Role, Session
+
+STATE_DIR = b".georep"
+
+
+class ItemFailed(Exception):
+    """One item cannot be applied; reported as a FAILED result, the session goes on."""
+
+
+@dataclass(slots=True)
+class Receiving:
+    entry: m.EntryMsg
+    fd: int
+    tmp: bytes
+    size: int
+    digest: ExtentDigest = field(default_factory=ExtentDigest)
+
+
+def _meta(e: m.EntryMsg, mtime_ns: int | None = None) -> Meta:
+    return Meta(
+        e.mode & 0o7777,
+        e.uid,
+        e.gid,
+        e.mtime_ns if mtime_ns is None else mtime_ns,
+        tuple((kv[0], kv[1]) for kv in e.xattrs),
+    )
+
+
+class DirCache:
+    """Directory id → open fd, resolved through the index with O_NOFOLLOW at every step.
+
+    A directory fd follows its inode across renames, so cached fds stay right when a
+    directory moves; they are dropped when a directory is removed.
+    """
+
+    def __init__(self, index: Index, root_fd: int, staging_fd: int, capacity: int = 512) -> None:
+        self._index = index
+        self._fixed = {ROOT_ID: root_fd, STAGING_ID: staging_fd}
+        self._lru: OrderedDict[bytes, int] = OrderedDict()
+        self._cap = capacity
+
+    def fd(self, oid: bytes) -> int:
+        fixed = self._fixed.get(oid)
+        if fixed is not None:
+            return fixed
+        cached = self._lru.get(oid)
+        if cached is not None:
+            self._lru.move_to_end(oid)
+            return cached
+        # climb to a known ancestor, then open down
+        chain: list[tuple[bytes, bytes]] = []  # (id, name) from oid upward
+        cur = oid
+        while True:
+            loc = self._index.location(cur)
+            if loc is None:
+                raise ItemFailed("parent directory unknown on the secondary")
+            chain.append((cur, loc[1]))
+            parent = loc[0]
+            if parent in self._fixed or parent in self._lru:
+                break
+            cur = parent
+            if len(chain) > 4096:
+                raise ItemFailed("directory chain too deep or cyclic in the index")
+        pfd = self.fd(parent)
+        for did, name in reversed(chain):
+            obj = self._index.obj(did)
+            try:
+                fd = fsops.open_dir_at(pfd, name)
+            except OSError as exc:
+                raise ItemFailed(f"directory on the secondary cannot be opened: {exc.strerror}") from None
+            if obj is None or os.fstat(fd).st_ino != obj.ino:
+                os.close(fd)
+                raise ItemFailed("directory on the secondary is not the one the index recorded")
+            self._put(did, fd)
+            pfd = fd
+        return pfd
+
+    def _put(self, oid: bytes, fd: int) -> None:
+        self._lru[oid] = fd
+        while len(self._lru) > self._cap:
+            _, old = self._lru.popitem(last=False)
+            os.close(old)
+
+    def adopt(self, oid: bytes, fd: int) -> None:
+        old = self._lru.pop(oid, None)
+        if old is not None:
+            os.close(old)
+        self._put(oid, fd)
+
+    def clear(self) -> None:
+        for fd in self._lru.values():
+            os.close(fd)
+        self._lru.clear()
+
+
+class Applier:
+    """Applies messages to one secondary root; pure bookkeeping plus `fsops` calls."""
+
+    def __init__(self, root: Path, privileged: bool | None = None) -> None:
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            st = fsops.lstat_at(self.root_fd, STATE_DIR)
+            if st is None:
+                os.mkdir(STATE_DIR, 0o700, dir_fd=self.root_fd)
+            self.state_fd = fsops.open_dir_at(self.root_fd, STATE_DIR)
+            if fsops.lstat_at(self.state_fd, b"staging") is None:
+                os.mkdir(b"staging", 0o700, dir_fd=self.state_fd)
+            self.staging_fd = fsops.open_dir_at(self.state_fd, b"staging")
+            self.index = Index(root / ".georep" / "index.db")
+        except OSError as exc:
+            raise SecondaryNotWritable(f"secondary root {root} cannot be used: {exc.strerror}") from None
+        root_st = os.fstat(self.root_fd)
+        if self.index.obj(ROOT_ID) is None:
+            self.index.put_obj(ROOT_ID, Kind.DIR, 0, root_st.st_mtime_ns, root_st.st_mode & 0o7777, root_st.st_ino)
+        self.dirs = DirCache(self.index, self.root_fd, self.staging_fd)
+        self.pending: dict[int, m.EntryMsg] = {}
+        self.receiving: dict[int, Receiving] = {}
+        self._tmp = itertools.count()
+        self._clean_staging_tmp()
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def handle(self, msg: m.Message) -> list[m.Result]:
+        """Apply one message; the per-item results it produced (possibly none)."""
+
+        try:
+            if isinstance(msg, m.EntryMsg):
+                return [self._item(msg.seq, self._entry, msg)]
+            if isinstance(msg, m.LinkMsg):
+                return [self._item(msg.seq, self._link, msg)]
+            if isinstance(msg, m.DataBegin):
+                return self._data_begin(msg)
+            if isinstance(msg, m.DataChunk):
+                return self._data_chunk(msg)
+            if isinstance(msg, m.DataEnd):
+                return [self._item(msg.seq, self._data_end, msg)]
+            if isinstance(msg, m.Blobs):
+                return [self._item(f.seq, self._small_file, f) for f in msg.files]
+            if isinstance(msg, m.DataAbort):
+                self._drop_receiving(msg.seq)
+                self.pending.pop(msg.seq, None)
+                return [m.Result(msg.seq, m.FAILED, f"not sent: {msg.reason}")]
+        except OSError as exc:
+            raise self._fatal(exc) from None
+        raise ProtocolError(f"unexpected {type(msg).__name__}")
+
+    def _item(self, seq: int, fn: object, msg: object) -> m.Result:
+        try:
+            status = fn(msg)  # type: ignore[operator]
+            return m.Result(seq, status, "")
+        except ItemFailed as exc:
+            return m.Result(seq, m.FAILED, str(exc))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            return m.Result(seq, m.FAILED, f"{exc.strerror or exc}")
+
+    @staticmethod
+    def _fatal(exc: OSError) -> GeorepError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(f"the secondary is full: {exc.strerror}")
+        return SecondaryNotWritable(f"the secondary cannot be written: {exc.strerror}")
+
+    # -- entries ------------------------------------------------------------------
+
+    def _entry(self, e: m.EntryMsg) -> int:
+        try:
+            kind = Kind(e.kind)
+        except ValueError:
+            raise ItemFailed(f"unknown kind {e.kind}") from None
+        if e.id == ROOT_ID:
+            if e.parent != ROOT_ID or e.name or kind is not Kind.DIR:
+                raise ItemFailed("the root id can only address the root directory")
+            meta = _meta(e)
+            fsops.apply_meta_fd(self.root_fd, meta, self.privileged, times=False)
+            st = os.fstat(self.root_fd)
+            self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, st.st_ino)
+            return m.DONE
+        self._check_name(e.parent, e.name)
+        if len(e.id) != 16 or e.id == STAGING_ID:
+            raise ItemFailed("invalid object id")
+        pfd = self.dirs.fd(e.parent)
+        obj = self.index.obj(e.id)
+        if obj is not None and obj.kind is not kind:
+            self._set_aside_all(e.id)  # same id, new type: the old object is stale
+            obj = None
+        here = False
+        if obj is not None:
+            names = self.index.names_of(e.id)
+            if any(p == e.parent and n == e.name for p, n, _ in names):
+                here = True
+            else:
+                src = self._movable_name(names)
+                if src is not None:
+                    sfd = self.dirs.fd(src[0])
+                    st = fsops.lstat_at(sfd, src[1])
+                    if st is not None and st.st_ino == obj.ino:
+                        self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
+                        fsops.rename_at(sfd, src[1], pfd, e.name)
+                        self.index.move_name(src, (e.parent, e.name), e.id)
+                        here = True
+                    else:
+                        self.index.drop_name(*src)
+        if here and obj is not None:
+            st = fsops.lstat_at(pfd, e.name)
+            if st is None or st.st_ino != obj.ino or Kind.from_mode(st.st_mode) is not kind:
+                self.index.drop_name(e.parent, e.name)  # the index drifted from the disk
+            else:
+                self.index.touch(e.parent, e.name)
+                return self._refresh(e, kind, pfd, st)
+        return self._create(e, kind, pfd)
+
+    def _movable_name(self, names: list[tuple[bytes, bytes, int]]) -> tuple[bytes, bytes] | None:
+        """Which existing name of an object to rename: one set aside, else one not confirmed now."""
+
+        for p, n, _g in names:
+            if p == STAGING_ID:
+                return p, n
+        for p, n, g in names:
+            if g < self.index.gen:
+                return p, n
+        return None
+
+    def _refresh(self, e: m.EntryMsg, kind: Kind, pfd: int, st: os.stat_result) -> int:
+        """The object is in place: bring its metadata up to date, or ask for data."""
+
+        meta = _meta(e)
+        if kind is Kind.FILE:
+            if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
+                self.pending[e.seq] = e
+                return m.NEED
+            fd = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+            try:
+                if os.fstat(fd).st_ino != st.st_ino:
+                    raise ItemFailed("file replaced on the secondary while being updated")
+                fsops.apply_meta_fd(fd, meta, self.privileged)
+            finally:
+                os.close(fd)
+            self.index.put_obj(e.id, kind, e.size, e.mtime_ns, meta.mode, st.st_ino)
+            return m.DONE
+        if kind is Kind.DIR:
+            fd = self.dirs.fd(e.id)
+            fsops.apply_meta_fd(fd, meta, self.privileged, times=False)
+            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino)
+            return m.DONE
+        same = (
+            os.readlink(e.name, dir_fd=pfd) == e.target
+            if kind is Kind.SYMLINK
+            else (kind not in (Kind.CHR, Kind.BLK) or st.st_rdev == e.rdev)
+        )
+        if not same:
+            return self._create(e, kind, pfd)
+        if kind is Kind.SYMLINK:
+            fsops.apply_meta_symlink(pfd, e.name, meta, self.privileged)
+        else:
+            fsops.apply_meta_special(pfd, e.name, meta, self.privileged)
+        self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino)
+        return m.DONE
+
+    def _create(self, e: m.EntryMsg, kind: Kind, pfd: int) -> int:
+        meta = _meta(e)
+        if self.index.occupant(e.parent, e.name) is None:
+            adopted = self._adopt(e, kind, pfd)
+            if adopted is not None:
+                return adopted
+        if kind is Kind.FILE:
+            self.pending[e.seq] = e
+            return m.NEED
+        if kind is Kind.DIR:
+            self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
+            os.mkdir(e.name, 0o700, dir_fd=pfd)
+            fd = fsops.open_dir_at(pfd, e.name)
+            fsops.apply_meta_fd(fd, meta, self.privileged, times=False)
+            ino = os.fstat(fd).st_ino
+            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, ino)
+            self.index.put_name(e.parent, e.name, e.id)
+            self.dirs.adopt(e.id, fd)
+            return m.DONE
+        tmp = self._tmp_name()
+        if kind is Kind.SYMLINK:
+            os.symlink(e.target, tmp, dir_fd=self.staging_fd)
+            fsops.apply_meta_symlink(self.staging_fd, tmp, meta, self.privileged)
+        else:
+            if kind in (Kind.CHR, Kind.BLK) and not self.privileged:
+                raise ItemFailed("device nodes can only be made by root on the secondary")
+            os.mknod(tmp, kind.fmt | meta.mode, e.rdev, dir_fd=self.staging_fd)
+            fsops.apply_meta_special(self.staging_fd, tmp, meta, self.privileged)
+        self._publish(tmp, e, kind, e.mtime_ns, 0)
+        return m.DONE
+
+    def _adopt(self, e: m.EntryMsg, kind: Kind, pfd: int) -> int | None:
+        """Take over an untracked object already at the name when it is the same (a seeded secondary)."""
+
+        st = fsops.lstat_at(pfd, e.name)
+        if st is None or Kind.from_mode(st.st_mode) is not kind:
+            return None
+        if kind is Kind.FILE and (st.st_size != e.size or st.st_mtime_ns != e.mtime_ns or st.st_nlink != 1):
+            return None
+        if kind is Kind.SYMLINK and os.readlink(e.name, dir_fd=pfd) != e.target:
+            return None
+        if kind not in (Kind.FILE, Kind.DIR, Kind.SYMLINK):
+            return None
+        self.index.put_obj(e.id, kind, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, st.st_ino)
+        self.index.put_name(e.parent, e.name, e.id)
+        return self._refresh(e, kind, pfd, st)
+
+    def _link(self, msg: m.LinkMsg) -> int:
+        self._check_name(msg.parent, msg.name)
+        obj = self.index.obj(msg.id)
+        if obj is None or obj.kind is Kind.DIR:
+            raise ItemFailed("hard link to an object the secondary does not have")
+        pfd = self.dirs.fd(msg.parent)
+        src: tuple[int, bytes] | None = None
+        for p, n, _g in self.index.names_of(msg.id):
+            fd = self.dirs.fd(p)
+            st = fsops.lstat_at(fd, n)
+            if st is not None and st.st_ino == obj.ino:
+                if p == msg.parent and n == msg.name:
+                    self.index.touch(p, n)
+                    return m.DONE
+                if src is None:
+                    src = (fd, n)
+        if src is None:
+            raise ItemFailed("no name of the link target is present on the secondary")
+        tmp = self._tmp_name()
+        os.link(src[1], tmp, src_dir_fd=src[0], dst_dir_fd=self.staging_fd, follow_symlinks=False)
+        self._make_room(pfd, msg.parent, msg.name, keep=msg.id, replace_ok=True)
+        fsops.rename_at(self.staging_fd, tmp, pfd, msg.name)
+        self.index.put_name(msg.parent, msg.name, msg.id)
+        return m.DONE
+
+    # -- data ---------------------------------------------------------------------
+
+    def _take_pending(self, seq: int) -> m.EntryMsg:
+        e = self.pending.pop(seq, None)
+        if e is None:
+            raise ProtocolError(f"data for item {seq}, which the agent did not ask for")
+        return e
+
+    def _open_tmp(self, e: m.EntryMsg, size: int) -> Receiving:
+        tmp = self._tmp_name()
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.staging_fd
+        )
+        return Receiving(e, fd, tmp, size)
+
+    def _data_begin(self, msg: m.DataBegin) -> list[m.Result]:
+        e = self._take_pending(msg.seq)
+        self.receiving[msg.seq] = self._open_tmp(e, msg.size)
+        return []
+
+    def _data_chunk(self, msg: m.DataChunk) -> list[m.Result]:
+        rec = self.receiving.get(msg.seq)
+        if rec is None:
+            raise ProtocolError(f"data chunk for item {msg.seq}, which has no DataBegin")
+        rec.digest.update(msg.offset, msg.data)
+        os.pwrite(rec.fd, msg.data, msg.offset)
+        return []
+
+    def _data_end(self, msg: m.DataEnd) -> int:
+        rec = self.receiving.pop(msg.seq, None)
+        if rec is None:
+            raise ProtocolError(f"DataEnd for item {msg.seq}, which has no DataBegin")
+        return self._finish_file(rec, msg.digest, msg.mtime_ns)
+
+    def _small_file(self, f: m.SmallFile) -> int:
+        e = self._take_pending(f.seq)
+        rec = self._open_tmp(e, f.size)
+        for off, data in f.extents:
+            assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
+            rec.digest.update(off, data)
+            os.pwrite(rec.fd, data, off)
+        return self._finish_file(rec, f.digest, f.mtime_ns)
+
+    def _finish_file(self, rec: Receiving, digest: bytes, mtime_ns: int) -> int:
+        try:
+            if rec.digest.finish(rec.size) != digest:
+                raise ItemFailed("digest mismatch: the data was damaged in transit; not published")
+            os.ftruncate(rec.fd, rec.size)
+            meta = _meta(rec.entry, mtime_ns)
+            fsops.apply_meta_fd(rec.fd, meta, self.privileged)
+            ino = os.fstat(rec.fd).st_ino
+        except BaseException:
+            os.close(rec.fd)
+            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+            raise
+        os.close(rec.fd)
+        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, ino)
+        return m.DONE
+
+    def _drop_receiving(self, seq: int) -> None:
+        rec = self.receiving.pop(seq, None)
+        if rec is not None:
+            os.close(rec.fd)
+            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+
+    def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0) -> None:
+        """Rename a finished object from staging to its name: the one moment it appears."""
+
+        try:
+            pfd = self.dirs.fd(e.parent)
+            if not ino:
+                ino = os.stat(tmp, dir_fd=self.staging_fd, follow_symlinks=False).st_ino
+            self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
+            fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=self.staging_fd)
+            except OSError:
+                pass
+            raise
+        # names of the object's previous inode are stale now (hard links are re-sent)
+        for p, n, _g in self.index.names_of(e.id):
+            if (p, n) != (e.parent, e.name) and p == STAGING_ID:
+                fsops.remove_at(self.staging_fd, n)
+                self.index.drop_name(p, n)
+        self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino)
+        self.index.put_name(e.parent, e.name, e.id)
+
+    # -- making room, setting aside ------------------------------------------------
+
+    def _make_room(self, pfd: int, parent: bytes, name: bytes, *, keep: bytes, replace_ok: bool) -> None:
+        """Clear ``parent/name`` for ``keep``: other objects are set aside, not destroyed.
+
+        ``replace_ok``: a following rename() may replace a non-directory in place.
+        """
+
+        st = fsops.lstat_at(pfd, name)
+        occ = self.index.occupant(parent, name)
+        if st is None:
+            if occ is not None:
+                self.index.drop_name(parent, name)
+            return
+        if occ == keep:
+            if replace_ok and not stat.S_ISDIR(st.st_mode):
+                return
+            occ = None  # our own old version in the way of a directory: discard it
+            self.index.drop_name(parent, name)
+        if occ is not None:
+            obj = self.index.obj(occ)
+            if obj is not None and obj.ino == st.st_ino:
+                aside = b"id-" + occ.hex().encode() + b"-" + str(next(self._tmp)).encode()
+                fsops.rename_at(pfd, name, self.staging_fd, aside)
+                self.index.move_name((parent, name), (STAGING_ID, aside), occ)
+                return
+            self.index.drop_name(parent, name)
+        if replace_ok and not stat.S_ISDIR(st.st_mode):
+            return
+        junk = self._tmp_name()
+        fsops.rename_at(pfd, name, self.staging_fd, junk)
+        if stat.S_ISDIR(st.st_mode):
+            self.dirs.clear()
+        fsops.remove_at(self.staging_fd, junk)
+
+    def _set_aside_all(self, oid: bytes) -> None:
+        obj = self.index.obj(oid)
+        for p, n, _g in self.index.names_of(oid):
+            if p == STAGING_ID:
+                continue
+            try:
+                pfd = self.dirs.fd(p)
+            except ItemFailed:
+                self.index.drop_name(p, n)
+                continue
+            st = fsops.lstat_at(pfd, n)
+            if st is not None and obj is not None and st.st_ino == obj.ino:
+                aside = b"id-" + oid.hex().encode() + b"-" + str(next(self._tmp)).encode()
+                fsops.rename_at(pfd, n, self.staging_fd, aside)
+                self.index.move_name((p, n), (STAGING_ID, aside), oid)
+            else:
+                self.index.drop_name(p, n)
+
+    # -- end of a session ----------------------------------------------------------
+
+    def finish(self, msg: m.Finish) -> m.Finished:
+        deleted = 0
+        try:
+            if msg.mirror:
+                stale = self.index.count_stale()
+                if stale and msg.source_entries == 0 and not msg.allow_mass_delete:
+                    raise SourceLooksUnmounted(
+                        f"the source sent no entries but the secondary holds {stale}: refusing to delete them"
+                    )
+                deleted = self._sweep()
+            self._settle_dirs()
+            self.index.commit()
+        except OSError as exc:
+            raise self._fatal(exc) from None
+        return m.Finished(deleted)
+
+    def _sweep(self) -> int:
+        deleted = 0
+        gen = self.index.gen
+        for parent, name, oid in self.index.stale_names():
+            try:
+                pfd = self.dirs.fd(parent)
+                obj = self.index.obj(oid)
+                st = fsops.lstat_at(pfd, name)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    # ours by the index; the inode may be an older version of a hard link
+                    os.unlink(name, dir_fd=pfd)
+                    deleted += 1
+                elif st is not None and obj is not None and st.st_ino == obj.ino:
+                    fsops.remove_at(pfd, name)
+                    self.dirs.clear()
+                    deleted += 1
+                if obj is not None and obj.kind is Kind.DIR:
+                    self.index.drop_subtree(oid)
+                self.index.drop_name(parent, name)
+            except (ItemFailed, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                print(f"georep agent: cannot remove a stale entry: {exc}", file=sys.stderr)
+                self.index.drop_name(parent, name)
+        assert gen == self.index.gen
+        return deleted
+
+    def _settle_dirs(self) -> None:
+        """Directory modes and mtimes, once nothing more is created inside them."""
+
+        for obj in self.index.dirs_of_generation():
+            try:
+                fd = self.dirs.fd(obj.id)
+            except ItemFailed:
+                continue
+            os.fchmod(fd, obj.mode)
+            os.utime(fd, ns=(obj.mtime_ns, obj.mtime_ns))
+
+    def close(self) -> None:
+        for seq in list(self.receiving):
+            self._drop_receiving(seq)
+        self.index.close()
+        self.dirs.clear()
+        for fd in (self.staging_fd, self.state_fd, self.root_fd):
+            os.close(fd)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _check_name(self, parent: bytes, name: bytes) -> None:
+        why = name_problem(name)
+        if why is not None:
+            raise ItemFailed(f"refused name: {why}")
+        if parent == ROOT_ID and name == STATE_DIR:
+            raise ItemFailed("refused name: '.georep' at the top is reserved for the agent's state")
+        if parent == STAGING_ID:
+            raise ItemFailed("refused parent: the staging area")
+
+    def _tmp_name(self) -> bytes:
+        return b"tmp-" + str(os.getpid()).encode() + b"-" + str(next(self._tmp)).encode()
+
+    def _clean_staging_tmp(self) -> None:
+        for name in os.listdir(self.staging_fd):
+            if name.startswith("tmp-"):
+                fsops.remove_at(self.staging_fd, os.fsencode(name))
+
+
+# -- the agent process --------------------------------------------------------------
+
+
+def serve(root: Path, in_fd: int, out_fd: int) -> int:
+    """Speak the protocol on ``in_fd``/``out_fd`` until Bye; returns the exit code."""
+
+    applier: Applier | None = None
+    session = Session(Role.AGENT, privileged=os.geteuid() == 0)
+    out = bytearray(session.initiate())
+    try:
+        applier = Applier(root)
+        while True:
+            _write_all(out_fd, out)
+            out.clear()
+            data = os.read(in_fd, 1 << 20)
+            if not data:
+                session.end_of_stream()
+                return 0
+            results: list[m.Result] = []
+            for msg in session.receive(data):
+                if isinstance(msg, m.Hello):
+                    out += session.answer_hello(msg)
+                    if session.state.value == "closed":
+                        _write_all(out_fd, out)
+                        return 25
+                elif isinstance(msg, m.Bye):
+                    if results:
+                        out += session.send(m.Results(results))
+                    applier.index.commit()
+                    _write_all(out_fd, out)
+                    return 0
+                elif isinstance(msg, m.Finish):
+                    if results:
+                        out += session.send(m.Results(results))
+                        results = []
+                    out += session.send(applier.finish(msg))
+                else:
+                    results.extend(applier.handle(msg))
+            if results:
+                applier.index.commit()
+                out += session.send(m.Results(results))
+    except GeorepError as exc:
+        if session.state.value != "closed":
+            out += session.send(m.ErrorMsg(type(exc).__name__, exc.message, exc.hint_text))
+        try:
+            _write_all(out_fd, out)
+        except OSError:
+            pass
+        print(f"georep agent: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if applier is not None:
+            applier.close()
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

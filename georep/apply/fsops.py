@@ -1,0 +1,117 @@
+"""Race-free filesystem primitives of the secondary: the only code that mutates it.
+
+Every call works relative to a directory file descriptor with a single, validated name
+component, and never follows a symlink: directories are opened with ``O_NOFOLLOW``,
+new objects are made in the staging directory and published with one ``rename()``, and
+trees are removed with ``unlinkat``/``rmdir`` on names read from the directory itself.
+A hostile sender can therefore name nothing outside the root, and a symlink planted on
+the secondary is treated as a name, never as a path to walk through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from georep.model import Meta, replicable_xattr
+
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_dir_at(dir_fd: int, name: bytes) -> int:
+    return os.open(name, O_DIR, dir_fd=dir_fd)
+
+
+def rename_at(src_fd: int, src: bytes, dst_fd: int, dst: bytes) -> None:
+    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+
+
+def remove_at(dir_fd: int, name: bytes) -> None:
+    """Remove a name; a directory with everything below it, symlinks never followed."""
+
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    stack: list[tuple[int, list[str]]] = []
+    fd = open_dir_at(dir_fd, name)
+    stack.append((fd, os.listdir(fd)))
+    parents: list[tuple[int, bytes]] = [(dir_fd, name)]
+    while stack:
+        fd, todo = stack[-1]
+        if not todo:
+            os.close(fd)
+            stack.pop()
+            pfd, pname = parents.pop()
+            os.rmdir(pname, dir_fd=pfd)
+            continue
+        child = os.fsencode(todo.pop())
+        cst = lstat_at(fd, child)
+        if cst is None:
+            continue
+        if stat.S_ISDIR(cst.st_mode):
+            cfd = open_dir_at(fd, child)
+            stack.append((cfd, os.listdir(cfd)))
+            parents.append((fd, child))
+        else:
+            os.unlink(child, dir_fd=fd)
+
+
+def set_xattrs(target: int | str, wanted: tuple[tuple[bytes, bytes], ...], privileged: bool,
+               follow: bool = True) -> None:
+    """Make the replicable xattrs of ``target`` exactly ``wanted``."""
+
+    try:
+        have = {os.fsencode(k) for k in os.listxattr(target, follow_symlinks=follow)}
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            have = set()
+        else:
+            raise
+    want_keys = set()
+    for key, value in wanted:
+        if not replicable_xattr(key, privileged):
+            continue
+        want_keys.add(key)
+        os.setxattr(target, key, value, follow_symlinks=follow)
+    for key in have - want_keys:
+        if replicable_xattr(key, privileged) and not key.startswith(b"security."):
+            os.removexattr(target, key, follow_symlinks=follow)
+
+
+def apply_meta_fd(fd: int, meta: Meta, privileged: bool, times: bool = True) -> None:
+    """Owner, xattrs, mode and (optionally) mtime of an open file or directory."""
+
+    if privileged:
+        os.fchown(fd, meta.uid, meta.gid)
+    set_xattrs(fd, meta.xattrs, privileged)
+    os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid
+    if times:
+        os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+
+
+def apply_meta_symlink(dir_fd: int, name: bytes, meta: Meta, privileged: bool) -> None:
+    if privileged:
+        os.chown(name, meta.uid, meta.gid, dir_fd=dir_fd, follow_symlinks=False)
+        # xattrs on a symlink (trusted.* only) through the staging dir's /proc path
+        path = f"/proc/self/fd/{dir_fd}/{os.fsdecode(name)}"
+        set_xattrs(path, meta.xattrs, privileged, follow=False)
+    os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+def apply_meta_special(dir_fd: int, name: bytes, meta: Meta, privileged: bool) -> None:
+    """Fifos and device nodes made by us in staging (opening them could block or act)."""
+
+    if privileged:
+        os.chown(name, meta.uid, meta.gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.chmod(name, meta.mode, dir_fd=dir_fd)
+    os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -1,0 +1,233 @@
+"""The secondary's index: which id holds which name, kept on disk in ``ROOT/.georep/index.db``.
+
+Why an index at all: the sender addresses objects by id (gfid), never by path, so that
+a rename is one ``rename()`` found by id and a directory rename of 100,000 entries is a
+single operation.  The index maps id → names (``parent id, name``) and id → what the
+agent last published (kind, size, mtime, inode), so that a rerun can tell "already
+there" from "needs data" without reading file contents.
+
+It lives in SQLite (WAL) rather than in dicts: tens of millions of entries are the
+design point and memory must stay flat.  Each row of ``names`` carries the session
+generation that last confirmed it; at the end of a full crawl, rows of older
+generations are names the source no longer has.
+
+The index is a cache of the truth on disk, never trusted blindly: before acting on a
+row the agent checks the inode it recorded (see `georep.apply.agent`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from georep.model import ROOT_ID, Kind
+
+#: Pseudo parent of objects moved aside into the staging directory.
+STAGING_ID = b"\xff" * 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    id BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    gen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (
+    parent BLOB NOT NULL,
+    name BLOB NOT NULL,
+    id BLOB NOT NULL,
+    gen INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS names_by_id ON names (id);
+CREATE INDEX IF NOT EXISTS names_by_gen ON names (gen);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Obj:
+    id: bytes
+    kind: Kind
+    size: int
+    mtime_ns: int
+    mode: int
+    ino: int
+    gen: int
+
+
+class Index:
+    """Id ↔ name bookkeeping for one secondary root."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._in_tx = False
+        self._pending = 0
+        self.gen = self._next_generation()
+
+    def _next_generation(self) -> int:
+        self.begin()
+        row = self._db.execute("SELECT value FROM settings WHERE key='gen'").fetchone()
+        gen = (row[0] if row else 0) + 1
+        self._db.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('gen', ?)", (gen,))
+        self.commit()
+        return gen
+
+    # -- transactions: many small writes are grouped; commit() makes them durable ----
+
+    def begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self._db.execute("COMMIT")
+            self._in_tx = False
+            self._pending = 0
+
+    def _wrote(self) -> None:
+        self._pending += 1
+        if self._pending >= 2000:
+            self.commit()
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+    # -- reads --------------------------------------------------------------------
+
+    def obj(self, oid: bytes) -> Obj | None:
+        row = self._db.execute(
+            "SELECT kind, size, mtime_ns, mode, ino, gen FROM objects WHERE id=?", (oid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Obj(oid, Kind(row[0]), row[1], row[2], row[3], row[4], row[5])
+
+    def names_of(self, oid: bytes) -> list[tuple[bytes, bytes, int]]:
+        """(parent, name, gen) of every name of ``oid``, newest confirmation first."""
+
+        rows = self._db.execute(
+            "SELECT parent, name, gen FROM names WHERE id=? ORDER BY gen DESC", (oid,)
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def occupant(self, parent: bytes, name: bytes) -> bytes | None:
+        row = self._db.execute("SELECT id FROM names WHERE parent=? AND name=?", (parent, name)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def location(self, oid: bytes) -> tuple[bytes, bytes] | None:
+        """One (parent, name) of ``oid``: directories have exactly one."""
+
+        row = self._db.execute("SELECT parent, name FROM names WHERE id=? LIMIT 1", (oid,)).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def children(self, parent: bytes) -> list[tuple[bytes, bytes]]:
+        rows = self._db.execute("SELECT name, id FROM names WHERE parent=?", (parent,)).fetchall()
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
+    def count_names(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM names").fetchone()[0])
+
+    def stale_names(self) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(parent, name, id) of names not confirmed this session, staging first.
+
+        Read in pages so that a huge sweep never sits in memory; the caller deletes rows
+        as it goes, so each page query starts from what is left.
+        """
+
+        while True:
+            rows = self._db.execute(
+                "SELECT parent, name, id FROM names WHERE gen < ? OR parent = ? LIMIT 500",
+                (self.gen, STAGING_ID),
+            ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield bytes(r[0]), bytes(r[1]), bytes(r[2])
+
+    def count_stale(self) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM names WHERE gen < ? OR parent = ?", (self.gen, STAGING_ID)
+            ).fetchone()[0]
+        )
+
+    def dirs_of_generation(self) -> Iterator[Obj]:
+        cur = self._db.execute(
+            "SELECT id, size, mtime_ns, mode, ino, gen FROM objects WHERE kind=? AND gen=?",
+            (int(Kind.DIR), self.gen),
+        )
+        while True:
+            rows = cur.fetchmany(500)
+            if not rows:
+                return
+            for r in rows:
+                yield Obj(bytes(r[0]), Kind.DIR, r[1], r[2], r[3], r[4], r[5])
+
+    # -- writes -------------------------------------------------------------------
+
+    def put_obj(self, oid: bytes, kind: Kind, size: int, mtime_ns: int, mode: int, ino: int) -> None:
+        self.begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen) VALUES (?,?,?,?,?,?,?)",
+            (oid, int(kind), size, mtime_ns, mode, ino, self.gen),
+        )
+        self._wrote()
+
+    def put_name(self, parent: bytes, name: bytes, oid: bytes) -> None:
+        self.begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO names(parent, name, id, gen) VALUES (?,?,?,?)", (parent, name, oid, self.gen)
+        )
+        self._wrote()
+
+    def move_name(self, old: tuple[bytes, bytes], new: tuple[bytes, bytes], oid: bytes) -> None:
+        self.begin()
+        self._db.execute("DELETE FROM names WHERE parent=? AND name=?", old)
+        self._db.execute(
+            "INSERT OR REPLACE INTO names(parent, name, id, gen) VALUES (?,?,?,?)", (*new, oid, self.gen)
+        )
+        self._wrote()
+
+    def drop_name(self, parent: bytes, name: bytes) -> None:
+        """Forget one name; the object goes too once it has no name left."""
+
+        self.begin()
+        row = self._db.execute("SELECT id FROM names WHERE parent=? AND name=?", (parent, name)).fetchone()
+        self._db.execute("DELETE FROM names WHERE parent=? AND name=?", (parent, name))
+        if row is not None and oid_unnamed(self._db, row[0]):
+            self._db.execute("DELETE FROM objects WHERE id=?", (row[0],))
+        self._wrote()
+
+    def drop_subtree(self, oid: bytes) -> None:
+        """Forget a directory's descendants (after the tree was removed from disk)."""
+
+        self.begin()
+        stack = [oid]
+        while stack:
+            d = stack.pop()
+            for name, child in self.children(d):
+                stack.append(child)
+                self._db.execute("DELETE FROM names WHERE parent=? AND name=?", (d, name))
+                if oid_unnamed(self._db, child):
+                    self._db.execute("DELETE FROM objects WHERE id=?", (child,))
+        self._wrote()
+
+    def touch(self, parent: bytes, name: bytes) -> None:
+        self.begin()
+        self._db.execute("UPDATE names SET gen=? WHERE parent=? AND name=?", (self.gen, parent, name))
+        self._wrote()
+
+
+def oid_unnamed(db: sqlite3.Connection, oid: bytes) -> bool:
+    return db.execute("SELECT 1 FROM names WHERE id=? LIMIT 1", (oid,)).fetchone() is None

@@ -1,0 +1,51 @@
+"""`georep-sync`: dispatch to a subcommand and turn errors into one line, a hint and an exit code.
+
+This is the only place that decides exit codes (``GeorepError.exit_code``) and the only
+place that prints a traceback, and only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+from georep import __version__
+from georep.errors import GeorepError
+
+SUBCOMMANDS = ("agent",)
+
+
+def _dispatch(argv: list[str]) -> Callable[[list[str]], int]:
+    if argv and argv[0] == "agent":
+        from georep.cli import agent_cmd
+
+        return agent_cmd.run
+    from georep.cli import oneshot
+
+    return oneshot.run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("--version", "-V"):
+        print(f"georep-sync {__version__}")
+        return 0
+    debug = "--debug" in args
+    try:
+        return _dispatch(args)(args)
+    except GeorepError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"georep-sync: error: {exc.message}", file=sys.stderr)
+        print(f"georep-sync: hint: {exc.hint_text}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("georep-sync: interrupted; acknowledged work is kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        print(f"georep-sync: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("georep-sync: hint: run again with --debug and report the traceback", file=sys.stderr)
+        return 70

@@ -1,0 +1,144 @@
+"""`georep-sync --oneshot SOURCE SECONDARY`: copy SOURCE once and exit 0 when the secondary equals it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from georep import __version__
+from georep.errors import SyncIncomplete, UsageError
+from georep.model import Summary
+from georep.source.crawl import Crawler
+from georep.source.identity import IdStore, default_state_dir
+from georep.transport.channel import Channel, PipeChannel, local_agent_argv
+from georep.transport.sender import Options, Sender
+from georep.transport.ssh import SshTarget, open_ssh
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="georep-sync",
+        description="Replicate a GlusterFS brick or a plain tree to a secondary (local or ssh://).",
+        epilog="Subcommands: 'georep-sync agent ROOT' (the remote end).",
+    )
+    p.add_argument("--oneshot", action="store_true", required=True, help="copy SOURCE once, then exit")
+    p.add_argument("source", help="a plain directory or a GlusterFS brick root")
+    p.add_argument("secondary", help="a local directory or ssh://[user@]host[:port]/absolute/path")
+    p.add_argument("--remote-command", default="georep-sync", metavar="CMD",
+                   help="command that starts the agent on the secondary host (default: georep-sync)")
+    p.add_argument("--state-dir", type=Path, default=None, help="source-side state (default ~/.local/state/georep)")
+    p.add_argument("--known-hosts", type=Path, default=None, help="known_hosts file (default ~/.ssh/known_hosts)")
+    p.add_argument("-i", "--identity", type=Path, action="append", default=None, help="SSH private key to offer")
+    p.add_argument("--allow-mass-delete", action="store_true",
+                   help="let an empty source empty the secondary (refused by default)")
+    p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress display even on a terminal")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"georep-sync {__version__}")
+    return p
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Progress:
+    """One refreshed status line on stderr while a terminal watches."""
+
+    def __init__(self, source: bytes) -> None:
+        self.t0 = time.monotonic()
+        self.total: int | None = None
+        try:
+            if os.path.ismount(source):
+                st = os.statvfs(source)
+                self.total = (st.f_blocks - st.f_bfree) * st.f_frsize
+        except OSError:
+            self.total = None
+
+    def __call__(self, s: Summary) -> None:
+        dt = max(time.monotonic() - self.t0, 1e-6)
+        rate = s.bytes_data / dt
+        eta = "?"
+        if self.total and rate > 0:
+            eta = f"~{max(self.total - s.bytes_data, 0) / rate:.0f}s"
+        line = (f"{s.entries} entries, {s.files} files, {_human(s.bytes_data)} "
+                f"at {_human(rate)}/s, ETA {eta}")
+        sys.stderr.write("\r\x1b[K" + line)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+async def _open_channel(args: argparse.Namespace) -> Channel:
+    if args.secondary.startswith("ssh://"):
+        target = SshTarget.parse(args.secondary)
+        return await open_ssh(target, args.remote_command, known_hosts=args.known_hosts, identities=args.identity)
+    if "://" in args.secondary:
+        raise UsageError(f"unsupported secondary {args.secondary}", hint="use a local path or ssh://host/path")
+    return await PipeChannel.start(local_agent_argv(os.path.abspath(args.secondary)))
+
+
+async def replicate(args: argparse.Namespace, progress: Progress | None) -> tuple[Summary, Crawler]:
+    source = os.fsencode(os.path.abspath(args.source))
+    store = IdStore(args.state_dir or default_state_dir(), source)
+    try:
+        crawler = Crawler(source, store)
+        chan = await _open_channel(args)
+        try:
+            sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete), progress)
+            await sender.handshake()
+            summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+        except BaseException:
+            kill = getattr(chan, "kill", None)
+            if kill is not None:
+                kill()
+            raise
+        summary.problems[:0] = crawler.problems
+        return summary, crawler
+    finally:
+        store.close()
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    show_progress = sys.stderr.isatty() and not args.no_progress and not args.json
+    progress = Progress(os.fsencode(os.path.abspath(args.source))) if show_progress else None
+    try:
+        summary, _ = asyncio.run(replicate(args, progress))
+    finally:
+        if progress is not None:
+            progress.done()
+    if args.json:
+        print(json.dumps(summary.as_json()))
+    for p in summary.problems[:50]:
+        print(f"georep-sync: {p.render()}", file=sys.stderr)
+    rate = summary.bytes_data / summary.seconds if summary.seconds else 0.0
+    print(
+        f"georep-sync: {summary.entries} entries, {summary.files} files sent, "
+        f"{_human(summary.bytes_data)} data, {_human(summary.bytes_wire)} on the wire, "
+        f"{summary.deleted} deleted, {len(summary.problems)} errors in {summary.seconds:.2f}s "
+        f"({_human(rate)}/s)",
+        file=sys.stderr,
+    )
+    if summary.problems:
+        err = SyncIncomplete(f"{len(summary.problems)} entries could not be replicated")
+        print(f"georep-sync: error: {err.message}", file=sys.stderr)
+        print(f"georep-sync: hint: {err.hint_text}", file=sys.stderr)
+        return err.exit_code
+    return 0

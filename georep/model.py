@@ -1,0 +1,157 @@
+"""Value types shared by every stage: object ids, kinds, metadata, entries and problems.
+
+An object (file, directory, symlink, special file) is known by a 16-byte id that never
+changes while the object lives: the gfid on a GlusterFS brick, or an id kept in
+source-side state for a plain tree (`georep.source.identity`).  Names are raw bytes,
+never decoded: a name may hold newlines, trailing whitespace or non-UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+import uuid
+from dataclasses import dataclass, field
+
+#: Id of the replicated root directory on both sides (GlusterFS's root gfid).
+ROOT_ID = bytes(15) + b"\x01"
+
+#: Longest name accepted anywhere (Linux NAME_MAX).
+NAME_MAX = 255
+
+
+class Kind(enum.IntEnum):
+    """Object type, as carried on the wire."""
+
+    FILE = 1
+    DIR = 2
+    SYMLINK = 3
+    FIFO = 4
+    CHR = 5
+    BLK = 6
+    SOCK = 7
+
+    @classmethod
+    def from_mode(cls, mode: int) -> Kind | None:
+        """The kind for an ``st_mode``; None for a type we do not replicate."""
+
+        return _KIND_BY_FMT.get(stat.S_IFMT(mode))
+
+    @property
+    def fmt(self) -> int:
+        return _FMT_BY_KIND[self]
+
+
+_KIND_BY_FMT = {
+    stat.S_IFREG: Kind.FILE,
+    stat.S_IFDIR: Kind.DIR,
+    stat.S_IFLNK: Kind.SYMLINK,
+    stat.S_IFIFO: Kind.FIFO,
+    stat.S_IFCHR: Kind.CHR,
+    stat.S_IFBLK: Kind.BLK,
+    stat.S_IFSOCK: Kind.SOCK,
+}
+_FMT_BY_KIND = {v: k for k, v in _KIND_BY_FMT.items()}
+
+
+def id_text(oid: bytes) -> str:
+    """An id as the usual uuid text (what GlusterFS prints for a gfid)."""
+
+    return str(uuid.UUID(bytes=oid))
+
+
+def name_problem(name: bytes) -> str | None:
+    """Why ``name`` cannot be a directory entry, or None when it can.
+
+    Checked by the agent for every name it receives: a hostile peer must not be able to
+    reach outside the secondary root with ``..``, ``/`` or an absolute name.
+    """
+
+    if not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return f"reserved name {name!r}"
+    if b"/" in name:
+        return "name contains '/'"
+    if b"\0" in name:
+        return "name contains NUL"
+    if len(name) > NAME_MAX:
+        return f"name longer than {NAME_MAX} bytes"
+    return None
+
+
+#: xattr namespaces that belong to GlusterFS itself and are never replicated.
+GLUSTER_INTERNAL = (b"trusted.gfid", b"trusted.gfid2path.", b"trusted.glusterfs.", b"trusted.afr.")
+
+
+def replicable_xattr(key: bytes, privileged: bool) -> bool:
+    """Whether an xattr is copied: user.* always; other namespaces only as root."""
+
+    if key.startswith(GLUSTER_INTERNAL):
+        return False
+    if key.startswith(b"user."):
+        return True
+    return privileged and key.startswith((b"trusted.", b"security."))
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What is replicated of an object besides its name and data."""
+
+    mode: int  # permission bits, including setuid/setgid/sticky (no file type)
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name of one object, as the source sees it now."""
+
+    id: bytes
+    parent: bytes
+    name: bytes
+    kind: Kind
+    meta: Meta
+    size: int = 0  # regular files only
+    target: bytes = b""  # symlinks only
+    rdev: int = 0  # device nodes only
+    nlink: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A per-path failure: reported as a value, the rest of the work goes on."""
+
+    path: bytes
+    cause: str
+    code: str = "error"
+
+    def render(self) -> str:
+        return f"{self.path.decode('utf-8', 'backslashreplace')}: {self.cause}"
+
+
+@dataclass(slots=True)
+class Summary:
+    """The outcome of one replication run (printed, or as JSON with --json)."""
+
+    entries: int = 0
+    files: int = 0  # regular files whose data was sent
+    bytes_data: int = 0  # bytes of file data sent
+    bytes_wire: int = 0  # bytes written to the transport (framing and metadata included)
+    deleted: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "entries": self.entries,
+            "files": self.files,
+            "bytes_data": self.bytes_data,
+            "bytes_wire": self.bytes_wire,
+            "deleted": self.deleted,
+            "seconds": round(self.seconds, 3),
+            "errors": len(self.problems),
+            "problems": [p.render() for p in self.problems[:100]],
+        }

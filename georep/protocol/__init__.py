@@ -1,0 +1,1 @@
+"""The wire protocol: message set, framing codec (the only msgpack user) and the sans-IO session."""

@@ -1,0 +1,205 @@
+"""Frames and the message codec: the only module that imports msgpack.
+
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack holding
+``[KIND, field, ...]``.  The decoder is fed arbitrary chunks and returns whole,
+validated messages; a length above ``max_frame``, bytes that are not msgpack, an
+unknown kind, a wrong field count or a field of the wrong type raise `ProtocolError`
+naming the stream offset.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from georep.errors import ProtocolError
+from georep.protocol import messages as m
+
+#: Data bytes per DataChunk, and the packing budget of one Blobs frame.
+CHUNK_SIZE = 1 << 20
+#: Largest frame accepted from a peer (a chunk plus generous room for its envelope).
+MAX_FRAME = 4 * CHUNK_SIZE
+
+_LEN = struct.Struct(">I")
+
+Validator = Callable[[Any], Any]
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise TypeError("expected int")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise TypeError("expected bool")
+    return v
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str:
+        raise TypeError("expected str")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise TypeError("expected bin")
+    return v
+
+
+def _xattrs(v: Any) -> list[list[bytes]]:
+    if type(v) is not list:
+        raise TypeError("expected array")
+    for pair in v:
+        if type(pair) is not list or len(pair) != 2:
+            raise TypeError("expected [key, value]")
+        _bytes(pair[0])
+        _bytes(pair[1])
+    return v
+
+
+def _extents(v: Any) -> list[list[int | bytes]]:
+    if type(v) is not list:
+        raise TypeError("expected array")
+    for pair in v:
+        if type(pair) is not list or len(pair) != 2:
+            raise TypeError("expected [offset, data]")
+        if _int(pair[0]) < 0:
+            raise TypeError("negative offset")
+        _bytes(pair[1])
+    return v
+
+
+def _record(cls: type[Any], fields: tuple[Validator, ...]) -> Validator:
+    def check(v: Any) -> Any:
+        if type(v) is not list or len(v) != len(fields):
+            raise TypeError(f"expected {cls.__name__} as array of {len(fields)}")
+        return cls(*(f(x) for f, x in zip(fields, v, strict=True)))
+
+    return check
+
+
+def _list_of(item: Validator) -> Validator:
+    def check(v: Any) -> list[Any]:
+        if type(v) is not list:
+            raise TypeError("expected array")
+        return [item(x) for x in v]
+
+    return check
+
+
+_BY_ANNOTATION: dict[str, Validator] = {
+    "int": _int,
+    "bool": _bool,
+    "str": _str,
+    "bytes": _bytes,
+    "list[list[bytes]]": _xattrs,
+    "list[list[int | bytes]]": _extents,
+}
+_BY_ANNOTATION["list[SmallFile]"] = _list_of(
+    _record(m.SmallFile, tuple(_BY_ANNOTATION[f.type] for f in dataclasses.fields(m.SmallFile)))  # type: ignore[index]
+)
+_BY_ANNOTATION["list[Result]"] = _list_of(
+    _record(m.Result, tuple(_BY_ANNOTATION[f.type] for f in dataclasses.fields(m.Result)))  # type: ignore[index]
+)
+
+_SCHEMA: dict[int, tuple[type[m.Message], tuple[Validator, ...]]] = {}
+for _cls in m.ALL_MESSAGES:
+    if _cls.KIND in _SCHEMA:  # pragma: no cover - a programming error caught at import
+        raise AssertionError(f"duplicate message kind {_cls.KIND}")
+    _SCHEMA[_cls.KIND] = (_cls, tuple(_BY_ANNOTATION[str(f.type)] for f in dataclasses.fields(_cls)))
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [_to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, list):
+        return [_to_wire(v) for v in value]
+    return value
+
+
+def encode(msg: m.Message) -> bytes:
+    """One frame holding ``msg``."""
+
+    body = msgpack.packb([msg.KIND, *_to_wire(msg)], use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def encode_chunk(seq: int, offset: int, data: bytes | memoryview) -> bytes:
+    """A DataChunk frame built without an intermediate message object (the hot path)."""
+
+    body = msgpack.packb([m.DataChunk.KIND, seq, offset, data], use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def decode_body(body: bytes, offset: int = 0) -> m.Message:
+    """The message in one frame body; ProtocolError if it is not a valid message."""
+
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MAX_FRAME,
+            max_str_len=64 * 1024,
+            max_array_len=CHUNK_SIZE,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"undecodable frame at byte {offset}: {type(exc).__name__}") from None
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError(f"frame at byte {offset} is not a message")
+    spec = _SCHEMA.get(obj[0])
+    if spec is None:
+        raise ProtocolError(f"unknown message kind {obj[0]} at byte {offset}")
+    cls, fields = spec
+    if len(obj) - 1 != len(fields):
+        raise ProtocolError(f"{cls.__name__} at byte {offset}: {len(obj) - 1} fields, expected {len(fields)}")
+    try:
+        values = [f(v) for f, v in zip(fields, obj[1:], strict=True)]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{cls.__name__} at byte {offset}: {exc}") from None
+    return cls(*values)
+
+
+class FrameDecoder:
+    """Bytes in, messages out; keeps an incomplete frame until the rest arrives."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+        self._consumed = 0  # stream offset of self._buf[0], for error messages
+
+    def feed(self, data: bytes) -> list[m.Message]:
+        self._buf += data
+        out: list[m.Message] = []
+        pos = 0
+        buf = self._buf
+        while len(buf) - pos >= 4:
+            (n,) = _LEN.unpack_from(buf, pos)
+            if n > self._max:
+                raise ProtocolError(
+                    f"frame of {n} bytes at byte {self._consumed + pos} exceeds the limit of {self._max}"
+                )
+            if len(buf) - pos - 4 < n:
+                break
+            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + n]), self._consumed + pos))
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+            self._consumed += pos
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of an incomplete frame (non-zero at end of stream means truncation)."""
+
+        return len(self._buf)

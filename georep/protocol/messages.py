@@ -1,0 +1,234 @@
+"""The wire message set, version 1 (documented field by field in docs/PROTOCOL.md).
+
+Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
+the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
+`georep.protocol.framing` checks every field's type against the annotations below
+before a message object exists, so code past the decoder only ever sees well-typed
+values.  Names, ids, xattr values and file data travel as msgpack ``bin``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+# -- handshake ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sender → agent, first message: who speaks which version."""
+
+    KIND: ClassVar[int] = 1
+    version: int  # protocol version (georep.PROTOCOL_VERSION)
+    software: str  # e.g. "georep-sync 0.1.0", for messages only
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOk:
+    """Agent → sender, answer to Hello when the versions match."""
+
+    KIND: ClassVar[int] = 2
+    version: int
+    software: str
+    privileged: bool  # the agent may set owners and trusted.* xattrs (runs as root)
+
+
+# -- sender → agent ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMsg:
+    """Make ``parent/name`` be object ``id`` with this metadata.
+
+    The agent answers with a Result: DONE (in place, metadata applied), NEED (send the
+    data: the name is published only once the data arrived and its digest matched) or
+    FAILED.  An id already known elsewhere is renamed here: no data moves.
+    ``parent == id == ROOT_ID`` with an empty name addresses the root itself.
+    """
+
+    KIND: ClassVar[int] = 10
+    seq: int  # sender-chosen, unique per session; answers carry it
+    id: bytes  # 16 bytes
+    parent: bytes  # 16 bytes, a directory already sent (or ROOT_ID)
+    name: bytes
+    kind: int  # georep.model.Kind
+    mode: int  # permission bits (07777)
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: list[list[bytes]]  # [[key, value], ...]
+    size: int  # regular files: length in bytes
+    target: bytes  # symlinks: the target
+    rdev: int  # device nodes
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMsg:
+    """Make ``parent/name`` one more hard link of ``id`` (already placed this session)."""
+
+    KIND: ClassVar[int] = 11
+    seq: int
+    id: bytes
+    parent: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataBegin:
+    """Data for the Entry ``seq`` follows in DataChunk messages, then DataEnd."""
+
+    KIND: ClassVar[int] = 20
+    seq: int
+    size: int  # final length (trailing holes are made by truncation)
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk:
+    """Bytes at ``offset`` of the file being sent for ``seq`` (at most CHUNK_SIZE)."""
+
+    KIND: ClassVar[int] = 21
+    seq: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd:
+    """The file for ``seq`` is complete: check ``digest`` and publish it."""
+
+    KIND: ClassVar[int] = 22
+    seq: int
+    digest: bytes  # 16 bytes, see georep.protocol.digest
+    mtime_ns: int  # the mtime read after the data (the file may have changed meanwhile)
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """One whole small file, packed with others into a Blobs message."""
+
+    seq: int
+    size: int
+    extents: list[list[int | bytes]]  # [[offset, data], ...] (holes are left out)
+    digest: bytes
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Blobs:
+    """Several small files in one frame: no per-file framing or round trip."""
+
+    KIND: ClassVar[int] = 23
+    files: list[SmallFile]
+
+
+@dataclass(frozen=True, slots=True)
+class DataAbort:
+    """The data for ``seq`` will not come (the source vanished or could not be read)."""
+
+    KIND: ClassVar[int] = 24
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Everything was sent: remove what the source no longer has, settle directories.
+
+    The agent answers Finished once every earlier item has its Result.
+    """
+
+    KIND: ClassVar[int] = 30
+    mirror: bool  # remove names not placed this session (a full crawl was sent)
+    source_entries: int  # how many entries the source had (mass-delete guard)
+    allow_mass_delete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """End of session; the agent exits 0."""
+
+    KIND: ClassVar[int] = 31
+
+
+# -- agent → sender ---------------------------------------------------------------
+
+DONE = 0
+NEED = 1
+FAILED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one item (Entry, Link or data)."""
+
+    seq: int
+    status: int  # DONE, NEED or FAILED
+    cause: str  # empty unless FAILED: one line, for the operator
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Per-item acknowledgements, packed: one failure never forces a resend of others."""
+
+    KIND: ClassVar[int] = 40
+    items: list[Result]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Answer to Finish."""
+
+    KIND: ClassVar[int] = 41
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMsg:
+    """A fatal error: the session ends.  ``error`` names a georep.errors class."""
+
+    KIND: ClassVar[int] = 50
+    error: str
+    message: str
+    hint: str
+
+
+Message = (
+    Hello
+    | HelloOk
+    | EntryMsg
+    | LinkMsg
+    | DataBegin
+    | DataChunk
+    | DataEnd
+    | Blobs
+    | DataAbort
+    | Finish
+    | Bye
+    | Results
+    | Finished
+    | ErrorMsg
+)
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    HelloOk,
+    EntryMsg,
+    LinkMsg,
+    DataBegin,
+    DataChunk,
+    DataEnd,
+    Blobs,
+    DataAbort,
+    Finish,
+    Bye,
+    Results,
+    Finished,
+    ErrorMsg,
+)
+
+#: What each side may send once the handshake is done.
+FROM_SENDER: frozenset[type[Message]] = frozenset(
+    {EntryMsg, LinkMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Finish, Bye}
+)
+FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, ErrorMsg})

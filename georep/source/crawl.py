@@ -1,0 +1,167 @@
+"""Walk a source tree (plain directory or GlusterFS brick) and yield its entries, parents first.
+
+The walk is depth-first with one open ``scandir`` per level, so memory grows with the
+depth of the tree, not its size.  Each entry carries its id: the gfid (``trusted.gfid``)
+on a brick, an `IdStore` id on a plain tree.  Hard links: the first name of an inode is
+yielded; further names are spooled to the store (on disk) and sent after the crawl, once
+the inode surely exists on the secondary.
+
+On a brick (detected by ``trusted.glusterfs.volume-id`` on the root) the walk skips
+``.glusterfs/``, ``.trashcan/``, AFR's ``.glusterfs-anonymous-inode-*`` and DHT linkto
+files, and never copies GlusterFS's internal xattrs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from georep.errors import SourceMissing
+from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, replicable_xattr
+from georep.source.identity import IdStore
+
+VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
+LINKTO_XATTR = "trusted.glusterfs.dht.linkto"
+BRICK_SKIP_TOP = (b".glusterfs", b".trashcan")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEntry:
+    entry: Entry
+    path: bytes  # absolute path on the source, to read data and metadata from
+
+
+def is_brick(root: bytes) -> bool:
+    try:
+        os.getxattr(root, VOLUME_ID_XATTR)
+    except OSError:
+        return False
+    return True
+
+
+def read_xattrs(path: bytes, privileged: bool) -> tuple[tuple[bytes, bytes], ...]:
+    try:
+        keys = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for k in sorted(keys):
+        kb = os.fsencode(k)
+        if not replicable_xattr(kb, privileged):
+            continue
+        try:
+            out.append((kb, os.getxattr(path, k, follow_symlinks=False)))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+class Crawler:
+    """Yields `SourceEntry` for every replicable object below ``root`` (root first)."""
+
+    def __init__(self, root: bytes, store: IdStore, privileged: bool | None = None) -> None:
+        if not os.path.isdir(root):
+            raise SourceMissing(f"source {os.fsdecode(root)} does not exist or is not a directory")
+        self.root = os.path.abspath(root)
+        self.store = store
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        self.brick = is_brick(self.root)
+        self.problems: list[Problem] = []
+        self.count = 0
+
+    def _id(self, path: bytes, st: os.stat_result) -> bytes | None:
+        if not self.brick:
+            return self.store.id_for(st.st_dev, st.st_ino)
+        try:
+            gfid = os.getxattr(path, "trusted.gfid", follow_symlinks=False)
+        except OSError:
+            return None
+        return gfid if len(gfid) == 16 else None
+
+    def _skip(self, parent_is_root: bool, name: bytes, path: bytes, st: os.stat_result) -> bool:
+        if not self.brick:
+            return False
+        if parent_is_root and (name in BRICK_SKIP_TOP or name.startswith(b".glusterfs-anonymous-inode-")):
+            return True
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == stat.S_ISVTX and st.st_size == 0:
+            try:
+                os.getxattr(path, LINKTO_XATTR, follow_symlinks=False)
+                return True  # a DHT linkto pointer: the data lives on another brick
+            except OSError:
+                return False
+        return False
+
+    def entry_for(self, oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_result) -> Entry | None:
+        kind = Kind.from_mode(st.st_mode)
+        if kind is None:
+            return None
+        meta = Meta(
+            stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, read_xattrs(path, self.privileged)
+        )
+        target = os.readlink(path) if kind is Kind.SYMLINK else b""
+        nlink = st.st_nlink - 1 if self.brick and kind is not Kind.DIR else st.st_nlink
+        return Entry(
+            oid,
+            parent,
+            name,
+            kind,
+            meta,
+            size=st.st_size if kind is Kind.FILE else 0,
+            target=target,
+            rdev=st.st_rdev if kind in (Kind.CHR, Kind.BLK) else 0,
+            nlink=nlink,
+        )
+
+    def __iter__(self) -> Iterator[SourceEntry]:
+        st = os.stat(self.root)
+        root_entry = self.entry_for(ROOT_ID, ROOT_ID, b"", self.root, st)
+        assert root_entry is not None
+        yield SourceEntry(root_entry, self.root)
+        stack: list[tuple[bytes, bytes, Iterator[os.DirEntry[bytes]]]] = []
+        self._push(stack, ROOT_ID, self.root)
+        while stack:
+            pid, ppath, it = stack[-1]
+            try:
+                de = next(it)
+            except StopIteration:
+                stack.pop()
+                continue
+            except OSError as exc:
+                self.problems.append(Problem(ppath, f"cannot list directory: {exc.strerror}"))
+                stack.pop()
+                continue
+            name = de.name
+            path = de.path
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # vanished since listed: nothing to send
+                    self.problems.append(Problem(path, f"cannot stat: {exc.strerror}"))
+                continue
+            if self._skip(pid == ROOT_ID, name, path, st):
+                continue
+            oid = self._id(path, st)
+            if oid is None:
+                self.problems.append(Problem(path, "no trusted.gfid on a brick object (not healed yet?)"))
+                continue
+            entry = self.entry_for(oid, pid, name, path, st)
+            if entry is None:
+                continue
+            self.count += 1
+            if entry.kind is not Kind.DIR and entry.nlink > 1 and not self.store.first_sighting(oid):
+                self.store.defer_link(oid, pid, name, path)
+                continue
+            yield SourceEntry(entry, path)
+            if entry.kind is Kind.DIR:
+                self._push(stack, oid, path)
+
+    def _push(self, stack: list[tuple[bytes, bytes, Iterator[os.DirEntry[bytes]]]], oid: bytes, path: bytes) -> None:
+        try:
+            it = os.scandir(path)
+        except OSError as exc:
+            self.problems.append(Problem(path, f"cannot list directory: {exc.strerror}"))
+            return
+        stack.append((oid, path, iter(it)))

@@ -1,0 +1,101 @@
+"""Stable ids for a plain tree, kept in source-side state outside the tree.
+
+A GlusterFS brick gives every object a gfid; a plain directory gives only inode
+numbers.  We key ids by ``(st_dev, st_ino)`` in a SQLite file under the state directory
+(default ``~/.local/state/georep/``), one file per source root:
+
+* a rename or move inside the tree keeps the inode, so the object keeps its id and the
+  secondary renames it instead of receiving its data again;
+* hard links share an inode, hence an id, exactly like a gfid;
+* the file lives outside the tree, so replicating never writes to the source.
+
+Limits (documented in README): an inode number freed by a delete and reused by a new
+file gives the new file the old id; the agent then renames the old copy into the new
+place and, because size/mtime differ, asks for the data — the result is still correct,
+only a rename is spent.  Copying the source to another filesystem (new inodes) or
+losing the state file makes every id new: the next run sends everything once more.
+The same state also remembers, per session, which hard-linked ids were already sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+from georep.errors import StateError
+from georep.model import ROOT_ID
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "georep"
+
+
+class IdStore:
+    """(dev, ino) → 16-byte id, on disk; plus per-session scratch tables."""
+
+    def __init__(self, state_dir: Path, source_root: bytes) -> None:
+        key = hashlib.sha256(os.path.realpath(source_root)).hexdigest()[:24]
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.path = state_dir / f"ids-{key}.db"
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS ids (dev INTEGER, ino INTEGER, id BLOB NOT NULL,"
+                " PRIMARY KEY (dev, ino)) WITHOUT ROWID"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS about (key TEXT PRIMARY KEY, value BLOB)")
+            self._db.execute(
+                "INSERT OR IGNORE INTO about(key, value) VALUES ('source', ?)", (os.path.realpath(source_root),)
+            )
+            self._db.execute("CREATE TEMP TABLE seen (id BLOB PRIMARY KEY) WITHOUT ROWID")
+            self._db.execute("CREATE TEMP TABLE links (n INTEGER PRIMARY KEY, id BLOB, parent BLOB, name BLOB,"
+                             " path BLOB)")
+            self._db.execute("BEGIN")
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"state directory {state_dir} cannot be used: {exc}") from None
+        self._writes = 0
+
+    def id_for(self, dev: int, ino: int) -> bytes:
+        row = self._db.execute("SELECT id FROM ids WHERE dev=? AND ino=?", (dev, ino)).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        oid = uuid.uuid4().bytes
+        while oid == ROOT_ID:  # pragma: no cover - astronomically unlikely
+            oid = uuid.uuid4().bytes
+        self._db.execute("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)", (dev, ino, oid))
+        self._writes += 1
+        if self._writes >= 5000:
+            self.commit()
+        return oid
+
+    def first_sighting(self, oid: bytes) -> bool:
+        """True the first time a (hard-linked) id is met in this session."""
+
+        cur = self._db.execute("INSERT OR IGNORE INTO seen(id) VALUES (?)", (oid,))
+        return cur.rowcount == 1
+
+    def defer_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
+        self._db.execute("INSERT INTO links(id, parent, name, path) VALUES (?,?,?,?)", (oid, parent, name, path))
+
+    def deferred_links(self) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """A page of deferred links, removed from the spool as they are returned."""
+
+        rows = self._db.execute("SELECT n, id, parent, name, path FROM links ORDER BY n LIMIT 1000").fetchall()
+        if rows:
+            self._db.execute("DELETE FROM links WHERE n <= ?", (rows[-1][0],))
+        return [(bytes(r[1]), bytes(r[2]), bytes(r[3]), bytes(r[4])) for r in rows]
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        self._writes = 0
+
+    def close(self) -> None:
+        self._db.execute("COMMIT")
+        self._db.close()

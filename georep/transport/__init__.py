@@ -1,0 +1,1 @@
+"""Moving protocol bytes: a narrow `Channel` with a pipe and an SSH implementation, and the sender."""

@@ -1,0 +1,101 @@
+"""The one narrow interface between the sender and an agent, and its pipe implementation.
+
+A `Channel` is a byte stream to a running agent plus what is needed to explain its death
+(exit status and stderr).  `PipeChannel` runs the agent as a local child process — the
+built-in default for a local SECONDARY, no SSH involved; `georep.transport.ssh` runs the
+same agent on the far side of one SSH connection.  The engine cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Protocol
+
+STDERR_KEEP = 64 * 1024
+
+
+class Channel(Protocol):
+    bytes_written: int
+
+    async def read(self) -> bytes:
+        """Some bytes from the agent; b"" once it closed its output."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def close_input(self) -> None:
+        """Tell the agent no more input comes (EOF on its stdin)."""
+
+    async def wait(self) -> int | None:
+        """The agent's exit status once it ended (None if unknown)."""
+
+    def stderr_text(self) -> str:
+        """The tail of what the agent printed on stderr, for error messages."""
+
+
+class PipeChannel:
+    """The agent as a local child process speaking on its stdin/stdout."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._stderr = bytearray()
+        self.bytes_written = 0
+        assert proc.stderr is not None
+        self._err_task = asyncio.get_running_loop().create_task(self._collect(proc.stderr))
+
+    @classmethod
+    async def start(cls, argv: list[str]) -> PipeChannel:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=4 << 20,
+        )
+        return cls(proc)
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            data = await stream.read(65536)
+            if not data:
+                return
+            self._stderr += data
+            del self._stderr[:-STDERR_KEEP]
+
+    async def read(self) -> bytes:
+        assert self._proc.stdout is not None
+        return await self._proc.stdout.read(1 << 20)
+
+    def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        self.bytes_written += len(data)
+        self._proc.stdin.write(data)
+
+    async def drain(self) -> None:
+        assert self._proc.stdin is not None
+        await self._proc.stdin.drain()
+
+    async def close_input(self) -> None:
+        assert self._proc.stdin is not None
+        if not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
+
+    async def wait(self) -> int | None:
+        code = await self._proc.wait()
+        await self._err_task
+        return code
+
+    def stderr_text(self) -> str:
+        return self._stderr.decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        if self._proc.returncode is None:
+            self._proc.kill()
+
+
+def local_agent_argv(root: str) -> list[str]:
+    """The same agent the remote side runs, started from this interpreter."""
+
+    return [sys.executable, "-m", "georep", "agent", root]

@@ -1,0 +1,339 @@
+"""The pipelined send loop: entries out, per-item results in, data where the agent asks.
+
+Theory of operation
+-------------------
+The sender never waits for an answer before sending the next item.  It keeps up to
+``window`` items in flight (entries and links awaiting their `Result`); a reader task
+consumes results as they come:
+
+* DONE — the item is settled (renames and metadata need no data);
+* NEED — the agent wants the file's data: small files are packed, many per `Blobs`
+  frame; large files are streamed in `DataChunk` frames, never whole in memory; each
+  carries an xxh3-128 digest the agent checks before publishing;
+* FAILED — recorded as a `Problem`; nothing else is resent.
+
+After the crawl, hard links are sent (their inode now exists), then `Finish` lets the
+agent remove what the source no longer has.  Data is sent in preference to new entries
+so the window drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from georep import errors
+from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
+from georep.model import Entry, Problem, Summary
+from georep.protocol import messages as m
+from georep.protocol.digest import ExtentDigest
+from georep.protocol.framing import CHUNK_SIZE, encode_chunk
+from georep.protocol.session import Role, Session, State
+from georep.source.crawl import SourceEntry
+from georep.transport.channel import Channel
+
+#: Files up to this size travel whole inside a Blobs frame.
+SMALL_FILE = 256 * 1024
+
+
+@dataclass(slots=True)
+class Options:
+    window: int = 4096
+    mirror: bool = True
+    allow_mass_delete: bool = False
+
+
+def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data regions of a file: holes are skipped (SEEK_DATA/SEEK_HOLE)."""
+
+    if size == 0:
+        return []
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == 6:  # ENXIO: no data after pos, the rest is a hole
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if start >= size:
+                break
+            out.append((start, end - start))
+            pos = end
+    except OSError:
+        return [(0, size)]  # the filesystem cannot tell: send it all
+    return out
+
+
+class Sender:
+    """Drives one session over a `Channel`."""
+
+    def __init__(self, chan: Channel, opts: Options, on_progress: Callable[[Summary], None] | None = None) -> None:
+        self.chan = chan
+        self.opts = opts
+        self.session = Session(Role.SENDER)
+        self.summary = Summary()
+        self.inflight: dict[int, SourceEntry | tuple[bytes, bytes]] = {}
+        self.need: collections.deque[int] = collections.deque()
+        self.changed = asyncio.Event()
+        self.finished: asyncio.Future[m.Finished] = asyncio.get_running_loop().create_future()
+        self.failure: BaseException | None = None
+        self._seq = 0
+        self._on_progress = on_progress
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- session lifecycle -------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        self.chan.write(self.session.initiate())
+        await self.chan.drain()
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        ready = asyncio.get_running_loop().create_task(self._ready.wait())
+        await asyncio.wait({ready, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            ready.cancel()
+            await self._raise_failure()
+
+    async def _raise_failure(self) -> None:
+        if self._reader is not None and self._reader.done():
+            exc = self._reader.exception()
+            if exc is not None:
+                raise exc
+        if self.failure is not None:
+            raise self.failure
+        raise AgentFailed("the agent stopped")
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.chan.read()
+                if not data:
+                    await self._agent_ended()
+                    return
+                for msg in self.session.receive(data):
+                    self._on_message(msg)
+                if self.session.state is State.READY:
+                    self._ready.set()
+        except GeorepError as exc:
+            self.failure = exc
+            raise
+        finally:
+            self.changed.set()
+
+    async def _agent_ended(self) -> None:
+        if self.finished.done() and self.session.state is State.CLOSED:
+            return
+        try:
+            code = await asyncio.wait_for(self.chan.wait(), 10)
+        except asyncio.TimeoutError:
+            code = None
+        stderr = self.chan.stderr_text().strip()
+        tail = ("; it said: " + stderr[-2000:]) if stderr else ""
+        if code == 127:
+            raise AgentNotFound(f"the agent command was not found on the secondary (exit 127){tail}")
+        if self.session.state is not State.READY:
+            raise AgentFailed(f"the agent exited (status {code}) before the handshake{tail}")
+        raise ConnectionLost(f"the connection to the agent closed mid-session (status {code}){tail}")
+
+    def _on_message(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Results):
+            for r in msg.items:
+                item = self.inflight.get(r.seq)
+                if item is None:
+                    raise ProtocolError(f"result for unknown item {r.seq}")
+                if r.status == m.NEED:
+                    self.need.append(r.seq)
+                    continue
+                del self.inflight[r.seq]
+                if r.status == m.FAILED:
+                    path = item.path if isinstance(item, SourceEntry) else item[1]
+                    self.summary.problems.append(Problem(path, r.cause, "agent"))
+            self.changed.set()
+        elif isinstance(msg, m.Finished):
+            self.finished.set_result(msg)
+        elif isinstance(msg, m.ErrorMsg):
+            cls = getattr(errors, msg.error, None)
+            if isinstance(cls, type) and issubclass(cls, GeorepError):
+                raise cls(f"secondary: {msg.message}", hint=msg.hint)
+            raise AgentFailed(f"secondary: {msg.message}", hint=msg.hint)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} from the agent")
+
+    def _send(self, msg: m.Message) -> None:
+        self.chan.write(self.session.send(msg))
+
+    def _check(self) -> None:
+        if self._reader is not None and self._reader.done():
+            exc = self._reader.exception() if not self._reader.cancelled() else None
+            raise exc or ConnectionLost("the agent stopped answering")
+
+    # -- the main loop -------------------------------------------------------------------
+
+    async def run(self, entries: Iterable[SourceEntry], links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]],
+                  source_entries: Callable[[], int]) -> Summary:
+        t0 = time.monotonic()
+        last_progress = t0
+        for se in entries:
+            await self._room_for_one()
+            self._seq += 1
+            self.inflight[self._seq] = se
+            self._send(self._entry_msg(self._seq, se.entry))
+            self.summary.entries += 1
+            if len(self.inflight) % 64 == 0:
+                await self.chan.drain()
+            if self._on_progress is not None and time.monotonic() - last_progress > 0.5:
+                last_progress = time.monotonic()
+                self.summary.bytes_wire = self.chan.bytes_written
+                self._on_progress(self.summary)
+        await self._drain_all()  # every inode exists before its extra names are linked
+        while page := links():
+            for oid, parent, name, path in page:
+                await self._room_for_one()
+                self._seq += 1
+                self.inflight[self._seq] = (oid, path)
+                self._send(m.LinkMsg(self._seq, oid, parent, name))
+        await self._drain_all()
+        self._send(m.Finish(self.opts.mirror, source_entries(), self.opts.allow_mass_delete))
+        await self.chan.drain()
+        finished = await self._await(self.finished)
+        self.summary.deleted = finished.deleted
+        self._send(m.Bye())
+        await self.chan.drain()
+        await self.chan.close_input()
+        await self.chan.wait()
+        self.summary.bytes_wire = self.chan.bytes_written
+        self.summary.seconds = time.monotonic() - t0
+        return self.summary
+
+    async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
+        assert self._reader is not None
+        await asyncio.wait({fut, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        if fut.done():
+            return fut.result()
+        await self._raise_failure()
+        raise AssertionError("unreachable")
+
+    async def _room_for_one(self) -> None:
+        while True:
+            self._check()
+            if self.need:
+                await self._send_data()
+                continue
+            if len(self.inflight) < self.opts.window:
+                return
+            await self.chan.drain()
+            self.changed.clear()
+            if not self.need and len(self.inflight) >= self.opts.window:
+                await self.changed.wait()
+
+    async def _drain_all(self) -> None:
+        await self.chan.drain()
+        while self.inflight:
+            self._check()
+            if self.need:
+                await self._send_data()
+                continue
+            self.changed.clear()
+            if self.inflight and not self.need:
+                await self.changed.wait()
+
+    # -- data ----------------------------------------------------------------------------
+
+    async def _send_data(self) -> None:
+        """Send the data of every item the agent asked for, packing small files."""
+
+        blobs: list[m.SmallFile] = []
+        packed = 0
+        while self.need:
+            seq = self.need.popleft()
+            se = self.inflight[seq]
+            assert isinstance(se, SourceEntry)
+            try:
+                fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                self._send(m.DataAbort(seq, f"cannot open on the source: {exc.strerror}"))
+                continue
+            try:
+                st0 = os.fstat(fd)
+                if st0.st_size <= SMALL_FILE:
+                    blobs.append(self._small(seq, fd, st0))
+                    packed += st0.st_size
+                    if packed >= CHUNK_SIZE:
+                        self._send(m.Blobs(blobs))
+                        blobs, packed = [], 0
+                        await self.chan.drain()
+                else:
+                    if blobs:
+                        self._send(m.Blobs(blobs))
+                        blobs, packed = [], 0
+                    await self._large(seq, fd, st0)
+                self._check_stable(fd, st0, se)
+                self.summary.files += 1
+            except OSError as exc:
+                self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
+            finally:
+                os.close(fd)
+        if blobs:
+            self._send(m.Blobs(blobs))
+        await self.chan.drain()
+
+    def _small(self, seq: int, fd: int, st0: os.stat_result) -> m.SmallFile:
+        digest = ExtentDigest()
+        extents: list[list[int | bytes]] = []
+        for off, length in file_extents(fd, st0.st_size):
+            data = os.pread(fd, length, off)
+            digest.update(off, data)
+            extents.append([off, data])
+            self.summary.bytes_data += len(data)
+        return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), st0.st_mtime_ns)
+
+    async def _large(self, seq: int, fd: int, st0: os.stat_result) -> None:
+        size = st0.st_size
+        self._send(m.DataBegin(seq, size))
+        digest = ExtentDigest()
+        for off, length in file_extents(fd, size):
+            end = off + length
+            pos = off
+            while pos < end:
+                data = os.pread(fd, min(CHUNK_SIZE, end - pos), pos)
+                if not data:
+                    break  # shrank while reading: the stability check reports it
+                digest.update(pos, data)
+                self.chan.write(encode_chunk(seq, pos, data))
+                self.summary.bytes_data += len(data)
+                pos += len(data)
+                await self.chan.drain()
+        self._send(m.DataEnd(seq, digest.finish(size), st0.st_mtime_ns))
+
+    def _check_stable(self, fd: int, st0: os.stat_result, se: SourceEntry) -> None:
+        st1 = os.fstat(fd)
+        if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
+            self.summary.problems.append(
+                Problem(se.path, "changed while being read; the next run sends it again", "changed")
+            )
+
+    @staticmethod
+    def _entry_msg(seq: int, e: Entry) -> m.EntryMsg:
+        return m.EntryMsg(
+            seq,
+            e.id,
+            e.parent,
+            e.name,
+            int(e.kind),
+            e.meta.mode,
+            e.meta.uid,
+            e.meta.gid,
+            e.meta.mtime_ns,
+            [[k, v] for k, v in e.meta.xattrs],
+            e.size,
+            e.target,
+            e.rdev,
+        )

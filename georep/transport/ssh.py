@@ -1,0 +1,173 @@
+"""The agent on the far side of one SSH connection (asyncssh), verified like OpenSSH does.
+
+Host keys are checked against ``~/.ssh/known_hosts`` (or ``--known-hosts``): an unknown
+key is refused with its SHA256 fingerprint and the command to accept it, a changed key
+is refused as a possible attack.  Identities are the usual ``~/.ssh/id_*`` and the
+ssh-agent, or ``--identity``.  There is no switch that turns verification off.
+
+The remote command is ``REMOTE_COMMAND agent PATH`` run by the remote user's shell
+(like rsync's ``--rsync-path``); a shell exit of 127 means the command was not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import asyncssh
+
+from georep.errors import HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
+from georep.transport.channel import STDERR_KEEP
+
+#: Fastest first on this hardware (measured: aes128-gcm ≈ 527 MB/s on loopback).
+CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SshTarget:
+    user: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> SshTarget:
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname:
+            raise UsageError(f"not an ssh:// URL: {url}", hint="use ssh://[user@]host[:port]/absolute/path")
+        path = unquote(parts.path)
+        if not path.startswith("/") or path == "/":
+            raise UsageError(f"the secondary path in {url} must be absolute and not '/'",
+                             hint="use ssh://[user@]host[:port]/absolute/path")
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise UsageError(f"bad port in {url}") from None
+        return cls(unquote(parts.username) if parts.username else getpass.getuser(), parts.hostname, port, path)
+
+    @property
+    def display(self) -> str:
+        host = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
+        return f"{self.user}@{host}"
+
+
+def _known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
+    try:
+        return asyncssh.read_known_hosts(str(path))
+    except FileNotFoundError:
+        return asyncssh.import_known_hosts("")
+
+
+class SshChannel:
+    """A `georep.transport.channel.Channel` over an asyncssh session."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+        self._conn = conn
+        self._proc = proc
+        self._stderr = bytearray()
+        self.bytes_written = 0
+        self._err_task = asyncio.get_running_loop().create_task(self._collect())
+
+    async def _collect(self) -> None:
+        while True:
+            data = await self._proc.stderr.read(65536)
+            if not data:
+                return
+            self._stderr += data
+            del self._stderr[:-STDERR_KEEP]
+
+    async def read(self) -> bytes:
+        return await self._proc.stdout.read(1 << 20)
+
+    def write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
+        self._proc.stdin.write(data)
+
+    async def drain(self) -> None:
+        await self._proc.stdin.drain()
+
+    async def close_input(self) -> None:
+        if not self._proc.stdin.is_closing():
+            self._proc.stdin.write_eof()
+
+    async def wait(self) -> int | None:
+        await self._proc.wait_closed()
+        await self._err_task
+        status = self._proc.exit_status
+        self._conn.close()
+        await self._conn.wait_closed()
+        return status
+
+    def stderr_text(self) -> str:
+        return self._stderr.decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        self._conn.abort()
+
+
+async def open_ssh(
+    target: SshTarget,
+    remote_command: str,
+    *,
+    known_hosts: Path | None = None,
+    identities: list[Path] | None = None,
+    connect_timeout: float = 30.0,
+) -> SshChannel:
+    kh_path = known_hosts or Path(os.path.expanduser("~/.ssh/known_hosts"))
+    known = _known_hosts(kh_path)
+    client_keys: list[str] | tuple[()] = [str(p) for p in identities] if identities else ()
+    try:
+        conn = await asyncssh.connect(
+            target.host,
+            target.port,
+            username=target.user,
+            known_hosts=known,
+            client_keys=client_keys,
+            encryption_algs=CIPHERS,
+            compression_algs=None,
+            connect_timeout=connect_timeout,
+            config=None,
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise await _host_key_error(target, known, kh_path) from None
+    except asyncssh.PermissionDenied:
+        raise SshAuthFailed(f"{target.display} refused every identity offered") from None
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        raise SshUnreachable(f"cannot connect to {target.display}: {reason}") from None
+    argv = [*shlex.split(remote_command), "agent", target.path]
+    proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(shlex.join(argv), encoding=None)
+    return SshChannel(conn, proc)
+
+
+async def _host_key_error(target: SshTarget, known: asyncssh.SSHKnownHosts, kh_path: Path) -> Exception:
+    fingerprint = "unknown"
+    try:
+        key = await asyncssh.get_server_host_key(target.host, target.port)
+        if key is not None:
+            fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
+    except (OSError, asyncssh.Error):
+        pass
+    trusted = known.match(target.host, target.host, target.port)[0]
+    port_opt = f"-p {target.port} " if target.port != 22 else ""
+    if trusted:
+        spec = f"[{target.host}]:{target.port}" if target.port != 22 else target.host
+        return HostKeyChanged(
+            f"host key of {target.display} CHANGED (now {fingerprint}); refusing to connect",
+            hint=f"if the host was reinstalled, run: ssh-keygen -f {kh_path} -R '{spec}', then accept the new key",
+        )
+    return HostKeyUnknown(
+        f"host key of {target.display} is not in {kh_path} (server offers {fingerprint})",
+        hint=f"verify the fingerprint, then: ssh-keyscan {port_opt}{target.host} >> {kh_path}",
+    )
