@@ -343,7 +343,7 @@ class Applier:
         st = fsops.lstat_at(pfd, e.name)
         if st is None or Kind.from_mode(st.st_mode) is not kind:
             return None
-        if kind is Kind.FILE and (st.st_size != e.size or st.st_mtime_ns != e.mtime_ns or st.st_nlink != 1):
+        if kind is Kind.FILE and (st.st_size != e.size or st.st_mtime_ns != e.mtime_ns):
             return None
         if kind is Kind.SYMLINK and os.readlink(e.name, dir_fd=pfd) != e.target:
             return None

@@ -168,7 +168,43 @@ class Sender:
             raise ProtocolError(f"unexpected {type(msg).__name__} from the agent")
 
     def _send(self, msg: m.Message) -> None:
-        self.chan.write(self.session.send(msg))
+        self._write(self.session.send(msg))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.chan.write(data)
+        except OSError as exc:
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: BaseException) -> BaseException:
+        """The best explanation of a dead transport: the reader's, else a plain ConnectionLost."""
+
+        if self._reader is not None and self._reader.done() and not self._reader.cancelled():
+            found = self._reader.exception()
+            if found is not None:
+                return found
+        if self.failure is not None:
+            return self.failure
+        return ConnectionLost(f"the connection to the agent broke: {exc}")
+
+    async def _drain(self) -> None:
+        """Wait for the transport to take our bytes, unless the agent side died meanwhile.
+
+        A peer that stopped reading (dead agent, full window) would otherwise block the
+        sender forever inside drain().
+        """
+
+        assert self._reader is not None
+        drain = asyncio.ensure_future(self.chan.drain())
+        await asyncio.wait({drain, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            drain.cancel()
+            await self._raise_failure()
+        try:
+            drain.result()
+        except OSError as exc:
+            await asyncio.sleep(0.1)  # let the reader record why the agent went away
+            raise self._lost(exc) from None
 
     def _check(self) -> None:
         if self._reader is not None and self._reader.done():
@@ -188,7 +224,7 @@ class Sender:
             self._send(self._entry_msg(self._seq, se.entry))
             self.summary.entries += 1
             if len(self.inflight) % 64 == 0:
-                await self.chan.drain()
+                await self._drain()
             if self._on_progress is not None and time.monotonic() - last_progress > 0.5:
                 last_progress = time.monotonic()
                 self.summary.bytes_wire = self.chan.bytes_written
@@ -202,11 +238,11 @@ class Sender:
                 self._send(m.LinkMsg(self._seq, oid, parent, name))
         await self._drain_all()
         self._send(m.Finish(self.opts.mirror, source_entries(), self.opts.allow_mass_delete))
-        await self.chan.drain()
+        await self._drain()
         finished = await self._await(self.finished)
         self.summary.deleted = finished.deleted
         self._send(m.Bye())
-        await self.chan.drain()
+        await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
         self.summary.bytes_wire = self.chan.bytes_written
@@ -229,13 +265,13 @@ class Sender:
                 continue
             if len(self.inflight) < self.opts.window:
                 return
-            await self.chan.drain()
+            await self._drain()
             self.changed.clear()
             if not self.need and len(self.inflight) >= self.opts.window:
                 await self.changed.wait()
 
     async def _drain_all(self) -> None:
-        await self.chan.drain()
+        await self._drain()
         while self.inflight:
             self._check()
             if self.need:
@@ -269,7 +305,7 @@ class Sender:
                     if packed >= CHUNK_SIZE:
                         self._send(m.Blobs(blobs))
                         blobs, packed = [], 0
-                        await self.chan.drain()
+                        await self._drain()
                 else:
                     if blobs:
                         self._send(m.Blobs(blobs))
@@ -283,7 +319,7 @@ class Sender:
                 os.close(fd)
         if blobs:
             self._send(m.Blobs(blobs))
-        await self.chan.drain()
+        await self._drain()
 
     def _small(self, seq: int, fd: int, st0: os.stat_result) -> m.SmallFile:
         digest = ExtentDigest()
@@ -307,10 +343,10 @@ class Sender:
                 if not data:
                     break  # shrank while reading: the stability check reports it
                 digest.update(pos, data)
-                self.chan.write(encode_chunk(seq, pos, data))
+                self._write(encode_chunk(seq, pos, data))
                 self.summary.bytes_data += len(data)
                 pos += len(data)
-                await self.chan.drain()
+                await self._drain()
         self._send(m.DataEnd(seq, digest.finish(size), st0.st_mtime_ns))
 
     def _check_stable(self, fd: int, st0: os.stat_result, se: SourceEntry) -> None:

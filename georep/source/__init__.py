@@ -1,0 +1,1 @@
+"""Change sources: the tree crawler, plain-tree identity, and (later) brick journals and inotify."""

@@ -1,0 +1,181 @@
+"""`georep-sync --oneshot` to a local secondary: the real agent over a pipe, real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from treecmp import HOSTILE_NAMES, build_fidelity_tree, diff, snapshot
+
+
+def oneshot(src: Path, dst: Path, state: Path, *extra: str) -> dict[str, object]:
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--json", *extra)
+    assert r.code == 0, r.stderr
+    return r.summary
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+
+
+def test_fidelity_and_idempotence(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=300)
+    first = oneshot(src, dst, state)
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert first["errors"] == 0
+    assert first["bytes_data"] > 3 * 1024 * 1024
+    # the sparse file kept its holes: far fewer blocks than its length
+    st = os.stat(dst / "sparse")
+    assert st.st_blocks * 512 < 4 * 1024 * 1024
+    # a hard-link group is one inode on the secondary
+    assert os.stat(dst / "hard-1").st_ino == os.stat(dst / "dir" / "random.bin").st_ino
+    again = oneshot(src, dst, state)
+    assert again["bytes_data"] == 0
+    assert again["files"] == 0
+    assert diff(snapshot(src), snapshot(dst)) == []
+
+
+def test_directory_rename_moves_without_data(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    (src / "a" / "big").mkdir(parents=True)
+    for i in range(1000):
+        (src / "a" / "big" / f"f{i}").write_bytes(os.urandom(100))
+    oneshot(src, dst, state)
+    ino = os.stat(dst / "a" / "big").st_ino
+    os.rename(src / "a" / "big", src / "moved")
+    s = oneshot(src, dst, state)
+    assert s["bytes_data"] == 0
+    assert s["deleted"] == 0
+    assert os.stat(dst / "moved").st_ino == ino  # renamed, not copied
+    assert diff(snapshot(src), snapshot(dst)) == []
+
+
+def test_swap_and_cycle_of_names(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    src.mkdir()
+    for n in "abc":
+        (src / n).write_bytes(n.encode() * 1000)
+    (src / "da").mkdir()
+    (src / "db").mkdir()
+    (src / "da" / "in-a").write_text("A")
+    oneshot(src, dst, state)
+    # swap a <-> b; cycle of directories da -> db -> da; c moved into a directory
+    os.rename(src / "a", src / "tmp")
+    os.rename(src / "b", src / "a")
+    os.rename(src / "tmp", src / "b")
+    os.rename(src / "da", src / "tmpd")
+    os.rename(src / "db", src / "da")
+    os.rename(src / "tmpd", src / "db")
+    os.rename(src / "c", src / "db" / "c")
+    s = oneshot(src, dst, state)
+    assert s["bytes_data"] == 0
+    assert (dst / "a").read_bytes() == b"b" * 1000
+    assert (dst / "db" / "in-a").read_text() == "A"
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert os.listdir(dst / ".georep" / "staging") == []
+
+
+def test_rsync_temp_name_story(dirs: tuple[Path, Path, Path]) -> None:
+    """A temp name that reached the secondary is gone once the source shows the final name."""
+
+    src, dst, state = dirs
+    src.mkdir()
+    (src / "player.json").write_text('{"v": 1}')
+    (src / ".player.json.AbvgGY").write_text('{"v": 2}')
+    oneshot(src, dst, state)
+    assert (dst / ".player.json.AbvgGY").exists()
+    os.rename(src / ".player.json.AbvgGY", src / "player.json")  # rsync's final rename
+    s = oneshot(src, dst, state)
+    assert s["bytes_data"] == 0  # the temp file's inode is renamed over, not re-sent
+    assert sorted(os.listdir(dst)) == [".georep", "player.json"]
+    assert (dst / "player.json").read_text() == '{"v": 2}'
+
+
+def test_changes_deletes_and_type_changes(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src)
+    oneshot(src, dst, state)
+    shutil.rmtree(src / "dir" / "sub")
+    os.unlink(src / "hard-1")
+    (src / "empty").write_bytes(b"now with data")
+    os.unlink(src / "link-rel")
+    os.mkdir(src / "link-rel")  # a symlink became a directory
+    os.rmdir(src / "empty-dir")
+    (src / "empty-dir").write_text("a directory became a file")
+    os.chmod(src / "mode-0640", 0o604)
+    os.setxattr(src / "dir" / "random.bin", b"user.checksum", b"changed")
+    s = oneshot(src, dst, state)
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert s["bytes_data"] == len(b"now with data") + len(b"a directory became a file")
+    assert s["deleted"] >= 2
+
+
+def test_names_of_any_bytes(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    src.mkdir()
+    for n in HOSTILE_NAMES:
+        (Path(os.fsdecode(os.path.join(os.fsencode(src), n)))).write_bytes(n)
+    oneshot(src, dst, state)
+    assert sorted(os.listdir(os.fsencode(dst))) == sorted([b".georep", *HOSTILE_NAMES])
+    for n in HOSTILE_NAMES:
+        with open(os.path.join(os.fsencode(dst), n), "rb") as f:
+            assert f.read() == n
+
+
+def test_seeded_secondary_is_adopted_without_data(dirs: tuple[Path, Path, Path]) -> None:
+    """A secondary pre-filled by rsync -a (same size and mtime) costs no data."""
+
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=50)
+    subprocess.run(["cp", "-a", f"{src}/.", str(dst)], check=True)
+    s = oneshot(src, dst, state)
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert s["bytes_data"] == 0
+
+
+def test_mass_delete_refused_when_source_empty(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src)
+    oneshot(src, dst, state)
+    for p in os.listdir(src):
+        full = src / p
+        if full.is_dir() and not full.is_symlink():
+            shutil.rmtree(full)
+        else:
+            full.unlink()
+    r = run_cli("--oneshot", src, dst, "--state-dir", state)
+    assert r.code == 4, r.stderr
+    assert "refusing" in r.stderr and "hint:" in r.stderr
+    assert (dst / "dir" / "random.bin").exists()
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--allow-mass-delete")
+    assert r.code == 0, r.stderr
+    assert os.listdir(dst) == [".georep"]
+
+
+def test_errors_have_cause_hint_and_exit_code(tmp_path: Path) -> None:
+    r = run_cli("--oneshot", tmp_path / "missing", tmp_path / "dst", "--state-dir", tmp_path / "st")
+    assert r.code == 3
+    assert "does not exist" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "src").mkdir()
+    (tmp_path / "blocker").write_text("a file where the secondary root should be")
+    r = run_cli("--oneshot", tmp_path / "src", tmp_path / "blocker" / "dst", "--state-dir", tmp_path / "st")
+    assert r.code == 10, r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("--oneshot", tmp_path / "src")
+    assert r.code == 2
+    r = run_cli("--oneshot", tmp_path / "src", "ftp://host/x", "--state-dir", tmp_path / "st")
+    assert r.code == 2
+    r = run_cli("--version")
+    assert r.code == 0 and r.stdout.startswith("georep-sync ")
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    r = run_cli("--oneshot", tmp_path / "missing", tmp_path / "dst", "--state-dir", tmp_path / "st", "--debug")
+    assert r.code == 3
+    assert "Traceback" in r.stderr

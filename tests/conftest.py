@@ -1,0 +1,128 @@
+"""Shared fixtures: the CLI run as a real process, and a real OpenSSH sshd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> dict[str, object]:
+        result: dict[str, object] = json.loads(self.stdout.strip().splitlines()[-1])
+        return result
+
+
+def run_cli(*args: str | os.PathLike[str], timeout: float = 600, env: dict[str, str] | None = None) -> CliResult:
+    """Run ``python -m georep ARGS`` as a separate process, like an operator would."""
+
+    proc = subprocess.run(
+        [sys.executable, "-bb", "-m", "georep", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli() -> object:
+    return run_cli
+
+
+@dataclass
+class Sshd:
+    port: int
+    host_key_pub: str
+    known_hosts: Path
+    identity: Path
+    remote_command: str
+    log: Path
+
+    def url(self, path: Path | str, user: str = "root") -> str:
+        return f"ssh://{user}@127.0.0.1:{self.port}{path}"
+
+    def ssh_args(self) -> list[str]:
+        return ["--known-hosts", str(self.known_hosts), "--identity", str(self.identity),
+                "--remote-command", self.remote_command]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 with a temporary host key and authorized_keys."""
+
+    if not os.path.exists(SSHD):
+        pytest.fail("OpenSSH sshd is not installed (apt-get install openssh-server); .ci/run installs it")
+    d = tmp_path_factory.mktemp("sshd")
+    os.chmod(d, 0o755)
+    _keygen(d / "host_ed25519")
+    _keygen(d / "id_ed25519")
+    (d / "authorized_keys").write_text((d / "id_ed25519.pub").read_text())
+    os.makedirs("/run/sshd", exist_ok=True)
+    for _attempt in range(5):
+        port = _free_port()
+        cfg = d / "sshd_config"
+        cfg.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n"
+            f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+            "PermitRootLogin prohibit-password\nLogLevel VERBOSE\nMaxStartups 50\n"
+        )
+        log = d / "sshd.log"
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stderr=open(log, "ab"))
+        deadline = time.monotonic() + 10
+        up = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    up = s.recv(4).startswith(b"SSH-")
+                    if up:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        if up:
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"sshd did not start: {log.read_text()[-2000:]}")
+    host_pub = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
+    known = d / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    # the remote shell runs this same interpreter, which has georep installed
+    remote = f"{sys.executable} -m georep"
+    try:
+        yield Sshd(port, host_pub, known, d / "id_ed25519", remote, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
