@@ -1,0 +1,115 @@
+"""The sans-IO session state machine, over every (state, message) pair."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from georep import PROTOCOL_VERSION
+from georep.errors import AgentVersionMismatch, ProtocolError
+from georep.protocol import messages as m
+from georep.protocol.framing import encode
+from georep.protocol.session import MAGIC, Role, Session, State
+
+SAMPLES: dict[type[m.Message], m.Message] = {
+    m.Hello: m.Hello(PROTOCOL_VERSION, "t"),
+    m.HelloOk: m.HelloOk(PROTOCOL_VERSION, "t", False),
+    m.EntryMsg: m.EntryMsg(1, b"i" * 16, b"p" * 16, b"n", 1, 0o644, 0, 0, 0, [], 0, b"", 0),
+    m.LinkMsg: m.LinkMsg(1, b"i" * 16, b"p" * 16, b"n"),
+    m.DataBegin: m.DataBegin(1, 0),
+    m.DataChunk: m.DataChunk(1, 0, b""),
+    m.DataEnd: m.DataEnd(1, b"d" * 16, 0),
+    m.Blobs: m.Blobs([]),
+    m.DataAbort: m.DataAbort(1, "x"),
+    m.Finish: m.Finish(True, 1, False),
+    m.Bye: m.Bye(),
+    m.Results: m.Results([]),
+    m.Finished: m.Finished(0),
+    m.ErrorMsg: m.ErrorMsg("AgentFailed", "x", "y"),
+}
+
+
+def connected() -> tuple[Session, Session]:
+    sender, agent = Session(Role.SENDER), Session(Role.AGENT)
+    hello = agent.receive(sender.initiate())
+    assert len(hello) == 1 and isinstance(hello[0], m.Hello)
+    assert hello[0].version == PROTOCOL_VERSION
+    assert sender.receive(agent.initiate() + agent.answer_hello(hello[0])) == []
+    assert sender.state is State.READY and agent.state is State.READY
+    return sender, agent
+
+
+def test_handshake_then_messages_flow() -> None:
+    sender, agent = connected()
+    assert agent.receive(sender.send(SAMPLES[m.EntryMsg])) == [SAMPLES[m.EntryMsg]]
+    assert sender.receive(agent.send(SAMPLES[m.Results])) == [SAMPLES[m.Results]]
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES))
+def test_only_the_right_role_may_send_each_message(cls: type[m.Message]) -> None:
+    sender, agent = connected()
+    msg = SAMPLES[cls]
+    for receiver, allowed in ((agent, m.FROM_SENDER), (sender, m.FROM_AGENT)):
+        if cls in allowed or cls is m.ErrorMsg:
+            assert receiver.receive(encode(msg)) == [msg]
+        else:
+            with pytest.raises(ProtocolError):
+                receiver.receive(encode(msg))
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES))
+def test_nothing_but_the_handshake_before_it(cls: type[m.Message]) -> None:
+    agent = Session(Role.AGENT)
+    data = MAGIC + encode(SAMPLES[cls])
+    if cls in (m.Hello, m.ErrorMsg):
+        assert len(agent.receive(data)) == 1
+    else:
+        with pytest.raises(ProtocolError, match="expected the handshake"):
+            agent.receive(data)
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES))
+def test_nothing_after_close(cls: type[m.Message]) -> None:
+    sender, agent = connected()
+    agent.receive(sender.send(m.Bye()))
+    assert agent.state is State.CLOSED
+    with pytest.raises(ProtocolError, match="after the session closed"):
+        agent.receive(encode(SAMPLES[cls]))
+
+
+def test_version_mismatch_both_directions() -> None:
+    agent = Session(Role.AGENT)
+    hello = agent.receive(MAGIC + encode(m.Hello(PROTOCOL_VERSION + 1, "future")))[0]
+    assert isinstance(hello, m.Hello)
+    reply = agent.answer_hello(hello)
+    assert agent.state is State.CLOSED
+    sender = Session(Role.SENDER)
+    sender.initiate()
+    (err,) = sender.receive(MAGIC + reply)
+    assert isinstance(err, m.ErrorMsg) and err.error == "AgentVersionMismatch"
+    sender = Session(Role.SENDER)
+    with pytest.raises(AgentVersionMismatch):
+        sender.receive(MAGIC + encode(m.HelloOk(PROTOCOL_VERSION + 1, "future", False)))
+
+
+def test_shell_noise_instead_of_magic_is_shown() -> None:
+    with pytest.raises(ProtocolError, match="Welcome"):
+        Session(Role.SENDER).receive(b"Welcome to host\n\x1b[31m")
+    s = Session(Role.SENDER)
+    assert s.receive(MAGIC[:3]) == []  # a prefix of the magic waits for more
+    with pytest.raises(ProtocolError):
+        s.end_of_stream()  # ...but a stream that ends there was cut short
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=100), st.integers(min_value=1, max_value=7))
+def test_any_bytes_after_magic_only_raise_protocol_errors(noise: bytes, step: int) -> None:
+    agent = Session(Role.AGENT)
+    data = MAGIC + noise
+    try:
+        for i in range(0, len(data), step):
+            agent.receive(data[i : i + step])
+        agent.end_of_stream()
+    except ProtocolError:
+        pass
