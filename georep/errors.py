@@ -191,6 +191,10 @@ def error_table_markdown() -> str:
     for cls in all_error_classes():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         lines.append(f"| {cls.exit_code} | `{cls.__name__}` | {doc} | {cls.hint} |")
+    lines.append(
+        "| 70 | — | an internal error (a bug): one line, traceback with --debug | report it with the --debug output |"
+    )
+    lines.append("| 130 | — | interrupted (Ctrl-C) | run again: acknowledged work is kept |")
     return "\n".join(lines) + "\n"
 
 

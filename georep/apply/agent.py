@@ -30,6 +30,7 @@ violation) and ends it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -222,8 +223,7 @@ class Applier:
                 raise ItemFailed("the root id can only address the root directory")
             meta = _meta(e)
             fsops.apply_meta_fd(self.root_fd, meta, self.privileged, times=False)
-            st = os.fstat(self.root_fd)
-            self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, st.st_ino)
+            self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, os.fstat(self.root_fd).st_ino)
             return m.DONE
         self._check_name(e.parent, e.name)
         if len(e.id) != 16 or e.id == STAGING_ID:
@@ -242,8 +242,8 @@ class Applier:
                 src = self._movable_name(names)
                 if src is not None:
                     sfd = self.dirs.fd(src[0])
-                    st = fsops.lstat_at(sfd, src[1])
-                    if st is not None and st.st_ino == obj.ino:
+                    src_st = fsops.lstat_at(sfd, src[1])
+                    if src_st is not None and src_st.st_ino == obj.ino:
                         self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
                         fsops.rename_at(sfd, src[1], pfd, e.name)
                         self.index.move_name(src, (e.parent, e.name), e.id)
@@ -453,10 +453,8 @@ class Applier:
             self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
             fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.staging_fd)
-            except OSError:
-                pass
             raise
         # names of the object's previous inode are stale now (hard links are re-sent)
         for p, n, _g in self.index.names_of(e.id):
@@ -647,10 +645,8 @@ def serve(root: Path, in_fd: int, out_fd: int) -> int:
     except GeorepError as exc:
         if session.state.value != "closed":
             out += session.send(m.ErrorMsg(type(exc).__name__, exc.message, exc.hint_text))
-        try:
+        with contextlib.suppress(OSError):
             _write_all(out_fd, out)
-        except OSError:
-            pass
         print(f"georep agent: {exc.message}", file=sys.stderr)
         return exc.exit_code
     finally:

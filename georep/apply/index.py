@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from georep.model import ROOT_ID, Kind
+from georep.model import Kind
 
 #: Pseudo parent of objects moved aside into the staging directory.
 STAGING_ID = b"\xff" * 16

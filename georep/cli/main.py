@@ -13,14 +13,16 @@ from collections.abc import Callable
 from georep import __version__
 from georep.errors import GeorepError
 
-SUBCOMMANDS = ("agent",)
-
 
 def _dispatch(argv: list[str]) -> Callable[[list[str]], int]:
     if argv and argv[0] == "agent":
         from georep.cli import agent_cmd
 
         return agent_cmd.run
+    if argv and argv[0] == "demo":
+        from georep.cli import demo
+
+        return demo.run
     from georep.cli import oneshot
 
     return oneshot.run

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="georep-sync",
         description="Replicate a GlusterFS brick or a plain tree to a secondary (local or ssh://).",
-        epilog="Subcommands: 'georep-sync agent ROOT' (the remote end).",
+        epilog="Also: 'georep-sync agent ROOT' (the remote end), 'georep-sync demo [DIR]' (a local demo).",
     )
     p.add_argument("--oneshot", action="store_true", required=True, help="copy SOURCE once, then exit")
     p.add_argument("source", help="a plain directory or a GlusterFS brick root")
@@ -91,11 +91,11 @@ async def _open_channel(args: argparse.Namespace) -> Channel:
         return await open_ssh(target, args.remote_command, known_hosts=args.known_hosts, identities=args.identity)
     if "://" in args.secondary:
         raise UsageError(f"unsupported secondary {args.secondary}", hint="use a local path or ssh://host/path")
-    return await PipeChannel.start(local_agent_argv(os.path.abspath(args.secondary)))
+    return await PipeChannel.start(local_agent_argv(args.secondary_abs))
 
 
 async def replicate(args: argparse.Namespace, progress: Progress | None) -> tuple[Summary, Crawler]:
-    source = os.fsencode(os.path.abspath(args.source))
+    source = args.source_abs
     store = IdStore(args.state_dir or default_state_dir(), source)
     try:
         crawler = Crawler(source, store)
@@ -117,6 +117,8 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
 
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.source_abs = os.fsencode(os.path.abspath(args.source))
+    args.secondary_abs = os.path.abspath(args.secondary)
     show_progress = sys.stderr.isatty() and not args.no_progress and not args.json
     progress = Progress(os.fsencode(os.path.abspath(args.source))) if show_progress else None
     try:

@@ -127,14 +127,14 @@ def _to_wire(value: Any) -> Any:
 def encode(msg: m.Message) -> bytes:
     """One frame holding ``msg``."""
 
-    body = msgpack.packb([msg.KIND, *_to_wire(msg)], use_bin_type=True)
+    body: bytes = msgpack.packb([msg.KIND, *_to_wire(msg)], use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 
 def encode_chunk(seq: int, offset: int, data: bytes | memoryview) -> bytes:
     """A DataChunk frame built without an intermediate message object (the hot path)."""
 
-    body = msgpack.packb([m.DataChunk.KIND, seq, offset, data], use_bin_type=True)
+    body: bytes = msgpack.packb([m.DataChunk.KIND, seq, offset, data], use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 

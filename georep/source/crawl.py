@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,10 @@ from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, replicable_xattr
 from georep.source.identity import IdStore
 
 VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
+#: GlusterFS's ctime feature keeps the times clients see here, not in the brick's stat
+#: (posix-metadata-disk.h: u8 version, be64 flags, then be64 sec/nsec for ctime, mtime, atime).
+MDATA_XATTR = "trusted.glusterfs.mdata"
+_MDATA = struct.Struct(">BQqQqQqQ")
 LINKTO_XATTR = "trusted.glusterfs.dht.linkto"
 BRICK_SKIP_TOP = (b".glusterfs", b".trashcan")
 
@@ -98,8 +103,13 @@ class Crawler:
         kind = Kind.from_mode(st.st_mode)
         if kind is None:
             return None
+        mtime_ns = self._brick_mtime(path) if self.brick else None
         meta = Meta(
-            stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, read_xattrs(path, self.privileged)
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns if mtime_ns is None else mtime_ns,
+            read_xattrs(path, self.privileged),
         )
         target = os.readlink(path) if kind is Kind.SYMLINK else b""
         nlink = st.st_nlink - 1 if self.brick and kind is not Kind.DIR else st.st_nlink
@@ -114,6 +124,19 @@ class Crawler:
             rdev=st.st_rdev if kind in (Kind.CHR, Kind.BLK) else 0,
             nlink=nlink,
         )
+
+    @staticmethod
+    def _brick_mtime(path: bytes) -> int | None:
+        """The mtime clients see, when the volume keeps it in ``trusted.glusterfs.mdata``."""
+
+        try:
+            raw = os.getxattr(path, MDATA_XATTR, follow_symlinks=False)
+        except OSError:
+            return None
+        if len(raw) != _MDATA.size:
+            return None
+        _v, _flags, _cs, _cn, msec, mnsec, _as, _an = _MDATA.unpack(raw)
+        return int(msec) * 1_000_000_000 + int(mnsec)
 
     def __iter__(self) -> Iterator[SourceEntry]:
         st = os.stat(self.root)

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from georep import errors
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
@@ -97,10 +98,16 @@ class Sender:
         await self.chan.drain()
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         ready = asyncio.get_running_loop().create_task(self._ready.wait())
-        await asyncio.wait({ready, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(self._with_reader(ready), return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
             ready.cancel()
             await self._raise_failure()
+
+    def _with_reader(self, fut: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+        """``fut`` and the reader task: waiting on both notices a dead agent at once."""
+
+        assert self._reader is not None
+        return {fut, self._reader}
 
     async def _raise_failure(self) -> None:
         if self._reader is not None and self._reader.done():
@@ -133,7 +140,7 @@ class Sender:
             return
         try:
             code = await asyncio.wait_for(self.chan.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
         stderr = self.chan.stderr_text().strip()
         tail = ("; it said: " + stderr[-2000:]) if stderr else ""
@@ -196,7 +203,7 @@ class Sender:
 
         assert self._reader is not None
         drain = asyncio.ensure_future(self.chan.drain())
-        await asyncio.wait({drain, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(self._with_reader(drain), return_when=asyncio.FIRST_COMPLETED)
         if not drain.done():
             drain.cancel()
             await self._raise_failure()
@@ -251,7 +258,7 @@ class Sender:
 
     async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
         assert self._reader is not None
-        await asyncio.wait({fut, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(self._with_reader(fut), return_when=asyncio.FIRST_COMPLETED)
         if fut.done():
             return fut.result()
         await self._raise_failure()

@@ -62,6 +62,10 @@ class SshTarget:
         return f"{self.user}@{host}"
 
 
+def default_known_hosts() -> Path:
+    return Path(os.path.expanduser("~/.ssh/known_hosts"))
+
+
 def _known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
     try:
         return asyncssh.read_known_hosts(str(path))
@@ -124,7 +128,7 @@ async def open_ssh(
     identities: list[Path] | None = None,
     connect_timeout: float = 30.0,
 ) -> SshChannel:
-    kh_path = known_hosts or Path(os.path.expanduser("~/.ssh/known_hosts"))
+    kh_path = known_hosts or default_known_hosts()
     known = _known_hosts(kh_path)
     client_keys: list[str] | tuple[()] = [str(p) for p in identities] if identities else ()
     try:
@@ -143,7 +147,7 @@ async def open_ssh(
         raise await _host_key_error(target, known, kh_path) from None
     except asyncssh.PermissionDenied:
         raise SshAuthFailed(f"{target.display} refused every identity offered") from None
-    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         raise SshUnreachable(f"cannot connect to {target.display}: {reason}") from None
     argv = [*shlex.split(remote_command), "agent", target.path]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian/Ubuntu machine (run as root), into ./.venv.
+# Real parts only: OpenSSH's sshd for the SSH tests, GlusterFS for the brick tests, rsync and attr
+# for comparisons. Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+packages=(openssh-server openssh-client rsync attr glusterfs-server diffutils)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p /run/sshd
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'

@@ -1,0 +1,50 @@
+"""The package is type-checked (mypy --strict) and lint-clean (ruff): part of the test command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_strict() -> None:
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "georep"], cwd=TOP, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff() -> None:
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "georep", "tests", "bench"], cwd=TOP,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# What each stage may import besides georep.errors and georep.model (restic's depguard, by hand).
+ALLOWED = {
+    "protocol": set(),
+    "source": set(),
+    "batch": {"source"},
+    "apply": {"protocol"},
+    "transport": {"protocol", "source", "batch"},
+    "cli": {"protocol", "source", "batch", "apply", "transport", "cli"},
+}
+
+
+def test_layers_point_one_way() -> None:
+    """source → batch → transport → apply: no stage reaches into a later or a sibling one."""
+
+    bad = []
+    for path in (TOP / "georep").rglob("*.py"):
+        rel = path.relative_to(TOP / "georep").parts
+        if len(rel) < 2 or rel[0] not in ALLOWED:
+            continue
+        for line in path.read_text().splitlines():
+            words = line.strip().split()
+            if len(words) < 2 or words[0] not in ("from", "import") or not words[1].startswith("georep."):
+                continue
+            target = words[1].split(".")[1]
+            if target in ("errors", "model", rel[0]) or target in ALLOWED[rel[0]]:
+                continue
+            bad.append(f"{'/'.join(rel)}: {line.strip()}")
+    assert bad == []
