@@ -99,7 +99,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
             "PermitRootLogin prohibit-password\nLogLevel VERBOSE\nMaxStartups 50\n"
         )
         log = d / "sshd.log"
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stderr=open(log, "ab"))
+        with open(log, "ab") as logf:
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stderr=logf)
         deadline = time.monotonic() + 10
         up = False
         while time.monotonic() < deadline and proc.poll() is None:
