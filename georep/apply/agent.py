@@ -34,6 +34,7 @@ import contextlib
 import errno
 import itertools
 import os
+import sqlite3
 import stat
 import sys
 from collections import OrderedDict
@@ -46,7 +47,7 @@ from georep.errors import DiskFull, GeorepError, ProtocolError, SecondaryNotWrit
 from georep.model import ROOT_ID, Kind, Meta, name_problem
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
-from georep.protocol.session import Role, Session
+from georep.protocol.session import Role, Session, State
 
 STATE_DIR = b".georep"
 
@@ -623,7 +624,7 @@ def serve(root: Path, in_fd: int, out_fd: int) -> int:
             for msg in session.receive(data):
                 if isinstance(msg, m.Hello):
                     out += session.answer_hello(msg)
-                    if session.state.value == "closed":
+                    if session.state is State.CLOSED:
                         _write_all(out_fd, out)
                         return 25
                 elif isinstance(msg, m.Bye):
@@ -642,16 +643,30 @@ def serve(root: Path, in_fd: int, out_fd: int) -> int:
             if results:
                 applier.index.commit()
                 out += session.send(m.Results(results))
+    except sqlite3.OperationalError as exc:  # the index lives on the secondary's disk too
+        return serve_error(session, out, out_fd, _index_error(exc))
     except GeorepError as exc:
-        if session.state.value != "closed":
-            out += session.send(m.ErrorMsg(type(exc).__name__, exc.message, exc.hint_text))
-        with contextlib.suppress(OSError):
-            _write_all(out_fd, out)
-        print(f"georep agent: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        return serve_error(session, out, out_fd, exc)
     finally:
         if applier is not None:
             applier.close()
+
+
+def _index_error(exc: sqlite3.OperationalError) -> GeorepError:
+    if "full" in str(exc):
+        return DiskFull(f"the secondary is full: {exc}")
+    return SecondaryNotWritable(f"the agent's index cannot be written: {exc}")
+
+
+def serve_error(session: Session, out: bytearray, out_fd: int, exc: GeorepError) -> int:
+    """Tell the sender why the session ends (as an ErrorMsg), then exit with the error's code."""
+
+    if session.state is not State.CLOSED:
+        out += session.send(m.ErrorMsg(type(exc).__name__, exc.message, exc.hint_text))
+    with contextlib.suppress(OSError):
+        _write_all(out_fd, out)
+    print(f"georep agent: {exc.message}", file=sys.stderr)
+    return exc.exit_code
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:

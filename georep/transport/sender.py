@@ -223,7 +223,7 @@ class Sender:
     async def run(self, entries: Iterable[SourceEntry], links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]],
                   source_entries: Callable[[], int]) -> Summary:
         t0 = time.monotonic()
-        last_progress = t0
+        last_progress = t0 - 1.0  # show the first progress line at once
         for se in entries:
             await self._room_for_one()
             self._seq += 1

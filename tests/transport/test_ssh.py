@@ -149,3 +149,24 @@ def test_dropped_connection_loses_nothing_published(sshd: Sshd, tmp_path: Path) 
     assert r.code == 0, r.stderr
     assert diff(snapshot(src), snapshot(dst)) == []
     assert os.listdir(staging) == []
+
+
+def test_agent_of_another_protocol_version(sshd: Sshd, tmp_path: Path) -> None:
+    """An agent that answers the handshake with another version: exit 25, both versions named."""
+
+    fake = tmp_path / "fake_agent.py"
+    fake.write_text(
+        "import sys\n"
+        "from georep.protocol import messages as m\n"
+        "from georep.protocol.framing import encode\n"
+        "from georep.protocol.session import MAGIC\n"
+        "sys.stdin.buffer.read(1)\n"
+        "sys.stdout.buffer.write(MAGIC + encode(m.HelloOk(99, 'georep-sync 99.0', False)))\n"
+        "sys.stdout.buffer.flush()\n"
+    )
+    (tmp_path / "src").mkdir()
+    r = run_cli("--oneshot", tmp_path / "src", sshd.url(tmp_path / "dst"), "--known-hosts", sshd.known_hosts,
+                "--identity", sshd.identity, "--remote-command", f"{sys.executable} {fake}",
+                "--state-dir", tmp_path / "st")
+    assert r.code == 25, r.stderr
+    assert "v99" in r.stderr and "v1" in r.stderr

@@ -1,0 +1,80 @@
+"""Faults a user meets: a full secondary disk, a terminal watching, a mismatched agent."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs, so the secondary's disk really fills up."""
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (tests run as root): {r.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_is_a_clear_error_and_publishes_nothing_partial(tmp_path: Path, tiny_fs: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fits").write_bytes(os.urandom(100_000))
+    (src / "too-big").write_bytes(os.urandom(8 << 20))
+    r = run_cli("--oneshot", src, tiny_fs / "dst", "--state-dir", tmp_path / "st")
+    assert r.code == 11, r.stderr
+    assert "full" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert not (tiny_fs / "dst" / "too-big").exists()
+    assert [p.name for p in (tiny_fs / "dst" / ".georep" / "staging").iterdir()] == []
+    # after freeing space (here: the big file goes away) the same command completes
+    (src / "too-big").unlink()
+    r = run_cli("--oneshot", src, tiny_fs / "dst", "--state-dir", tmp_path / "st")
+    assert r.code == 0, r.stderr
+    assert (tiny_fs / "dst" / "fits").read_bytes() == (src / "fits").read_bytes()
+
+
+def test_progress_on_a_terminal(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").write_bytes(b"x" * 1000)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "georep", "--oneshot", str(src), str(tmp_path / "dst"), "--state-dir",
+         str(tmp_path / "st")],
+        stderr=follower, stdout=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 0
+    text = out.decode()
+    assert "ETA" in text and "entries" in text  # the live line
+    assert "51 entries, 50 files sent" in text  # the summary line
+
+
+def test_no_progress_line_when_not_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    r = run_cli("--oneshot", tmp_path / "src", tmp_path / "dst", "--state-dir", tmp_path / "st")
+    assert r.code == 0
+    assert "ETA" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
