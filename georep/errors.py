@@ -77,6 +77,27 @@ class ChangelogFormatError(GeorepError):
     hint = "the journal is corrupt or of an unknown version; keep a copy and report it"
 
 
+class NotABrick(GeorepError):
+    """SOURCE is not a GlusterFS brick root (no trusted.glusterfs.volume-id)."""
+
+    exit_code = 7
+    hint = "give the brick directory itself (gluster volume info lists it), as root on the brick's server"
+
+
+class ChangelogsOff(GeorepError):
+    """The brick keeps no changelog journals."""
+
+    exit_code = 8
+    hint = "enable them: gluster volume set VOLUME changelog.changelog on"
+
+
+class DaemonRunning(GeorepError):
+    """Another daemon already serves this source and secondary."""
+
+    exit_code = 9
+    hint = "stop the other daemon first (see 'georep-sync status'), or use another --state-dir"
+
+
 # -- secondary / transport ---------------------------------------------------------
 
 

@@ -145,7 +145,7 @@ class DirCache:
 class Applier:
     """Applies messages to one secondary root; pure bookkeeping plus `fsops` calls."""
 
-    def __init__(self, root: Path, privileged: bool | None = None) -> None:
+    def __init__(self, root: Path, privileged: bool | None = None, scope: str = "") -> None:
         self.privileged = os.geteuid() == 0 if privileged is None else privileged
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ class Applier:
             if fsops.lstat_at(self.state_fd, b"staging") is None:
                 os.mkdir(b"staging", 0o700, dir_fd=self.state_fd)
             self.staging_fd = fsops.open_dir_at(self.state_fd, b"staging")
-            self.index = Index(root / ".georep" / "index.db")
+            self.index = Index(root / ".georep" / "index.db", scope)
         except OSError as exc:
             raise SecondaryNotWritable(f"secondary root {root} cannot be used: {exc.strerror}") from None
         root_st = os.fstat(self.root_fd)
@@ -167,7 +167,20 @@ class Applier:
         self.pending: dict[int, m.EntryMsg] = {}
         self.receiving: dict[int, Receiving] = {}
         self._tmp = itertools.count()
+        #: directories whose mode/mtime must be set again once nothing more changes inside
+        self.dirty_dirs: set[bytes] = set()
         self._clean_staging_tmp()
+
+    @staticmethod
+    def check_root(root: Path) -> None:
+        """Fail early (before the handshake completes) when ROOT cannot be used."""
+
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SecondaryNotWritable(f"secondary root {root} cannot be used: {exc.strerror}") from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise SecondaryNotWritable(f"secondary root {root} is not writable")
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -179,6 +192,8 @@ class Applier:
                 return [self._item(msg.seq, self._entry, msg)]
             if isinstance(msg, m.LinkMsg):
                 return [self._item(msg.seq, self._link, msg)]
+            if isinstance(msg, m.RemoveMsg):
+                return [self._item(msg.seq, self._remove, msg)]
             if isinstance(msg, m.DataBegin):
                 return self._data_begin(msg)
             if isinstance(msg, m.DataChunk):
@@ -215,6 +230,9 @@ class Applier:
     # -- entries ------------------------------------------------------------------
 
     def _entry(self, e: m.EntryMsg) -> int:
+        self.dirty_dirs.add(e.parent)
+        if e.kind == Kind.DIR:
+            self.dirty_dirs.add(e.id)
         try:
             kind = Kind(e.kind)
         except ValueError:
@@ -243,6 +261,7 @@ class Applier:
                 src = self._movable_name(names)
                 if src is not None:
                     sfd = self.dirs.fd(src[0])
+                    self.dirty_dirs.add(src[0])
                     src_st = fsops.lstat_at(sfd, src[1])
                     if src_st is not None and src_st.st_ino == obj.ino:
                         self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
@@ -269,7 +288,10 @@ class Applier:
         for p, n, g in names:
             if g < self.index.gen:
                 return p, n
-        return None
+        # a live session confirms names as it goes: a renamed object's old name is then
+        # from this session too.  Any name will do: extra hard links are re-linked or
+        # removed by the Link/Remove items that follow.
+        return (names[0][0], names[0][1]) if names else None
 
     def _refresh(self, e: m.EntryMsg, kind: Kind, pfd: int, st: os.stat_result) -> int:
         """The object is in place: bring its metadata up to date, or ask for data."""
@@ -356,6 +378,7 @@ class Applier:
 
     def _link(self, msg: m.LinkMsg) -> int:
         self._check_name(msg.parent, msg.name)
+        self.dirty_dirs.add(msg.parent)
         obj = self.index.obj(msg.id)
         if obj is None or obj.kind is Kind.DIR:
             raise ItemFailed("hard link to an object the secondary does not have")
@@ -377,6 +400,33 @@ class Applier:
         self._make_room(pfd, msg.parent, msg.name, keep=msg.id, replace_ok=True)
         fsops.rename_at(self.staging_fd, tmp, pfd, msg.name)
         self.index.put_name(msg.parent, msg.name, msg.id)
+        return m.DONE
+
+    def _remove(self, msg: m.RemoveMsg) -> int:
+        """Remove one name of ``id``; a directory goes with everything below it."""
+
+        self._check_name(msg.parent, msg.name)
+        if self.index.occupant(msg.parent, msg.name) != msg.id:
+            return m.DONE  # already gone, or the name now holds another object
+        obj = self.index.obj(msg.id)
+        try:
+            pfd = self.dirs.fd(msg.parent)
+        except ItemFailed:
+            self.index.drop_name(msg.parent, msg.name)
+            return m.DONE  # its directory is gone already
+        self.dirty_dirs.add(msg.parent)
+        st = fsops.lstat_at(pfd, msg.name)
+        if st is not None and obj is not None:
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_ino == obj.ino:
+                    fsops.remove_at(pfd, msg.name)
+                    self.dirs.clear()
+            else:
+                os.unlink(msg.name, dir_fd=pfd)
+        if obj is not None and obj.kind is Kind.DIR:
+            self.index.drop_subtree(msg.id)
+            self.dirty_dirs.discard(msg.id)
+        self.index.drop_name(msg.parent, msg.name)
         return m.DONE
 
     # -- data ---------------------------------------------------------------------
@@ -447,6 +497,7 @@ class Applier:
     def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0) -> None:
         """Rename a finished object from staging to its name: the one moment it appears."""
 
+        self.dirty_dirs.add(e.parent)
         try:
             pfd = self.dirs.fd(e.parent)
             if not ino:
@@ -524,22 +575,23 @@ class Applier:
         deleted = 0
         try:
             if msg.mirror:
-                stale = self.index.count_stale()
+                stale = self.index.count_stale(True)
                 if stale and msg.source_entries == 0 and not msg.allow_mass_delete:
                     raise SourceLooksUnmounted(
                         f"the source sent no entries but the secondary holds {stale}: refusing to delete them"
                     )
-                deleted = self._sweep()
+            deleted = self._sweep(msg.mirror)
             self._settle_dirs()
             self.index.commit()
         except OSError as exc:
             raise self._fatal(exc) from None
         return m.Finished(deleted)
 
-    def _sweep(self) -> int:
+    def _sweep(self, mirror: bool) -> int:
+        """Remove what was set aside in staging and (mirror) names the source no longer has."""
+
         deleted = 0
-        gen = self.index.gen
-        for parent, name, oid in self.index.stale_names():
+        for parent, name, oid in self.index.stale_names(mirror):
             try:
                 pfd = self.dirs.fd(parent)
                 obj = self.index.obj(oid)
@@ -554,21 +606,27 @@ class Applier:
                     deleted += 1
                 if obj is not None and obj.kind is Kind.DIR:
                     self.index.drop_subtree(oid)
+                    self.dirty_dirs.discard(oid)
                 self.index.drop_name(parent, name)
+                if parent != STAGING_ID:
+                    self.dirty_dirs.add(parent)
             except (ItemFailed, OSError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                     raise
                 print(f"georep agent: cannot remove a stale entry: {exc}", file=sys.stderr)
                 self.index.drop_name(parent, name)
-        assert gen == self.index.gen
         return deleted
 
     def _settle_dirs(self) -> None:
         """Directory modes and mtimes, once nothing more is created inside them."""
 
-        for obj in self.index.dirs_of_generation():
+        dirty, self.dirty_dirs = self.dirty_dirs, set()
+        for oid in dirty:
+            obj = self.index.obj(oid)
+            if obj is None or obj.kind is not Kind.DIR:
+                continue
             try:
-                fd = self.dirs.fd(obj.id)
+                fd = self.dirs.fd(oid)
             except ItemFailed:
                 continue
             os.fchmod(fd, obj.mode)
@@ -597,9 +655,15 @@ class Applier:
         return b"tmp-" + str(os.getpid()).encode() + b"-" + str(next(self._tmp)).encode()
 
     def _clean_staging_tmp(self) -> None:
+        """Remove temporary files of agents that died (others may share this root)."""
+
         for name in os.listdir(self.staging_fd):
-            if name.startswith("tmp-"):
-                fsops.remove_at(self.staging_fd, os.fsencode(name))
+            if not name.startswith("tmp-"):
+                continue
+            pid = name.split("-")[1]
+            if pid.isdigit() and pid != str(os.getpid()) and _alive(int(pid)):
+                continue
+            fsops.remove_at(self.staging_fd, os.fsencode(name))
 
 
 # -- the agent process --------------------------------------------------------------
@@ -612,7 +676,7 @@ def serve(root: Path, in_fd: int, out_fd: int) -> int:
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
     try:
-        applier = Applier(root)
+        Applier.check_root(root)
         while True:
             _write_all(out_fd, out)
             out.clear()
@@ -627,20 +691,23 @@ def serve(root: Path, in_fd: int, out_fd: int) -> int:
                     if session.state is State.CLOSED:
                         _write_all(out_fd, out)
                         return 25
-                elif isinstance(msg, m.Bye):
+                    applier = Applier(root, scope=msg.scope)
+                    continue
+                assert applier is not None  # the session admits nothing else before Hello
+                if isinstance(msg, m.Bye):
                     if results:
                         out += session.send(m.Results(results))
                     applier.index.commit()
                     _write_all(out_fd, out)
                     return 0
-                elif isinstance(msg, m.Finish):
+                if isinstance(msg, m.Finish):
                     if results:
                         out += session.send(m.Results(results))
                         results = []
                     out += session.send(applier.finish(msg))
                 else:
                     results.extend(applier.handle(msg))
-            if results:
+            if results and applier is not None:
                 applier.index.commit()
                 out += session.send(m.Results(results))
     except sqlite3.OperationalError as exc:  # the index lives on the secondary's disk too
@@ -667,6 +734,16 @@ def serve_error(session: Session, out: bytearray, out_fd: int, exc: GeorepError)
         _write_all(out_fd, out)
     print(f"georep agent: {exc.message}", file=sys.stderr)
     return exc.exit_code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS names (
     name BLOB NOT NULL,
     id BLOB NOT NULL,
     gen INTEGER NOT NULL,
+    src TEXT NOT NULL,
     PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS names_by_id ON names (id);
@@ -64,7 +65,9 @@ class Obj:
 class Index:
     """Id ↔ name bookkeeping for one secondary root."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, scope: str = "") -> None:
+        #: the source this session speaks for: a mirror sweep removes only its own names
+        self.scope = scope
         self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -138,41 +141,31 @@ class Index:
     def count_names(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM names").fetchone()[0])
 
-    def stale_names(self) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(parent, name, id) of names not confirmed this session, staging first.
+    def _stale_where(self, mirror: bool) -> tuple[str, tuple[object, ...]]:
+        """This scope's names set aside in staging, plus (mirror) those not confirmed this session."""
+
+        if mirror:
+            return "src = ? AND (gen < ? OR parent = ?)", (self.scope, self.gen, STAGING_ID)
+        return "src = ? AND parent = ?", (self.scope, STAGING_ID)
+
+    def stale_names(self, mirror: bool) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(parent, name, id) of stale names, in pages.
 
         Read in pages so that a huge sweep never sits in memory; the caller deletes rows
         as it goes, so each page query starts from what is left.
         """
 
+        where, args = self._stale_where(mirror)
         while True:
-            rows = self._db.execute(
-                "SELECT parent, name, id FROM names WHERE gen < ? OR parent = ? LIMIT 500",
-                (self.gen, STAGING_ID),
-            ).fetchall()
+            rows = self._db.execute(f"SELECT parent, name, id FROM names WHERE {where} LIMIT 500", args).fetchall()
             if not rows:
                 return
             for r in rows:
                 yield bytes(r[0]), bytes(r[1]), bytes(r[2])
 
-    def count_stale(self) -> int:
-        return int(
-            self._db.execute(
-                "SELECT count(*) FROM names WHERE gen < ? OR parent = ?", (self.gen, STAGING_ID)
-            ).fetchone()[0]
-        )
-
-    def dirs_of_generation(self) -> Iterator[Obj]:
-        cur = self._db.execute(
-            "SELECT id, size, mtime_ns, mode, ino, gen FROM objects WHERE kind=? AND gen=?",
-            (int(Kind.DIR), self.gen),
-        )
-        while True:
-            rows = cur.fetchmany(500)
-            if not rows:
-                return
-            for r in rows:
-                yield Obj(bytes(r[0]), Kind.DIR, r[1], r[2], r[3], r[4], r[5])
+    def count_stale(self, mirror: bool) -> int:
+        where, args = self._stale_where(mirror)
+        return int(self._db.execute(f"SELECT count(*) FROM names WHERE {where}", args).fetchone()[0])
 
     # -- writes -------------------------------------------------------------------
 
@@ -187,7 +180,8 @@ class Index:
     def put_name(self, parent: bytes, name: bytes, oid: bytes) -> None:
         self.begin()
         self._db.execute(
-            "INSERT OR REPLACE INTO names(parent, name, id, gen) VALUES (?,?,?,?)", (parent, name, oid, self.gen)
+            "INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
+            (parent, name, oid, self.gen, self.scope),
         )
         self._wrote()
 
@@ -195,7 +189,8 @@ class Index:
         self.begin()
         self._db.execute("DELETE FROM names WHERE parent=? AND name=?", old)
         self._db.execute(
-            "INSERT OR REPLACE INTO names(parent, name, id, gen) VALUES (?,?,?,?)", (*new, oid, self.gen)
+            "INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
+            (*new, oid, self.gen, self.scope),
         )
         self._wrote()
 
@@ -225,7 +220,9 @@ class Index:
 
     def touch(self, parent: bytes, name: bytes) -> None:
         self.begin()
-        self._db.execute("UPDATE names SET gen=? WHERE parent=? AND name=?", (self.gen, parent, name))
+        self._db.execute(
+            "UPDATE names SET gen=?, src=? WHERE parent=? AND name=?", (self.gen, self.scope, parent, name)
+        )
         self._wrote()
 
 

@@ -22,6 +22,7 @@ class Hello:
     KIND: ClassVar[int] = 1
     version: int  # protocol version (georep.PROTOCOL_VERSION)
     software: str  # e.g. "georep-sync 0.1.0", for messages only
+    scope: str  # which source this session speaks for (a brick of a volume; "" for a plain tree)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,20 @@ class LinkMsg:
     """Make ``parent/name`` one more hard link of ``id`` (already placed this session)."""
 
     KIND: ClassVar[int] = 11
+    seq: int
+    id: bytes
+    parent: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMsg:
+    """Remove ``parent/name`` if it still holds ``id`` (a directory with everything below it).
+
+    Idempotent: a name that is gone or holds another object is left alone (DONE).
+    """
+
+    KIND: ClassVar[int] = 12
     seq: int
     id: bytes
     parent: bytes
@@ -139,7 +154,7 @@ class Finish:
     """
 
     KIND: ClassVar[int] = 30
-    mirror: bool  # remove names not placed this session (a full crawl was sent)
+    mirror: bool  # remove this scope's names not placed this session (a full crawl was sent)
     source_entries: int  # how many entries the source had (mass-delete guard)
     allow_mass_delete: bool
 
@@ -198,6 +213,7 @@ Message = (
     | HelloOk
     | EntryMsg
     | LinkMsg
+    | RemoveMsg
     | DataBegin
     | DataChunk
     | DataEnd
@@ -215,6 +231,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     HelloOk,
     EntryMsg,
     LinkMsg,
+    RemoveMsg,
     DataBegin,
     DataChunk,
     DataEnd,
@@ -229,6 +246,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Finish, Bye}
+    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Finish, Bye}
 )
 FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, ErrorMsg})

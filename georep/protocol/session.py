@@ -56,8 +56,9 @@ def _shown(data: bytes) -> str:
 class Session:
     """One end of a connection."""
 
-    def __init__(self, role: Role, *, privileged: bool = False, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, role: Role, *, privileged: bool = False, scope: str = "", max_frame: int = MAX_FRAME) -> None:
         self.role = role
+        self.scope = scope  # the sender's: sent in Hello; the agent's: learnt from it
         self.state = State.MAGIC
         self.peer_software = ""
         self.peer_privileged = False
@@ -72,7 +73,7 @@ class Session:
         """The bytes that open this side's stream (the sender also says Hello)."""
 
         if self.role is Role.SENDER:
-            return MAGIC + encode(m.Hello(PROTOCOL_VERSION, SOFTWARE))
+            return MAGIC + encode(m.Hello(PROTOCOL_VERSION, SOFTWARE, self.scope))
         return MAGIC
 
     def send(self, msg: m.Message) -> bytes:
@@ -141,6 +142,7 @@ class Session:
         if self.state is State.HANDSHAKE:
             if self.role is Role.AGENT and isinstance(msg, m.Hello):
                 self.peer_software = msg.software
+                self.scope = msg.scope
                 self.state = State.READY if msg.version == PROTOCOL_VERSION else State.CLOSED
                 return msg
             if self.role is Role.SENDER and isinstance(msg, m.HelloOk):

@@ -76,10 +76,11 @@ def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
 class Sender:
     """Drives one session over a `Channel`."""
 
-    def __init__(self, chan: Channel, opts: Options, on_progress: Callable[[Summary], None] | None = None) -> None:
+    def __init__(self, chan: Channel, opts: Options, on_progress: Callable[[Summary], None] | None = None,
+                 scope: str = "") -> None:
         self.chan = chan
         self.opts = opts
-        self.session = Session(Role.SENDER)
+        self.session = Session(Role.SENDER, scope=scope)
         self.summary = Summary()
         self.inflight: dict[int, SourceEntry | tuple[bytes, bytes]] = {}
         self.need: collections.deque[int] = collections.deque()
@@ -90,6 +91,7 @@ class Sender:
         self._on_progress = on_progress
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._last_progress = 0.0
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -165,6 +167,8 @@ class Sender:
                     self.summary.problems.append(Problem(path, r.cause, "agent"))
             self.changed.set()
         elif isinstance(msg, m.Finished):
+            if self.finished.done():
+                raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
         elif isinstance(msg, m.ErrorMsg):
             cls = getattr(errors, msg.error, None)
@@ -222,39 +226,69 @@ class Sender:
 
     async def run(self, entries: Iterable[SourceEntry], links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]],
                   source_entries: Callable[[], int]) -> Summary:
+        """A full copy (``--oneshot``): every entry, then hard links, then the mirror sweep."""
+
         t0 = time.monotonic()
-        last_progress = t0 - 1.0  # show the first progress line at once
         for se in entries:
-            await self._room_for_one()
-            self._seq += 1
-            self.inflight[self._seq] = se
-            self._send(self._entry_msg(self._seq, se.entry))
-            self.summary.entries += 1
-            if len(self.inflight) % 64 == 0:
-                await self._drain()
-            if self._on_progress is not None and time.monotonic() - last_progress > 0.5:
-                last_progress = time.monotonic()
-                self.summary.bytes_wire = self.chan.bytes_written
-                self._on_progress(self.summary)
-        await self._drain_all()  # every inode exists before its extra names are linked
+            await self.send_entry(se)
+        await self.settle()  # every inode exists before its extra names are linked
         while page := links():
             for oid, parent, name, path in page:
-                await self._room_for_one()
-                self._seq += 1
-                self.inflight[self._seq] = (oid, path)
-                self._send(m.LinkMsg(self._seq, oid, parent, name))
+                await self.send_link(oid, parent, name, path)
+        await self.settle()
+        self.summary.deleted += await self.finish(self.opts.mirror, source_entries())
+        await self.close()
+        self.summary.seconds = time.monotonic() - t0
+        return self.summary
+
+    # -- primitives (also driven by the daemon) -------------------------------------------
+
+    async def send_entry(self, se: SourceEntry) -> None:
+        await self._room_for_one()
+        self._seq += 1
+        self.inflight[self._seq] = se
+        self._send(self._entry_msg(self._seq, se.entry))
+        self.summary.entries += 1
+        if len(self.inflight) % 64 == 0:
+            await self._drain()
+        if self._on_progress is not None and time.monotonic() - self._last_progress > 0.5:
+            self._last_progress = time.monotonic()
+            self.summary.bytes_wire = self.chan.bytes_written
+            self._on_progress(self.summary)
+
+    async def send_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
+        await self._room_for_one()
+        self._seq += 1
+        self.inflight[self._seq] = (oid, path)
+        self._send(m.LinkMsg(self._seq, oid, parent, name))
+
+    async def send_remove(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
+        await self._room_for_one()
+        self._seq += 1
+        self.inflight[self._seq] = (oid, path)
+        self._send(m.RemoveMsg(self._seq, oid, parent, name))
+
+    async def settle(self) -> None:
+        """Wait until every item sent so far has its final result (data sent where asked)."""
+
         await self._drain_all()
-        self._send(m.Finish(self.opts.mirror, source_entries(), self.opts.allow_mass_delete))
+
+    async def finish(self, mirror: bool, source_entries: int) -> int:
+        """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs."""
+
+        await self._drain_all()
+        self.finished = asyncio.get_running_loop().create_future()
+        self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
         await self._drain()
         finished = await self._await(self.finished)
-        self.summary.deleted = finished.deleted
+        return finished.deleted
+
+    async def close(self) -> None:
         self._send(m.Bye())
         await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
         self.summary.bytes_wire = self.chan.bytes_written
-        self.summary.seconds = time.monotonic() - t0
-        return self.summary
 
     async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
         assert self._reader is not None

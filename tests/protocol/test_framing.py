@@ -31,12 +31,13 @@ small_files = st.builds(
 results = st.builds(m.Result, u64, st.sampled_from([m.DONE, m.NEED, m.FAILED]), text)
 
 BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
-    m.Hello: st.builds(m.Hello, u64, text),
+    m.Hello: st.builds(m.Hello, u64, text, text),
     m.HelloOk: st.builds(m.HelloOk, u64, text, st.booleans()),
     m.EntryMsg: st.builds(
         m.EntryMsg, u64, ids, ids, names, st.integers(1, 7), u64, u64, u64, i64, xattrs, u64, names, u64
     ),
     m.LinkMsg: st.builds(m.LinkMsg, u64, ids, ids, names),
+    m.RemoveMsg: st.builds(m.RemoveMsg, u64, ids, ids, names),
     m.DataBegin: st.builds(m.DataBegin, u64, u64),
     m.DataChunk: st.builds(m.DataChunk, u64, u64, st.binary(max_size=2000)),
     m.DataEnd: st.builds(m.DataEnd, u64, st.binary(min_size=16, max_size=16), i64),

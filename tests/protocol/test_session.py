@@ -13,7 +13,8 @@ from georep.protocol.framing import encode
 from georep.protocol.session import MAGIC, Role, Session, State
 
 SAMPLES: dict[type[m.Message], m.Message] = {
-    m.Hello: m.Hello(PROTOCOL_VERSION, "t"),
+    m.Hello: m.Hello(PROTOCOL_VERSION, "t", "brick-1"),
+    m.RemoveMsg: m.RemoveMsg(1, b"i" * 16, b"p" * 16, b"n"),
     m.HelloOk: m.HelloOk(PROTOCOL_VERSION, "t", False),
     m.EntryMsg: m.EntryMsg(1, b"i" * 16, b"p" * 16, b"n", 1, 0o644, 0, 0, 0, [], 0, b"", 0),
     m.LinkMsg: m.LinkMsg(1, b"i" * 16, b"p" * 16, b"n"),
@@ -80,7 +81,7 @@ def test_nothing_after_close(cls: type[m.Message]) -> None:
 
 def test_version_mismatch_both_directions() -> None:
     agent = Session(Role.AGENT)
-    hello = agent.receive(MAGIC + encode(m.Hello(PROTOCOL_VERSION + 1, "future")))[0]
+    hello = agent.receive(MAGIC + encode(m.Hello(PROTOCOL_VERSION + 1, "future", "")))[0]
     assert isinstance(hello, m.Hello)
     reply = agent.answer_hello(hello)
     assert agent.state is State.CLOSED

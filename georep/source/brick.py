@@ -1,0 +1,416 @@
+"""A GlusterFS brick as a change source: its journals, its gfid handles, and their traps.
+
+Theory of operation
+-------------------
+Journals.  GlusterFS appends records to ``.glusterfs/changelogs/CHANGELOG`` within
+milliseconds of an operation, and every ``rollover-time`` seconds renames it to
+``YYYY/MM/DD/CHANGELOG.<ts>`` (flat ``changelogs/CHANGELOG.<ts>`` before GlusterFS 9),
+listing the new name in ``htime/HTIME.<ts>``.  `BrickJournal` follows the *live* file:
+it keeps its descriptor across the rename, reads the old inode to its end once HTIME
+lists it, then moves on.  A position is ``(HTIME file, journal number, byte offset)``:
+journal number *n* is the *n*-th rollover listed in HTIME, and ``len(HTIME)`` is the live
+journal.  Positions therefore survive rollovers and restarts.
+
+What the journals cannot be trusted for (each yields a `Gap` with its time window, so
+the daemon warns and runs a reconciliation crawl):
+
+* an upper-case journal name listed twice in HTIME: ``rollover-time 1`` renamed a later
+  journal over an earlier, full one (measured: 98 % of creates lost at 1,000/s).  Read
+  live, we saw the earlier one before it was replaced; read from history, it is gone;
+* a saved position whose HTIME or journal no longer exists (history cleaned up, or
+  changelog turned off and on again: a new HTIME file starts);
+* operations that are never journalled (fallocate, discard, zerofill) — not detectable
+  here; the periodic reconciliation crawl covers them.
+
+Handles.  ``.glusterfs/g0g1/g2g3/<gfid>`` is a hard link to every non-directory object
+(read data and metadata through it, never through a FUSE mount) and, for a directory, a
+symlink ``../../p0p1/p2p3/<pargfid>/<name>`` naming its parent and name.  Current names
+of a file are its ``trusted.gfid2path.*`` xattrs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from georep.errors import ChangelogFormatError, ChangelogsOff, NotABrick
+from georep.model import ROOT_ID
+from georep.source.changelog import ChangelogParser, HtimeIndex, Record, parse_htime
+
+VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
+HEADER_LEN = 51
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where reading a brick's journals stands: everything before it has been handled."""
+
+    htime: str  # "HTIME.<ts>" file the numbering refers to
+    index: int  # journal number in that HTIME (== its length: the live journal)
+    offset: int  # bytes of that journal consumed (0: from the start)
+
+    def as_json(self) -> dict[str, object]:
+        return {"htime": self.htime, "index": self.index, "offset": self.offset}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Position:
+        htime, index, offset = d["htime"], d["index"], d["offset"]
+        if not isinstance(htime, str) or not isinstance(index, int) or not isinstance(offset, int):
+            raise ValueError("bad position")
+        return cls(htime, index, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A window of time whose changes the journals do not hold: reconcile by crawling."""
+
+    reason: str
+    since: int | None  # unix seconds, when known
+    until: int | None
+
+    def describe(self) -> str:
+        def t(x: int | None) -> str:
+            return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(x)) if x is not None else "?"
+
+        return f"{self.reason} (changes between {t(self.since)} and {t(self.until)})"
+
+
+class Brick:
+    """A brick root: identity checks and gfid → object resolution through ``.glusterfs``."""
+
+    def __init__(self, root: bytes | str) -> None:
+        self.root = os.path.abspath(os.fsencode(root))
+        try:
+            self.volume_id = os.getxattr(self.root, VOLUME_ID_XATTR)
+        except OSError:
+            raise NotABrick(
+                f"{os.fsdecode(self.root)} has no {VOLUME_ID_XATTR}: not a brick root, or the brick is not mounted"
+            ) from None
+        self.changelogs = os.path.join(self.root, b".glusterfs", b"changelogs")
+        self.volume_name = _volume_name(uuid.UUID(bytes=self.volume_id)) if len(self.volume_id) == 16 else None
+
+    def check_changelogs(self) -> None:
+        htime_dir = os.path.join(self.changelogs, b"htime")
+        have = os.path.isdir(htime_dir) and any(n.startswith(b"HTIME.") for n in os.listdir(htime_dir))
+        on = _volume_option(self.volume_name, "changelog.changelog") if self.volume_name else None
+        vol = self.volume_name or "VOLUME"
+        if not have or on == "off":
+            raise ChangelogsOff(
+                f"changelogs are off on brick {os.fsdecode(self.root)}",
+                hint=f"enable them: gluster volume set {vol} changelog.changelog on",
+            )
+
+    # -- gfid handles ---------------------------------------------------------------
+
+    def handle(self, gfid: bytes) -> bytes:
+        if gfid == ROOT_ID:
+            return self.root
+        h = uuid.UUID(bytes=gfid).hex
+        text = str(uuid.UUID(bytes=gfid)).encode()
+        return os.path.join(self.root, b".glusterfs", h[0:2].encode(), h[2:4].encode(), text)
+
+    def lstat(self, gfid: bytes) -> os.stat_result | None:
+        """The object's stat (a directory's through its path), or None when it is gone."""
+
+        try:
+            st = os.lstat(self.handle(gfid))
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode) and gfid != ROOT_ID:
+            path = self.dir_path(gfid)
+            if path is not None:
+                try:
+                    dst = os.lstat(path)
+                except FileNotFoundError:
+                    return None
+                if stat.S_ISDIR(dst.st_mode):
+                    return dst
+        return st
+
+    def dir_location(self, gfid: bytes) -> tuple[bytes, bytes] | None:
+        """(parent gfid, name) of a directory, read from its handle symlink."""
+
+        try:
+            target = os.readlink(self.handle(gfid))
+        except OSError:
+            return None
+        parts = target.split(b"/")
+        # ../../pp/pp/<pargfid>/<name>
+        if len(parts) != 6 or parts[0] != b".." or parts[1] != b"..":
+            return None
+        try:
+            parent = uuid.UUID(parts[4].decode("ascii")).bytes
+        except ValueError:
+            return None
+        return parent, parts[5]
+
+    def dir_path(self, gfid: bytes) -> bytes | None:
+        """The directory's path on the brick, by climbing handle symlinks to the root."""
+
+        names: list[bytes] = []
+        cur = gfid
+        for _ in range(4096):
+            if cur == ROOT_ID:
+                return os.path.join(self.root, *reversed(names)) if names else self.root
+            loc = self.dir_location(cur)
+            if loc is None:
+                return None
+            cur, name = loc
+            names.append(name)
+        return None
+
+    def file_names(self, gfid: bytes) -> list[tuple[bytes, bytes]]:
+        """(parent gfid, name) of every hard link of a non-directory, from trusted.gfid2path.*."""
+
+        out = []
+        try:
+            keys = os.listxattr(self.handle(gfid), follow_symlinks=False)
+        except OSError:
+            return []
+        for k in keys:
+            if not k.startswith("trusted.gfid2path."):
+                continue
+            try:
+                v = os.getxattr(self.handle(gfid), k, follow_symlinks=False)
+            except OSError:
+                continue
+            pg, sep, name = v.partition(b"/")
+            if not sep or not name:
+                continue
+            try:
+                out.append((uuid.UUID(pg.decode("ascii")).bytes, name))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def names(self, gfid: bytes, st: os.stat_result) -> list[tuple[bytes, bytes]]:
+        if stat.S_ISDIR(st.st_mode):
+            loc = self.dir_location(gfid)
+            return [loc] if loc is not None else []
+        return self.file_names(gfid)
+
+    def object_path(self, gfid: bytes, st: os.stat_result) -> bytes:
+        """Where to read the object: a directory's real path, else its handle (a hard link)."""
+
+        if stat.S_ISDIR(st.st_mode):
+            return self.dir_path(gfid) or self.handle(gfid)
+        return self.handle(gfid)
+
+
+def _volume_name(volume_id: uuid.UUID) -> str | None:
+    base = Path("/var/lib/glusterd/vols")
+    try:
+        for info in base.glob("*/info"):
+            for line in info.read_text(errors="replace").splitlines():
+                if line == f"volume-id={volume_id}":
+                    return info.parent.name
+    except OSError:
+        return None
+    return None
+
+
+def _volume_option(volume: str | None, key: str) -> str | None:
+    if volume is None:
+        return None
+    try:
+        for line in Path(f"/var/lib/glusterd/vols/{volume}/info").read_text(errors="replace").splitlines():
+            if line.startswith(key + "="):
+                return line.split("=", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+# -- journals ---------------------------------------------------------------------------
+
+
+class BrickJournal:
+    """Follows one brick's journals from a `Position`: history through HTIME, then live."""
+
+    READ = 1 << 20
+
+    def __init__(self, brick: Brick, position: Position | None) -> None:
+        self.brick = brick
+        self.htime_dir = os.path.join(brick.changelogs, b"htime")
+        self.gaps: list[Gap] = []
+        htime = self._latest_htime()
+        if htime is None:
+            raise ChangelogsOff(f"no HTIME index under {os.fsdecode(self.htime_dir)}")
+        self._htime_name = htime
+        self._index_cache: tuple[int, HtimeIndex] | None = None
+        if position is None:
+            position = Position(htime, len(self._htime().entries), 0)
+        elif position.htime != htime:
+            self._gap(f"changelog was turned off and on again (new index {htime}, saved {position.htime})",
+                      self._ts_of(position.htime), self._ts_of(htime))
+            position = Position(htime, 0, 0)
+        self.position = position
+        self._fd: int | None = None
+        self._fd_ino = 0
+        self._parser: ChangelogParser | None = None
+        self._warned_dups: set[bytes] = set()
+
+    # -- HTIME ------------------------------------------------------------------------
+
+    def _latest_htime(self) -> str | None:
+        try:
+            names = [n for n in os.listdir(self.htime_dir) if n.startswith(b"HTIME.")]
+        except OSError:
+            return None
+        if not names:
+            return None
+        return max(names, key=lambda n: int(n[6:]) if n[6:].isdigit() else -1).decode()
+
+    @staticmethod
+    def _ts_of(htime: str) -> int | None:
+        tail = htime.partition(".")[2]
+        return int(tail) if tail.isdigit() else None
+
+    def _htime(self) -> HtimeIndex:
+        path = os.path.join(self.htime_dir, self._htime_name.encode())
+        st = os.stat(path)
+        if self._index_cache is not None and self._index_cache[0] == st.st_size:
+            return self._index_cache[1]
+        with open(path, "rb") as f:
+            data = f.read()
+        idx = parse_htime(os.fsdecode(path), data)
+        self._index_cache = (len(data) - len(idx.partial), idx)
+        return idx
+
+    def _gap(self, reason: str, since: int | None, until: int | None) -> None:
+        self.gaps.append(Gap(reason, since, until))
+
+    def take_gaps(self) -> list[Gap]:
+        gaps, self.gaps = self.gaps, []
+        return gaps
+
+    def _journal_path(self, htime_path: bytes, ts: int) -> bytes:
+        """Where a rolled-over journal lives on this brick (HTIME holds the brick's old path)."""
+
+        base = htime_path.rpartition(b"/")[2]
+        dated = os.path.join(self.brick.changelogs, time.strftime("%Y/%m/%d", time.gmtime(ts)).encode(), base)
+        if os.path.exists(dated):
+            return dated
+        flat = os.path.join(self.brick.changelogs, base)
+        return flat if os.path.exists(flat) else dated
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _new_parser(self, name: str, fd: int, offset: int) -> ChangelogParser:
+        parser = ChangelogParser(name)
+        if offset > 0:
+            head = os.pread(fd, HEADER_LEN, 0)
+            parser.feed(head)
+            parser.resume_at(offset)
+        return parser
+
+    def _drain(self, fd: int, parser: ChangelogParser, offset: int) -> Iterator[tuple[Record, int]]:
+        """Records from ``offset`` to the current end, each with the offset just past it."""
+
+        pos = max(offset, 0)
+        while True:
+            data = os.pread(fd, self.READ, pos)
+            if not data:
+                return
+            pos += len(data)
+            records = parser.feed(data)
+            for i, rec in enumerate(records):
+                end = records[i + 1].offset if i + 1 < len(records) else parser.consumed
+                yield rec, end
+
+    def _close_live(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._parser = None
+
+    def poll(self) -> Iterator[tuple[Record, Position]]:
+        """Every record available now, each with the position just past it."""
+
+        while True:
+            idx = self._htime()
+            pos = self.position
+            if pos.index < len(idx.entries):
+                entry = idx.entries[pos.index]
+                if entry.empty:
+                    self._close_live()
+                    self.position = Position(pos.htime, pos.index + 1, 0)
+                    continue
+                later = any(e.path == entry.path for e in idx.entries[pos.index + 1 :])
+                path = self._journal_path(entry.path, entry.ts)
+                fd, parser = self._fd, self._parser
+                held = fd is not None and self._fd_ino == _ino(path)
+                if later and not held:
+                    if entry.path not in self._warned_dups:
+                        self._warned_dups.add(entry.path)
+                        self._gap(
+                            f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} was overwritten by a later "
+                            "rollover of the same name (changelog.rollover-time too low; set it to 2 or more)",
+                            idx.entries[pos.index - 1].ts if pos.index > 0 else None,
+                            entry.ts,
+                        )
+                    self._close_live()
+                    self.position = Position(pos.htime, pos.index + 1, 0)
+                    continue
+                if not held:
+                    self._close_live()
+                    try:
+                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        self._gap(f"journal {os.fsdecode(path)} listed in HTIME is missing",
+                                  idx.entries[pos.index - 1].ts if pos.index > 0 else None, entry.ts)
+                        self.position = Position(pos.htime, pos.index + 1, 0)
+                        continue
+                    parser = self._new_parser(os.fsdecode(path), fd, pos.offset)
+                assert fd is not None and parser is not None
+                for rec, end in self._drain(fd, parser, pos.offset):
+                    self.position = Position(pos.htime, pos.index, end)
+                    yield rec, self.position
+                parser.close()
+                os.close(fd)
+                self._fd = None
+                self._parser = None
+                self.position = Position(pos.htime, pos.index + 1, 0)
+                continue
+            # the live journal
+            if self._fd is None:
+                live = os.path.join(self.brick.changelogs, b"CHANGELOG")
+                try:
+                    fd = os.open(live, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return
+                if len(self._htime().entries) != pos.index:
+                    os.close(fd)  # a rollover happened meanwhile: take it from history first
+                    continue
+                self._fd, self._fd_ino = fd, os.fstat(fd).st_ino
+                if os.fstat(fd).st_size < pos.offset:
+                    # the saved offset belongs to an older live journal that is gone
+                    self._gap("saved position is beyond the live journal (journal replaced)", None, None)
+                    pos = self.position = Position(pos.htime, pos.index, 0)
+                self._parser = self._new_parser("CHANGELOG", fd, pos.offset)
+            assert self._fd is not None and self._parser is not None
+            for rec, end in self._drain(self._fd, self._parser, pos.offset):
+                self.position = Position(pos.htime, pos.index, end)
+                yield rec, self.position
+            return
+
+    def close(self) -> None:
+        self._close_live()
+
+
+def _ino(path: bytes) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return -1
+        raise
+
+
+__all__ = ["Brick", "BrickJournal", "ChangelogFormatError", "ChangelogsOff", "Gap", "NotABrick", "Position"]
