@@ -27,7 +27,7 @@ ALLOWED = {
     "batch": {"source"},
     "apply": {"protocol"},
     "transport": {"protocol", "source", "batch"},
-    "cli": {"protocol", "source", "batch", "apply", "transport", "cli"},
+    "cli": {"protocol", "source", "batch", "apply", "transport", "cli", "daemon", "tree_daemon"},
 }
 
 

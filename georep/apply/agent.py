@@ -50,6 +50,8 @@ from georep.protocol.digest import ExtentDigest
 from georep.protocol.session import Role, Session, State
 
 STATE_DIR = b".georep"
+#: RemoveMsg id meaning "whatever holds the name" (the source replaced it by a rename).
+ANY_HOLDER = bytes(16)
 
 
 class ItemFailed(Exception):
@@ -406,7 +408,10 @@ class Applier:
         """Remove one name of ``id``; a directory goes with everything below it."""
 
         self._check_name(msg.parent, msg.name)
-        if self.index.occupant(msg.parent, msg.name) != msg.id:
+        holder = self.index.occupant(msg.parent, msg.name)
+        if msg.id == ANY_HOLDER and holder is not None:
+            msg = m.RemoveMsg(msg.seq, holder, msg.parent, msg.name)  # "clear this name"
+        if holder != msg.id:
             return m.DONE  # already gone, or the name now holds another object
         obj = self.index.obj(msg.id)
         try:

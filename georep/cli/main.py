@@ -19,6 +19,14 @@ def _dispatch(argv: list[str]) -> Callable[[list[str]], int]:
         from georep.cli import agent_cmd
 
         return agent_cmd.run
+    if argv and argv[0] == "daemon":
+        from georep.cli import daemon_cmd
+
+        return daemon_cmd.run
+    if argv and argv[0] == "status":
+        from georep.cli import status_cmd
+
+        return status_cmd.run
     if argv and argv[0] == "demo":
         from georep.cli import demo
 

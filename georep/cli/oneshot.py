@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 from georep import __version__
+from georep.cli.connect import add_secondary_options, channel_opener
 from georep.errors import SyncIncomplete, UsageError
 from georep.model import Summary
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore, default_state_dir
-from georep.transport.channel import Channel, PipeChannel, local_agent_argv
 from georep.transport.sender import Options, Sender
-from georep.transport.ssh import SshTarget, open_ssh
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,11 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oneshot", action="store_true", required=True, help="copy SOURCE once, then exit")
     p.add_argument("source", help="a plain directory or a GlusterFS brick root")
     p.add_argument("secondary", help="a local directory or ssh://[user@]host[:port]/absolute/path")
-    p.add_argument("--remote-command", default="georep-sync", metavar="CMD",
-                   help="command that starts the agent on the secondary host (default: georep-sync)")
     p.add_argument("--state-dir", type=Path, default=None, help="source-side state (default ~/.local/state/georep)")
-    p.add_argument("--known-hosts", type=Path, default=None, help="known_hosts file (default ~/.ssh/known_hosts)")
-    p.add_argument("-i", "--identity", type=Path, action="append", default=None, help="SSH private key to offer")
+    add_secondary_options(p)
     p.add_argument("--allow-mass-delete", action="store_true",
                    help="let an empty source empty the secondary (refused by default)")
     p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
@@ -85,21 +81,12 @@ class Progress:
         sys.stderr.flush()
 
 
-async def _open_channel(args: argparse.Namespace) -> Channel:
-    if args.secondary.startswith("ssh://"):
-        target = SshTarget.parse(args.secondary)
-        return await open_ssh(target, args.remote_command, known_hosts=args.known_hosts, identities=args.identity)
-    if "://" in args.secondary:
-        raise UsageError(f"unsupported secondary {args.secondary}", hint="use a local path or ssh://host/path")
-    return await PipeChannel.start(local_agent_argv(args.secondary_abs))
-
-
 async def replicate(args: argparse.Namespace, progress: Progress | None) -> tuple[Summary, Crawler]:
     source = args.source_abs
     store = IdStore(args.state_dir or default_state_dir(), source)
     try:
         crawler = Crawler(source, store)
-        chan = await _open_channel(args)
+        chan = await channel_opener(args)()
         try:
             sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete), progress)
             await sender.handshake()
@@ -118,7 +105,6 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.source_abs = os.fsencode(os.path.abspath(args.source))
-    args.secondary_abs = os.path.abspath(args.secondary)
     show_progress = sys.stderr.isatty() and not args.no_progress and not args.json
     progress = Progress(os.fsencode(os.path.abspath(args.source))) if show_progress else None
     try:

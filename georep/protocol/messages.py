@@ -79,7 +79,8 @@ class LinkMsg:
 class RemoveMsg:
     """Remove ``parent/name`` if it still holds ``id`` (a directory with everything below it).
 
-    Idempotent: a name that is gone or holds another object is left alone (DONE).
+    Idempotent: a name that is gone or holds another object is left alone (DONE).  The
+    all-zero id means "whatever holds the name" (a rename on the source replaced it).
     """
 
     KIND: ClassVar[int] = 12

@@ -190,10 +190,30 @@ class Brick:
         return sorted(out)
 
     def names(self, gfid: bytes, st: os.stat_result) -> list[tuple[bytes, bytes]]:
+        """The object's names *now*, each checked to really name this inode.
+
+        The records alone are not enough: an unlinked file's handle (and its gfid2path
+        xattrs) can outlive its last name for a while, and a directory handle may point
+        at a name that was reused.  Only names whose entry in the parent is this inode
+        count.
+        """
+
         if stat.S_ISDIR(st.st_mode):
             loc = self.dir_location(gfid)
-            return [loc] if loc is not None else []
-        return self.file_names(gfid)
+            candidates = [loc] if loc is not None else []
+        else:
+            candidates = self.file_names(gfid)
+        out = []
+        for parent, name in candidates:
+            ppath = self.dir_path(parent)
+            if ppath is None:
+                continue
+            try:
+                if os.lstat(os.path.join(ppath, name)).st_ino == st.st_ino:
+                    out.append((parent, name))
+            except OSError:
+                continue
+        return out
 
     def object_path(self, gfid: bytes, st: os.stat_result) -> bytes:
         """Where to read the object: a directory's real path, else its handle (a hard link)."""
@@ -252,9 +272,11 @@ class BrickJournal:
             position = Position(htime, 0, 0)
         self.position = position
         self._fd: int | None = None
-        self._fd_ino = 0
+        self._fd_index = -1
+        self._fed = 0  # file offset of the next byte to feed the current journal's parser
+        #: journals found overwritten by a later rollover of the same name (read live or lost)
+        self.overwritten = 0
         self._parser: ChangelogParser | None = None
-        self._warned_dups: set[bytes] = set()
 
     # -- HTIME ------------------------------------------------------------------------
 
@@ -310,15 +332,20 @@ class BrickJournal:
             parser.resume_at(offset)
         return parser
 
-    def _drain(self, fd: int, parser: ChangelogParser, offset: int) -> Iterator[tuple[Record, int]]:
-        """Records from ``offset`` to the current end, each with the offset just past it."""
+    def _drain(self, fd: int, parser: ChangelogParser, start: int) -> Iterator[tuple[Record, int]]:
+        """Records from the bytes at ``start`` (the next byte the parser has not seen) to the end.
 
-        pos = max(offset, 0)
+        Each record comes with the offset just past it.  ``self._fed`` tracks how far the
+        parser has been fed, which is ahead of the position while a record is incomplete.
+        """
+
+        pos = start
         while True:
             data = os.pread(fd, self.READ, pos)
             if not data:
                 return
             pos += len(data)
+            self._fed = pos
             records = parser.feed(data)
             for i, rec in enumerate(records):
                 end = records[i + 1].offset if i + 1 < len(records) else parser.consumed
@@ -345,16 +372,18 @@ class BrickJournal:
                 later = any(e.path == entry.path for e in idx.entries[pos.index + 1 :])
                 path = self._journal_path(entry.path, entry.ts)
                 fd, parser = self._fd, self._parser
-                held = fd is not None and self._fd_ino == _ino(path)
+                # the live journal we hold *is* journal number pos.index, whatever its name
+                # holds now: a later rollover may have renamed another journal over it
+                held = fd is not None and self._fd_index == pos.index
+                if later:
+                    self.overwritten += 1  # GlusterFS's rollover bug struck (read live, or lost)
                 if later and not held:
-                    if entry.path not in self._warned_dups:
-                        self._warned_dups.add(entry.path)
-                        self._gap(
-                            f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} was overwritten by a later "
-                            "rollover of the same name (changelog.rollover-time too low; set it to 2 or more)",
-                            idx.entries[pos.index - 1].ts if pos.index > 0 else None,
-                            entry.ts,
-                        )
+                    self._gap(
+                        f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} was overwritten by a later "
+                        "rollover of the same name (changelog.rollover-time too low; set it to 2 or more)",
+                        idx.entries[pos.index - 1].ts if pos.index > 0 else None,
+                        entry.ts,
+                    )
                     self._close_live()
                     self.position = Position(pos.htime, pos.index + 1, 0)
                     continue
@@ -368,8 +397,9 @@ class BrickJournal:
                         self.position = Position(pos.htime, pos.index + 1, 0)
                         continue
                     parser = self._new_parser(os.fsdecode(path), fd, pos.offset)
+                    self._fed = pos.offset
                 assert fd is not None and parser is not None
-                for rec, end in self._drain(fd, parser, pos.offset):
+                for rec, end in self._drain(fd, parser, self._fed):
                     self.position = Position(pos.htime, pos.index, end)
                     yield rec, self.position
                 parser.close()
@@ -388,14 +418,15 @@ class BrickJournal:
                 if len(self._htime().entries) != pos.index:
                     os.close(fd)  # a rollover happened meanwhile: take it from history first
                     continue
-                self._fd, self._fd_ino = fd, os.fstat(fd).st_ino
+                self._fd, self._fd_index = fd, pos.index
                 if os.fstat(fd).st_size < pos.offset:
                     # the saved offset belongs to an older live journal that is gone
                     self._gap("saved position is beyond the live journal (journal replaced)", None, None)
                     pos = self.position = Position(pos.htime, pos.index, 0)
                 self._parser = self._new_parser("CHANGELOG", fd, pos.offset)
+                self._fed = pos.offset
             assert self._fd is not None and self._parser is not None
-            for rec, end in self._drain(self._fd, self._parser, pos.offset):
+            for rec, end in self._drain(self._fd, self._parser, self._fed):
                 self.position = Position(pos.htime, pos.index, end)
                 yield rec, self.position
             return

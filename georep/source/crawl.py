@@ -37,6 +37,9 @@ BRICK_SKIP_TOP = (b".glusterfs", b".trashcan")
 class SourceEntry:
     entry: Entry
     path: bytes  # absolute path on the source, to read data and metadata from
+    #: st_mtime_ns as stat() gave it when listed; on a brick entry.meta.mtime_ns is the
+    #: volume's (trusted.glusterfs.mdata), which the brick's own stat does not show
+    stat_mtime_ns: int = 0
 
 
 def is_brick(root: bytes) -> bool:
@@ -64,6 +67,53 @@ def read_xattrs(path: bytes, privileged: bool) -> tuple[tuple[bytes, bytes], ...
     return tuple(out)
 
 
+def brick_mtime(path: bytes) -> int | None:
+    """The mtime clients see, when the volume keeps it in ``trusted.glusterfs.mdata``."""
+
+    try:
+        raw = os.getxattr(path, MDATA_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+    if len(raw) != _MDATA.size:
+        return None
+    _v, _flags, _cs, _cn, msec, mnsec, _as, _an = _MDATA.unpack(raw)
+    return int(msec) * 1_000_000_000 + int(mnsec)
+
+
+def make_entry(oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_result, *, brick: bool,
+               privileged: bool) -> Entry | None:
+    """The `Entry` for an object read at ``path`` (None for a type we do not replicate).
+
+    On a brick, the mtime comes from ``trusted.glusterfs.mdata`` when the volume keeps
+    one, and a non-directory's link count leaves out its ``.glusterfs`` handle.
+    """
+
+    kind = Kind.from_mode(st.st_mode)
+    if kind is None:
+        return None
+    mtime_ns = brick_mtime(path) if brick else None
+    meta = Meta(
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        st.st_mtime_ns if mtime_ns is None else mtime_ns,
+        read_xattrs(path, privileged),
+    )
+    target = os.readlink(path) if kind is Kind.SYMLINK else b""
+    nlink = st.st_nlink - 1 if brick and kind is not Kind.DIR else st.st_nlink
+    return Entry(
+        oid,
+        parent,
+        name,
+        kind,
+        meta,
+        size=st.st_size if kind is Kind.FILE else 0,
+        target=target,
+        rdev=st.st_rdev if kind in (Kind.CHR, Kind.BLK) else 0,
+        nlink=nlink,
+    )
+
+
 class Crawler:
     """Yields `SourceEntry` for every replicable object below ``root`` (root first)."""
 
@@ -76,6 +126,7 @@ class Crawler:
         self.brick = is_brick(self.root)
         self.problems: list[Problem] = []
         self.count = 0
+        store.new_crawl()
 
     def _id(self, path: bytes, st: os.stat_result) -> bytes | None:
         if not self.brick:
@@ -100,49 +151,13 @@ class Crawler:
         return False
 
     def entry_for(self, oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_result) -> Entry | None:
-        kind = Kind.from_mode(st.st_mode)
-        if kind is None:
-            return None
-        mtime_ns = self._brick_mtime(path) if self.brick else None
-        meta = Meta(
-            stat.S_IMODE(st.st_mode),
-            st.st_uid,
-            st.st_gid,
-            st.st_mtime_ns if mtime_ns is None else mtime_ns,
-            read_xattrs(path, self.privileged),
-        )
-        target = os.readlink(path) if kind is Kind.SYMLINK else b""
-        nlink = st.st_nlink - 1 if self.brick and kind is not Kind.DIR else st.st_nlink
-        return Entry(
-            oid,
-            parent,
-            name,
-            kind,
-            meta,
-            size=st.st_size if kind is Kind.FILE else 0,
-            target=target,
-            rdev=st.st_rdev if kind in (Kind.CHR, Kind.BLK) else 0,
-            nlink=nlink,
-        )
-
-    @staticmethod
-    def _brick_mtime(path: bytes) -> int | None:
-        """The mtime clients see, when the volume keeps it in ``trusted.glusterfs.mdata``."""
-
-        try:
-            raw = os.getxattr(path, MDATA_XATTR, follow_symlinks=False)
-        except OSError:
-            return None
-        if len(raw) != _MDATA.size:
-            return None
-        _v, _flags, _cs, _cn, msec, mnsec, _as, _an = _MDATA.unpack(raw)
-        return int(msec) * 1_000_000_000 + int(mnsec)
+        return make_entry(oid, parent, name, path, st, brick=self.brick, privileged=self.privileged)
 
     def __iter__(self) -> Iterator[SourceEntry]:
         st = os.stat(self.root)
         root_entry = self.entry_for(ROOT_ID, ROOT_ID, b"", self.root, st)
         assert root_entry is not None
-        yield SourceEntry(root_entry, self.root)
+        yield SourceEntry(root_entry, self.root, st.st_mtime_ns)
         stack: list[tuple[bytes, bytes, Iterator[os.DirEntry[bytes]]]] = []
         self._push(stack, ROOT_ID, self.root)
         while stack:
@@ -177,7 +192,7 @@ class Crawler:
             if entry.kind is not Kind.DIR and entry.nlink > 1 and not self.store.first_sighting(oid):
                 self.store.defer_link(oid, pid, name, path)
                 continue
-            yield SourceEntry(entry, path)
+            yield SourceEntry(entry, path, st.st_mtime_ns)
             if entry.kind is Kind.DIR:
                 self._push(stack, oid, path)
 

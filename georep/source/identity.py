@@ -74,6 +74,12 @@ class IdStore:
             self.commit()
         return oid
 
+    def new_crawl(self) -> None:
+        """Forget which hard-linked ids were met: a new crawl sends each inode once again."""
+
+        self._db.execute("DELETE FROM seen")
+        self._db.execute("DELETE FROM links")
+
     def first_sighting(self, oid: bytes) -> bool:
         """True the first time a (hard-linked) id is met in this session."""
 

@@ -96,9 +96,15 @@ class Sender:
     # -- session lifecycle -------------------------------------------------------------
 
     async def handshake(self) -> None:
-        self.chan.write(self.session.initiate())
-        await self.chan.drain()
+        # the reader first: an agent that refuses at once (root not writable, wrong
+        # version) explains itself on its output even if our first write finds it gone
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        try:
+            self._write(self.session.initiate())
+            await self._drain()
+        except ConnectionLost:
+            await asyncio.wait({self._reader}, timeout=10)
+            await self._raise_failure()
         ready = asyncio.get_running_loop().create_task(self._ready.wait())
         await asyncio.wait(self._with_reader(ready), return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
@@ -340,8 +346,9 @@ class Sender:
                 continue
             try:
                 st0 = os.fstat(fd)
+                mtime = self._publish_mtime(se, st0)
                 if st0.st_size <= SMALL_FILE:
-                    blobs.append(self._small(seq, fd, st0))
+                    blobs.append(self._small(seq, fd, st0, mtime))
                     packed += st0.st_size
                     if packed >= CHUNK_SIZE:
                         self._send(m.Blobs(blobs))
@@ -351,7 +358,7 @@ class Sender:
                     if blobs:
                         self._send(m.Blobs(blobs))
                         blobs, packed = [], 0
-                    await self._large(seq, fd, st0)
+                    await self._large(seq, fd, st0, mtime)
                 self._check_stable(fd, st0, se)
                 self.summary.files += 1
             except OSError as exc:
@@ -362,7 +369,20 @@ class Sender:
             self._send(m.Blobs(blobs))
         await self._drain()
 
-    def _small(self, seq: int, fd: int, st0: os.stat_result) -> m.SmallFile:
+    @staticmethod
+    def _publish_mtime(se: SourceEntry, st0: os.stat_result) -> int:
+        """The mtime to give the copy: the listed one while the file is as listed.
+
+        A file changed since it was listed gets the mtime it has now; on a brick that is
+        the brick's own and differs from the volume's, so the next pass sees a change and
+        sends it again — never the other way round (a stale copy that looks current).
+        """
+
+        if (st0.st_size, st0.st_mtime_ns) == (se.entry.size, se.stat_mtime_ns):
+            return se.entry.meta.mtime_ns
+        return st0.st_mtime_ns
+
+    def _small(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> m.SmallFile:
         digest = ExtentDigest()
         extents: list[list[int | bytes]] = []
         for off, length in file_extents(fd, st0.st_size):
@@ -370,9 +390,9 @@ class Sender:
             digest.update(off, data)
             extents.append([off, data])
             self.summary.bytes_data += len(data)
-        return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), st0.st_mtime_ns)
+        return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), mtime)
 
-    async def _large(self, seq: int, fd: int, st0: os.stat_result) -> None:
+    async def _large(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> None:
         size = st0.st_size
         self._send(m.DataBegin(seq, size))
         digest = ExtentDigest()
@@ -388,7 +408,7 @@ class Sender:
                 self.summary.bytes_data += len(data)
                 pos += len(data)
                 await self._drain()
-        self._send(m.DataEnd(seq, digest.finish(size), st0.st_mtime_ns))
+        self._send(m.DataEnd(seq, digest.finish(size), mtime))
 
     def _check_stable(self, fd: int, st0: os.stat_result, se: SourceEntry) -> None:
         st1 = os.fstat(fd)
