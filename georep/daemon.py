@@ -47,6 +47,7 @@ from georep.batch.changes import (
     Make,
     Move,
     Remove,
+    Rename,
     Rmdir,
     SyncData,
     SyncMeta,
@@ -54,10 +55,11 @@ from georep.batch.changes import (
 )
 from georep.batch.checkpoint import SessionState
 from georep.batch.coalesce import Batch, Coalescer
+from georep.batch.policy import CutPolicy, Window
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, SshUnreachable
-from georep.model import ROOT_ID, Problem
+from georep.model import ROOT_ID, Kind, Problem
 from georep.source.brick import Brick, BrickJournal, Gap, Position
-from georep.source.changelog import DataRecord, MetaRecord
+from georep.source.changelog import DataRecord, MetaRecord, Record
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
 from georep.transport.channel import Channel
@@ -65,10 +67,9 @@ from georep.transport.sender import Options, Sender
 
 #: How often the live journal is polled when nothing arrives (reads at EOF are cheap).
 POLL_S = 0.02
-#: A batch is cut after this much quiet, or this age, or this many changes.
-QUIET_S = 0.03
-MAX_LATENCY_S = 0.5
-MAX_CHANGES = 20_000
+#: Live batches: cut after a short quiet (a burst such as rsync's write + rename lands in
+#: one batch), never hold a change longer than half a second, bound a batch's size.
+LIVE_POLICY = CutPolicy(max_items=20_000, max_bytes=256 << 20, quiet_delay_s=0.03, max_latency_s=0.5)
 #: An object changed less than this long ago is read a moment later (see `_place`).
 SETTLE_NS = 50_000_000
 
@@ -223,9 +224,8 @@ class BrickDaemon:
         self.set_state("live")
         conv = JournalConverter()
         coal = Coalescer()
+        window = Window()
         last_pos: Position | None = None
-        first_seen = 0.0
-        last_seen = 0.0
         # GlusterFS journals at most one D (and one M per fop) per inode per journal: writes
         # after the first one in a rollover period leave no record.  Following the live
         # journal, we may read an object before those writes; so every object with D/M in
@@ -237,23 +237,19 @@ class BrickDaemon:
             got = False
             for rec, pos in journal.poll():
                 got = True
-                now = time.monotonic()
-                if not coal.pending_changes:
-                    first_seen = now
-                last_seen = now
+                window.note(time.monotonic())
                 if pos.index != period_index:
                     await self._add(coal, [Data(oid) for oid in period_ids], sender)
                     period_ids.clear()
                     period_index = pos.index
                 if isinstance(rec, DataRecord | MetaRecord):
                     period_ids.add(rec.gfid)
-                await self._add(coal, conv.convert(rec), sender)
+                await self._add(coal, self._changes(conv, rec), sender)
                 last_pos = pos
-                if coal.pending_changes >= MAX_CHANGES:
+                if coal.pending_changes >= LIVE_POLICY.max_items:
                     break
             if journal.position.index != period_index and period_ids:
-                if not coal.pending_changes:
-                    first_seen = last_seen = time.monotonic()
+                window.note(time.monotonic())
                 await self._add(coal, [Data(oid) for oid in period_ids], sender)
                 period_ids.clear()
             period_index = journal.position.index
@@ -268,11 +264,10 @@ class BrickDaemon:
             now = time.monotonic()
             pending = coal.pending_changes
             self.status.pending = pending
-            self.status.lag_seconds = now - first_seen if pending else 0.0
-            if pending and (now - last_seen >= QUIET_S or now - first_seen >= MAX_LATENCY_S
-                            or pending >= MAX_CHANGES or self.stop.is_set()):
-                batch = coal.cut()
-                await self._apply(batch, sender)
+            self.status.lag_seconds = now - window.first_at if pending and window.first_at else 0.0
+            if pending and (LIVE_POLICY.should_cut(now, window) or self.stop.is_set()):
+                await self._apply(coal.cut(), sender)
+                window.reset()
                 if last_pos is not None:
                     self.state.save_position(last_pos.as_json())
                     self.status.position = last_pos.as_json()
@@ -282,6 +277,7 @@ class BrickDaemon:
                 self.write_status(force=True)
             elif not pending and last_pos is not None and self.status.position != last_pos.as_json():
                 # records that changed nothing replicable (e.g. internal directories)
+                window.reset()
                 self.state.save_position(last_pos.as_json())
                 self.status.position = last_pos.as_json()
             else:
@@ -290,8 +286,21 @@ class BrickDaemon:
                 self.set_state("stopped", "SIGTERM: position saved")
                 return
             if not got:
+                deadline = LIVE_POLICY.next_deadline(window)
+                wait = POLL_S if deadline is None else min(POLL_S, max(deadline - time.monotonic(), 0.0))
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), POLL_S)
+                    await asyncio.wait_for(self.stop.wait(), wait)
+
+    def _changes(self, conv: JournalConverter, rec: Record) -> list[Change]:
+        """Journal record → changes; a rename learns from the brick whether it moved a directory."""
+
+        changes = conv.convert(rec)
+        for i, ch in enumerate(changes):
+            if isinstance(ch, Rename) and ch.kind is None:
+                st = self.brick.lstat(ch.id)  # a directory's is read through its path
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    changes[i] = dataclasses.replace(ch, kind=Kind.DIR)
+        return changes
 
     async def _add(self, coal: Coalescer, changes: list[Change], sender: Sender) -> None:
         for change in changes:
