@@ -131,7 +131,8 @@ class BrickDaemon:
     """Keeps one secondary in sync with one brick."""
 
     def __init__(self, brick: Brick, secondary: str, state: SessionState, store: IdStore,
-                 open_channel: Any, *, mirror_crawl: bool = True, verbose: bool = False) -> None:
+                 open_channel: Any, *, mirror_crawl: bool = True, verbose: bool = False,
+                 reconcile_s: float = 86400.0) -> None:
         self.brick = brick
         self.secondary = secondary
         self.state = state
@@ -139,6 +140,10 @@ class BrickDaemon:
         self.open_channel = open_channel
         self.mirror_crawl = mirror_crawl
         self.verbose = verbose
+        #: a crawl this often covers what GlusterFS never journals (fallocate, discard,
+        #: zerofill, copy_file_range): the agent compares size and mtime, so it is cheap
+        self.reconcile_s = reconcile_s
+        self._last_crawl = time.monotonic()
         self.scope = f"brick:{brick.volume_id.hex()}:{os.fsdecode(brick.root)}"
         self.status = Status(os.fsdecode(brick.root), secondary)
         self.stop = asyncio.Event()
@@ -206,6 +211,7 @@ class BrickDaemon:
 
     async def _crawl(self, sender: Sender, why: str) -> None:
         self.set_state("crawl", why)
+        self._last_crawl = time.monotonic()
         self.status.counters.crawls += 1
         crawler = Crawler(self.brick.root, self.store)
         for se in crawler:
@@ -261,6 +267,10 @@ class BrickDaemon:
             gaps = journal.take_gaps()
             if gaps:
                 await self._repair(gaps, sender)
+            elif not coal.pending_changes and time.monotonic() - self._last_crawl >= self.reconcile_s:
+                await self._crawl(sender, "periodic reconciliation (operations GlusterFS never journals: "
+                                          "fallocate, discard, zerofill, copy_file_range)")
+                self.set_state("live")
             now = time.monotonic()
             pending = coal.pending_changes
             self.status.pending = pending
@@ -469,13 +479,13 @@ def _describe(op: Any) -> str:
 
 
 async def run_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
-                     verbose: bool = False) -> int:
+                     verbose: bool = False, reconcile_s: float = 86400.0) -> int:
     brick = Brick(source)
     brick.check_changelogs()
     state = SessionState(state_dir, brick.root, secondary)
     state.lock()
     store = IdStore(state_dir, brick.root)
-    daemon = BrickDaemon(brick, secondary, state, store, open_channel, verbose=verbose)
+    daemon = BrickDaemon(brick, secondary, state, store, open_channel, verbose=verbose, reconcile_s=reconcile_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)

@@ -26,8 +26,9 @@ pytestmark = [pytest.mark.gluster, pytest.mark.slow]
 class Daemon:
     """`georep-sync daemon BRICK DST` as a real process."""
 
-    def __init__(self, brick: Path, dst: Path, state: Path) -> None:
+    def __init__(self, brick: Path, dst: Path, state: Path, *extra: str) -> None:
         self.brick, self.dst, self.state = brick, dst, state
+        self.extra = list(extra)
         self.log = state.parent / f"daemon-{brick.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -35,7 +36,7 @@ class Daemon:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-bb", "-m", "georep", "daemon", str(self.brick), str(self.dst),
-                 "--state-dir", str(self.state), "--verbose"],
+                 "--state-dir", str(self.state), "--verbose", *self.extra],
                 stdout=log, stderr=log,
             )
         return self
@@ -324,6 +325,26 @@ def test_rollover_time_1_under_load_while_following_live(tmp_path: Path) -> None
             assert isinstance(counters, dict)
             assert counters["overwritten_journals"] >= 1, d.logtext()[-3000:]
             assert "rollover bug" in d.logtext()
+        finally:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
+
+
+def test_fallocate_is_never_journalled_but_the_periodic_crawl_repairs_it(tmp_path: Path) -> None:
+    with volume(tmp_path, "gr-falloc") as vol:
+        dst, state = tmp_path / "dst", tmp_path / "state"
+        (vol.mount / "grown").write_bytes(b"start")
+        d = Daemon(vol.bricks[0], dst, state, "--reconcile-every", "3").start()
+        try:
+            converge(vol.mount, dst, [d])
+            fd = os.open(vol.mount / "grown", os.O_WRONLY)
+            try:
+                os.posix_fallocate(fd, 0, 3 << 20)  # FALLOCATE: no record in any journal
+            finally:
+                os.close(fd)
+            converge(vol.mount, dst, [d], timeout=30)
+            assert (dst / "grown").stat().st_size == 3 << 20
+            assert "periodic reconciliation" in d.logtext()
         finally:
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.kill()

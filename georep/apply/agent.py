@@ -588,6 +588,10 @@ class Applier:
             deleted = self._sweep(msg.mirror)
             self._settle_dirs()
             self.index.commit()
+            if msg.mirror:
+                # the next full crawl of this session (a daemon's reconciliation) must tell
+                # names it confirms from names confirmed by this one
+                self.index.new_generation()
         except OSError as exc:
             raise self._fatal(exc) from None
         return m.Finished(deleted)

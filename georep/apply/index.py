@@ -74,14 +74,17 @@ class Index:
         self._db.executescript(_SCHEMA)
         self._in_tx = False
         self._pending = 0
-        self.gen = self._next_generation()
+        self.gen = self.new_generation()
 
-    def _next_generation(self) -> int:
+    def new_generation(self) -> int:
+        """Start a new generation: names confirmed from now on are told apart from older ones."""
+
         self.begin()
         row = self._db.execute("SELECT value FROM settings WHERE key='gen'").fetchone()
         gen = (row[0] if row else 0) + 1
         self._db.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('gen', ?)", (gen,))
         self.commit()
+        self.gen = gen
         return gen
 
     # -- transactions: many small writes are grouped; commit() makes them durable ----

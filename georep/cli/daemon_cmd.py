@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("secondary", help="a local directory or ssh://[user@]host[:port]/absolute/path")
     p.add_argument("--state-dir", type=Path, default=None, help="positions and status (default ~/.local/state/georep)")
     add_secondary_options(p)
+    p.add_argument("--reconcile-every", type=float, default=86400.0, metavar="SECONDS",
+                   help="crawl the brick this often, for operations GlusterFS never journals such as "
+                        "fallocate (default: daily; the agent compares size and mtime, no data for unchanged files)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every batch's operations")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -46,7 +49,9 @@ def run(argv: list[str]) -> int:
         # (or not a brick root): Brick() refuses it rather than replicating an empty disk
         from georep.daemon import run_daemon
 
-        return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))
+        return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
+                                      args.reconcile_every))
     from georep.daemon import run_daemon
 
-    return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))
+    return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
+                                  args.reconcile_every))

@@ -1,0 +1,611 @@
+"""`georep-sync daemon DIR SECONDARY` when DIR is a plain directory: follow it live with inotify.
+
+Theory of operation
+-------------------
+The same guarantees as the brick daemon (`georep.daemon`), with inotify instead of a
+journal: renames are tracked by identity, nothing is lost, nothing half-written reaches
+the secondary.
+
+* **Identity.** Ids come from the `IdStore` keyed by ``(st_dev, st_ino)``, exactly as
+  ``--oneshot`` gives them on a plain tree, so a restart (or a oneshot run before the
+  daemon) keeps tracking renames.  The store is committed before the agent sees an id.
+* **Start-up without a gap.** Watches are placed first (`TreeWatcher.start`), then the
+  tree is crawled as ``--oneshot`` does (mirror: names the source no longer has are
+  removed, with the mass-delete guard), then the events that arrived meanwhile are
+  replayed.  The crawl *is* the restart marker: the agent compares every entry with its
+  index (id, size, mtime) and asks for data only where they differ, so a restart sends
+  only what changed while the daemon was down, never a blind full copy.
+* **Live.** A batch is the set of names that changed (hints), resolved against the tree
+  now: a name that exists is sent as an entry (the agent renames by id: a moved file or
+  directory costs one rename and no data); a directory that appeared is crawled; a name
+  that is gone is removed.  Order inside a batch: removals of names whose object was
+  deleted (so a recreated directory cannot inherit stale children), entries parents
+  first, extra hard links once their inode exists, then removals of names left by
+  renames — deletes last, so an object moved away was already renamed by its entry.
+  Each batch ends with ``Finish`` (staging swept, directory times settled).
+* **Losses** (inotify queue overflow, out of watches, a watch tree that disagrees with
+  the disk) are logged as warnings naming the limit to raise and repaired by a rescan:
+  a new agent session with a mirror crawl, since only a full crawl can find deletions.
+  While directories stay unwatched they are rescanned periodically; the watches are
+  retried every few seconds and a last rescan follows once they are all in place.
+* **SIGTERM** sends the ready changes and exits 0; a lost connection is retried with
+  back-off and followed by a rescan.  Status: the same ``status.json`` as the brick
+  daemon, plus counters for overflows, rescans and unwatched directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from georep.apply.agent import ANY_HOLDER
+from georep.batch.checkpoint import SessionState
+from georep.daemon import Counters, Status, log
+from georep.errors import AgentFailed, ConnectionLost, GeorepError, SourceMissing, SshUnreachable
+from georep.model import ROOT_ID, Kind, Problem
+from georep.source.crawl import Crawler, SourceEntry, make_entry
+from georep.source.identity import IdStore
+from georep.source.inotify import MAX_HINTS, Change, DevIno, Losses, TreeWatcher, limit_advice, walk_subtree
+from georep.transport.channel import Channel
+from georep.transport.sender import Options, Sender
+
+#: Wait this long between looks while something is pending (deadlines, pairing).
+POLL_S = 0.02
+#: Unwatched directories: try to watch them this often ...
+WATCH_RETRY_S = 5.0
+#: ... and rescan the tree this often (at least ten crawl durations) until they are watched.
+DEGRADED_RESCAN_S = 60.0
+#: Ids are committed to the store at least this often during crawls (before they are sent).
+ID_CHUNK = 1000
+
+
+@dataclass
+class TreeCounters(Counters):
+    overflows: int = 0  # inotify queue overflows (and other event losses)
+    rescans: int = 0  # crawls after the first one, to repair a loss
+    unwatched_dirs: int = 0  # directories without a watch now (max_user_watches)
+    bytes_wire: int = 0  # bytes written to the secondary's channel
+
+
+#: One inode met in a batch with more than one name: its (dev, ino) and the name sent as entry.
+_Multi = tuple[DevIno, tuple[DevIno, bytes]]
+
+
+class TreeDaemon:
+    """Keeps one secondary in sync with one plain directory tree."""
+
+    def __init__(self, root: bytes, secondary: str, state: SessionState, store: IdStore, open_channel: Any,
+                 *, verbose: bool = False) -> None:
+        self.root = os.path.abspath(root)
+        self.secondary = secondary
+        self.state = state
+        self.store = store
+        self.open_channel = open_channel
+        self.verbose = verbose
+        self.counters = TreeCounters()
+        self.status = Status(os.fsdecode(self.root), secondary, counters=self.counters)
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.watcher = TreeWatcher(self.root, self._wake_threadsafe)
+        self.privileged = os.geteuid() == 0
+        self._root_key: DevIno = (0, 0)
+        self._known_dirs: OrderedDict[bytes, None] = OrderedDict()
+        #: every name known of each inode with more than one link: id → {(dir (dev, ino), name)}
+        self._links: dict[bytes, set[tuple[DevIno, bytes]]] = {}
+        self._outbox: list[tuple[SourceEntry, DevIno, DevIno]] = []
+        self._status_at = 0.0
+        #: totals of the sessions before the current one (the sender counts per session)
+        self._base = (0, 0, 0)
+        self._crawl_seconds = 0.0
+        self._retry_at = 0.0
+        self._rescan_at = 0.0
+
+    def _wake_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def set_state(self, state: str, reason: str = "") -> None:
+        if (state, reason) != (self.status.state, self.status.reason):
+            log(f"{state}{': ' + reason if reason else ''}")
+        self.status.state, self.status.reason = state, reason
+        self.write_status(force=True)
+
+    def write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._status_at > 0.5:
+            self._status_at = now
+            self.counters.unwatched_dirs = self.watcher.unwatched
+            self.state.save_status(self.status.as_json())
+
+    def error(self, exc: GeorepError) -> None:
+        self.counters.errors += 1
+        self.status.last_error = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint_text}
+
+    def _report(self, sender: Sender, problems: list[Problem]) -> None:
+        s = sender.summary
+        items, data, wire = self._base
+        self.counters.items = items + s.entries
+        self.counters.bytes_data = data + s.bytes_data
+        self.counters.bytes_wire = wire + sender.chan.bytes_written
+        for p in [*problems, *s.problems, *self.watcher.problems]:
+            log(f"problem: {p.render()}")
+        s.problems.clear()
+        self.watcher.problems.clear()
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.set_state("starting", "placing inotify watches")
+        self.watcher.start()
+        self._root_key = _key(os.stat(self.root))
+        why = ("restart: scanning against the secondary's index" if self.state.load_position()
+               else "initial scan")
+        backoff = 1.0
+        try:
+            while not self.stop.is_set():
+                try:
+                    next_why = await self._session(why)
+                except (ConnectionLost, AgentFailed, SshUnreachable) as exc:
+                    self.error(exc)
+                    self.set_state("reconnecting", f"{exc.message}; retrying in {backoff:.0f}s")
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    why = "reconnected: scanning against the secondary's index"
+                    continue
+                if next_why is None:
+                    break
+                why, backoff = next_why, 1.0
+            self.set_state("stopped", "SIGTERM: ready changes sent")
+            return 0
+        finally:
+            self.watcher.stop()
+
+    async def _session(self, why: str) -> str | None:
+        """One agent session: a mirror crawl, then live batches; returns why a rescan is due."""
+
+        chan: Channel = await self.open_channel()
+        sender = Sender(chan, Options(mirror=True), scope="")
+        try:
+            await sender.handshake()
+            rescan: str | None = None
+            if await self._crawl(sender, why):
+                rescan = await self._follow(sender)
+            await sender.close()
+        except BaseException:
+            kill = getattr(chan, "kill", None)
+            if kill is not None:
+                kill()
+            raise
+        finally:
+            self._report(sender, [])
+            self._base = (self.counters.items, self.counters.bytes_data, self.counters.bytes_wire)
+        return rescan
+
+    async def _crawl(self, sender: Sender, why: str) -> bool:
+        """The whole tree, as ``--oneshot`` sends it; False when SIGTERM cut it short."""
+
+        self.set_state("crawl", why)
+        if self.counters.crawls:
+            self.counters.rescans += 1
+        self.counters.crawls += 1
+        t0 = time.monotonic()
+        self.watcher.crawling = True
+        self.watcher.discard_hints()
+        try:
+            crawler = Crawler(self.root, self.store)
+            self._known_dirs.clear()
+            self._links.clear()
+            multi: dict[bytes, _Multi] = {}
+            dir_keys: dict[bytes, DevIno] = {}
+            for se in crawler:
+                if self.stop.is_set():
+                    return False
+                if se.entry.id == ROOT_ID:
+                    await sender.send_entry(se)
+                    continue
+                dkey = _dir_key(os.path.dirname(se.path), dir_keys)
+                if dkey is None:
+                    continue
+                self._outbox.append((se, dkey, (0, 0)))
+                if len(self._outbox) >= ID_CHUNK:
+                    await self._flush(sender, multi, crawl=True)
+            await self._flush(sender, multi, crawl=True)
+            await sender.settle()
+            while page := self.store.deferred_links():
+                for oid, parent, name, path in page:
+                    dkey = _dir_key(os.path.dirname(path), dir_keys)
+                    if dkey is not None:
+                        self._links.setdefault(oid, set()).add((dkey, name))
+                    await sender.send_link(oid, parent, name, path)
+            deleted = await sender.finish(True, crawler.count)
+        finally:
+            self.watcher.crawling = False
+        self.counters.deleted += deleted
+        self._crawl_seconds = time.monotonic() - t0
+        self._rescan_at = time.monotonic() + max(DEGRADED_RESCAN_S, 10 * self._crawl_seconds)
+        position = {"source": "inotify", "scanned_at": round(time.time(), 3), "entries": crawler.count,
+                    "watches": self.watcher.watches, "unwatched": self.watcher.unwatched}
+        self.state.save_position(position)
+        self.status.position = position
+        self.status.last_synced = time.time()
+        self._report(sender, crawler.problems)
+        return True
+
+    async def _flush(self, sender: Sender, multi: dict[bytes, _Multi], crawl: bool = False) -> None:
+        """Send the buffered entries, their ids committed first (a crash never loses an id the agent has)."""
+
+        if not self._outbox:
+            return
+        self.store.commit()
+        out, self._outbox = self._outbox, []
+        for se, dkey, fkey in out:
+            e = se.entry
+            if e.kind is Kind.DIR:
+                self._remember_dir(e.id)
+            elif e.nlink > 1:
+                self._links.setdefault(e.id, set()).add((dkey, e.name))
+                if not crawl:  # the crawler already sends one name per inode and defers the others
+                    if e.id in multi:
+                        continue
+                    multi[e.id] = (fkey, (dkey, e.name))
+            await sender.send_entry(se)
+
+    # -- live -------------------------------------------------------------------------------
+
+    async def _follow(self, sender: Sender) -> str | None:
+        """Live batches until SIGTERM (None) or until a loss calls for a rescan (why)."""
+
+        self.set_state("live", self._degraded())
+        while True:
+            if self.watcher.fatal:
+                raise SourceMissing(self.watcher.fatal, hint="restart the daemon once the source is back in place")
+            losses = self.watcher.take_losses()
+            if losses:
+                why = self._losses(losses)
+                if not losses.new_unwatched or losses.overflows or losses.too_many_hints \
+                        or losses.reader_failed or losses.inconsistent:
+                    self.watcher.start()  # a new inotify instance, every watch placed again
+                    self._root_key = _key(os.stat(self.root))
+                return why
+            now = time.monotonic()
+            if self.watcher.unwatched:
+                if now >= self._retry_at:
+                    self._retry_at = now + WATCH_RETRY_S
+                    if self.watcher.retry_unwatched() == 0:
+                        log("every directory is watched again; rescanning what changed meanwhile")
+                        return "rescan: the missing watches are in place"
+                    self.write_status(force=True)
+                if now >= self._rescan_at:
+                    return f"periodic rescan: {self._degraded()}"
+            stopping = self.stop.is_set()
+            changes = self.watcher.take(now, force=stopping)
+            if changes:
+                await self._apply(changes, sender)
+                self.status.last_synced = time.time()
+                self.write_status(force=True)
+            if stopping:
+                return None
+            oldest = self.watcher.oldest()
+            self.status.pending = self.watcher.pending
+            self.status.lag_seconds = time.monotonic() - oldest if oldest is not None else 0.0
+            self.write_status()
+            self.watcher.clear_woken()
+            self.wake.clear()
+            timeout = POLL_S if self.watcher.busy() else 1.0
+            waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stop.wait())]
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+
+    def _degraded(self) -> str:
+        n = self.watcher.unwatched
+        if not n:
+            return ""
+        return (f"degraded: {n} director{'y' if n == 1 else 'ies'} not watched (inotify watch limit); "
+                f"rescanned every {max(DEGRADED_RESCAN_S, 10 * self._crawl_seconds):.0f}s")
+
+    def _losses(self, losses: Losses) -> str:
+        """Log what was lost, with the limit to raise; the reason for the rescan that repairs it."""
+
+        why = []
+        if losses.overflows:
+            self.counters.overflows += losses.overflows
+            self.counters.gaps += 1
+            log("WARNING: the inotify event queue overflowed: the kernel dropped events. "
+                f"{limit_advice('max_queued_events')}. Every watch is placed again on a new inotify instance "
+                "(which uses the raised value) and the whole tree is rescanned")
+            why.append("inotify queue overflow")
+        if losses.too_many_hints:
+            self.counters.overflows += 1
+            self.counters.gaps += 1
+            log(f"WARNING: more than {MAX_HINTS} names changed before they could be sent; rescanning the tree")
+            why.append("too many pending changes")
+        if losses.reader_failed:
+            self.counters.gaps += 1
+            log(f"WARNING: the inotify reader failed ({losses.reader_failed}); watching again and rescanning")
+            why.append("inotify reader failed")
+        if losses.inconsistent:
+            log("the watch tree disagreed with the disk (a race with renames); watching again and rescanning")
+            why.append("watch tree out of date")
+        if losses.new_unwatched:
+            self.counters.gaps += 1
+            paths = losses.new_unwatched
+            missing = _count_dirs(paths, 1_000_000)
+            n = len(paths)
+            log(f"WARNING: out of inotify watches: {n} director{'y' if n == 1 else 'ies'} (e.g. "
+                f"{paths[0].decode('utf-8', 'backslashreplace')}) and {missing} below cannot be watched, so "
+                f"changes there are not seen live. {limit_advice('max_user_watches', n + missing)}. Until then "
+                f"they are rescanned every {max(DEGRADED_RESCAN_S, 10 * self._crawl_seconds):.0f}s, and the "
+                f"watches are retried every {WATCH_RETRY_S:.0f}s")
+            why.append("directories without a watch")
+            self._retry_at = time.monotonic() + WATCH_RETRY_S
+        return "rescan: " + ", ".join(why)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _apply(self, changes: list[Change], sender: Sender) -> None:
+        """Send one batch: every changed name as the tree has it now."""
+
+        self.counters.batches += 1
+        self.counters.changes += len(changes)
+        first: list[tuple[bytes, Change]] = []  # removals of deleted objects' names
+        last: list[tuple[bytes, Change]] = []  # removals of names left by renames
+        entries: list[tuple[SourceEntry, Change, DevIno, bool]] = []
+        dir_ok: dict[bytes, bool] = {}
+        for ch in changes:
+            ok = dir_ok.get(ch.dir_path)
+            if ok is None:
+                ok = dir_ok[ch.dir_path] = _is_dir(ch.dir_path, ch.dir_key)
+            if not ok:
+                now_path = self.watcher.node_path(ch.node)
+                if now_path is not None and now_path != ch.dir_path:
+                    self.watcher.requeue(ch)  # its directory moved since the batch was cut
+                elif now_path is not None:
+                    self.watcher.inconsistent()
+                continue
+            parent = ROOT_ID if ch.in_root else self.store.id_for(*ch.dir_key)
+            path = ch.path
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                gone = ch.hint.unlinked and not ch.hint.moved_from
+                (first if gone else last).append((parent, ch))
+                continue
+            except OSError as exc:
+                self.watcher.problems.append(Problem(path, f"cannot stat: {exc.strerror}"))
+                continue
+            if ch.hint.unlinked and not ch.hint.moved_from and stat.S_ISDIR(st.st_mode) and ch.name:
+                first.append((parent, ch))  # a new directory where one was deleted: no stale children
+            if not ch.name:
+                oid, parent, name = ROOT_ID, ROOT_ID, b""
+            else:
+                oid, name = self.store.id_for(st.st_dev, st.st_ino), ch.name
+            try:
+                entry = make_entry(oid, parent, name, path, st, brick=False, privileged=self.privileged)
+            except OSError:
+                continue  # changed under us (a symlink replaced): a new event follows
+            if entry is not None:
+                entries.append((SourceEntry(entry, path, st.st_mtime_ns), ch, _key(st), ch.hint.subtree))
+        self.store.commit()  # ids durable before the agent sees them
+        if self.verbose:
+            log(f"batch of {len(changes)} changed names: {len(entries)} entries, {len(first) + len(last)} removals: "
+                + "; ".join(_show(ch.path) for ch in changes[:20]) + (" ..." if len(changes) > 20 else ""))
+        for parent, ch in first:
+            await sender.send_remove(ANY_HOLDER, parent, ch.name, ch.path)
+        entries.sort(key=lambda t: t[0].path.count(b"/"))
+        crawled: set[bytes] = set()
+        multi: dict[bytes, _Multi] = {}
+        problems: list[Problem] = []
+        for se, ch, fkey, subtree in entries:
+            if crawled and _below(se.path, crawled, self.root):
+                continue  # sent by the crawl of a directory above it
+            if ch.name:
+                await self._ensure_ancestors(ch, sender)
+            self._outbox.append((se, ch.dir_key, fkey))
+            await self._flush(sender, multi)
+            if subtree and se.entry.kind is Kind.DIR:
+                crawled.add(se.path)
+                for sub, dkey, skey in walk_subtree(se.path, self.store, privileged=self.privileged,
+                                                    problems=problems):
+                    self._outbox.append((sub, dkey, skey))
+                    if len(self._outbox) >= ID_CHUNK:
+                        await self._flush(sender, multi)
+                await self._flush(sender, multi)
+        if multi:
+            await sender.settle()  # every inode exists before its extra names are linked
+            await self._link(multi, sender)
+        for parent, ch in last:
+            await sender.send_remove(ANY_HOLDER, parent, ch.name, ch.path)
+        self.counters.deleted += await sender.finish(False, 1)
+        self._report(sender, problems)
+
+    async def _link(self, multi: dict[bytes, _Multi], sender: Sender) -> None:
+        """The other names of inodes sent in this batch (hard links), checked on the tree now."""
+
+        for oid, (fkey, sent) in multi.items():
+            keep: set[tuple[DevIno, bytes]] = set()
+            for dkey, name in self._links.get(oid, ()):
+                dpath = self.watcher.dir_path(dkey)
+                if dpath is None:
+                    continue  # not watched (gone, or out of watches): a rescan learns its names again
+                path = os.path.join(dpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if _key(st) != fkey:
+                    continue
+                keep.add((dkey, name))
+                if (dkey, name) != sent:
+                    parent = ROOT_ID if dkey == self._root_key else self.store.id_for(*dkey)
+                    await sender.send_link(oid, parent, name, path)
+            if len(keep) > 1:
+                self._links[oid] = keep
+            else:
+                self._links.pop(oid, None)
+
+    async def _ensure_ancestors(self, ch: Change, sender: Sender) -> None:
+        """Send the directories above a name first if the agent may not have them."""
+
+        if ch.in_root:
+            return
+        chain: list[tuple[bytes, os.stat_result, bytes]] = []
+        cur = ch.dir_path
+        while cur != self.root and len(chain) < 4096:
+            try:
+                st = os.lstat(cur)
+            except OSError:
+                return
+            oid = self.store.id_for(st.st_dev, st.st_ino)
+            if oid in self._known_dirs:
+                break
+            chain.append((cur, st, oid))
+            cur = os.path.dirname(cur)
+        if not chain:
+            return
+        self.store.commit()
+        for path, st, oid in reversed(chain):
+            up = os.path.dirname(path)
+            try:
+                parent = ROOT_ID if up == self.root else self.store.id_for(*_key(os.lstat(up)))
+                entry = make_entry(oid, parent, os.path.basename(path), path, st, brick=False,
+                                   privileged=self.privileged)
+            except OSError:
+                return
+            if entry is None:
+                return
+            self.store.commit()
+            await sender.send_entry(SourceEntry(entry, path, st.st_mtime_ns))
+            self._remember_dir(oid)
+
+    def _remember_dir(self, oid: bytes) -> None:
+        self._known_dirs[oid] = None
+        self._known_dirs.move_to_end(oid)
+        while len(self._known_dirs) > 200_000:
+            self._known_dirs.popitem(last=False)
+
+
+def _key(st: os.stat_result) -> DevIno:
+    return (st.st_dev, st.st_ino)
+
+
+def _is_dir(path: bytes, key: DevIno) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and _key(st) == key
+
+
+def _dir_key(path: bytes, cache: dict[bytes, DevIno]) -> DevIno | None:
+    key = cache.get(path)
+    if key is None:
+        try:
+            key = _key(os.lstat(path))
+        except OSError:
+            return None
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[path] = key
+    return key
+
+
+def _below(path: bytes, tops: set[bytes], root: bytes) -> bool:
+    cur = os.path.dirname(path)
+    while len(cur) >= len(root):
+        if cur in tops:
+            return True
+        up = os.path.dirname(cur)
+        if up == cur:
+            break
+        cur = up
+    return False
+
+
+def _count_dirs(paths: list[bytes], cap: int) -> int:
+    """Directories below ``paths`` (not counting them), up to ``cap``: how many watches are missing."""
+
+    n = 0
+    stack = list(paths)
+    while stack and n < cap:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for de in it:
+                    if de.is_dir(follow_symlinks=False):
+                        n += 1
+                        stack.append(de.path)
+        except OSError:
+            continue
+    return n
+
+
+def _show(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _source_root(source: bytes) -> bytes:
+    root = os.path.abspath(source)
+    if not os.path.isdir(root):
+        raise SourceMissing(f"source {os.fsdecode(root)} does not exist or is not a directory")
+    return root
+
+
+async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
+                          verbose: bool = False) -> int:
+    """Follow the plain directory ``source`` into ``secondary`` until SIGTERM (exit 0)."""
+
+    root = _source_root(source)
+    logging.getLogger("watchdog").setLevel(logging.ERROR)  # its overflow notice is ours, with the limit to raise
+    state = SessionState(state_dir, root, secondary)
+    state.lock()
+    store = IdStore(state_dir, root)
+    daemon = TreeDaemon(root, secondary, state, store, open_channel, verbose=verbose)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        daemon.loop.add_signal_handler(sig, daemon.stop.set)
+    try:
+        return await daemon.run()
+    except GeorepError as exc:
+        daemon.error(exc)
+        daemon.set_state("faulty", exc.message)
+        raise
+    finally:
+        store.close()
+        state.unlock()
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m georep.tree_daemon DIR SECONDARY [daemon options]``: the plain-tree daemon directly."""
+
+    from georep.cli.connect import channel_opener
+    from georep.cli.daemon_cmd import build_parser
+    from georep.source.identity import default_state_dir
+
+    args = build_parser().parse_args(["daemon", *argv])
+    source = _source_root(os.fsencode(args.source))
+    secondary = args.secondary if "://" in args.secondary else os.path.abspath(args.secondary)
+    args.secondary = secondary
+    state_dir = args.state_dir or default_state_dir()
+    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        raise SystemExit(_main(sys.argv[1:]))
+    except GeorepError as exc:
+        print(f"georep-sync: error: {exc.message}\ngeorep-sync: hint: {exc.hint_text}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
