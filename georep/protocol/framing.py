@@ -10,6 +10,7 @@ naming the stream offset.  Nothing here does I/O.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -116,18 +117,38 @@ for _cls in m.ALL_MESSAGES:
     _SCHEMA[_cls.KIND] = (_cls, tuple(_BY_ANNOTATION[str(f.type)] for f in dataclasses.fields(_cls)))
 
 
-def _to_wire(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [_to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
-    if isinstance(value, list):
-        return [_to_wire(v) for v in value]
-    return value
+def _flat(cls: type[Any], nested: dict[str, Callable[[Any], list[Any]]] | None = None) -> Callable[[Any], list[Any]]:
+    """A fast converter of one message class to its wire array (field order = declaration order).
+
+    ``nested`` converts the fields that hold lists of records (Blobs.files, Results.items).
+    """
+
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    nested = nested or {}
+    conv = [(n, nested.get(n)) for n in names]
+    if all(c is None for _, c in conv):
+        if len(names) == 1:
+            getter1 = operator.attrgetter(names[0])
+            return lambda msg: [getter1(msg)]
+        if not names:
+            return lambda msg: []
+        getter = operator.attrgetter(*names)
+        return lambda msg: list(getter(msg))
+
+    def convert(msg: Any) -> list[Any]:
+        return [getattr(msg, n) if c is None else [c(x) for x in getattr(msg, n)] for n, c in conv]
+
+    return convert
+
+
+_NESTED = {"files": _flat(m.SmallFile), "items": _flat(m.Result)}
+_TO_WIRE: dict[type[Any], Callable[[Any], list[Any]]] = {cls: _flat(cls, _NESTED) for cls in m.ALL_MESSAGES}
 
 
 def encode(msg: m.Message) -> bytes:
     """One frame holding ``msg``."""
 
-    body: bytes = msgpack.packb([msg.KIND, *_to_wire(msg)], use_bin_type=True)
+    body: bytes = msgpack.packb([msg.KIND, *_TO_WIRE[type(msg)](msg)], use_bin_type=True)
     return _LEN.pack(len(body)) + body
 
 
