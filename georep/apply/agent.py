@@ -247,8 +247,8 @@ class Applier:
             self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, os.fstat(self.root_fd).st_ino)
             return m.DONE
         self._check_name(e.parent, e.name)
-        if len(e.id) != 16 or e.id == STAGING_ID:
-            raise ItemFailed("invalid object id")
+        if len(e.id) != 16 or len(e.parent) != 16 or e.id == STAGING_ID:
+            raise ProtocolError("invalid object id: ids are 16 bytes")
         pfd = self.dirs.fd(e.parent)
         obj = self.index.obj(e.id)
         if obj is not None and obj.kind is not kind:
@@ -652,9 +652,16 @@ class Applier:
     # -- helpers ------------------------------------------------------------------
 
     def _check_name(self, parent: bytes, name: bytes) -> None:
+        """A name that no filesystem could have produced is an attack or a bug: end the session.
+
+        (A real source never lists ``..``, a ``/`` or a NUL in a name, so a sender that
+        sends one is not a georep sender; a legitimate ``.georep`` at the top only fails
+        its own item.)
+        """
+
         why = name_problem(name)
         if why is not None:
-            raise ItemFailed(f"refused name: {why}")
+            raise ProtocolError(f"refused name {name[:80]!r}: {why}; nothing was written")
         if parent == ROOT_ID and name == STATE_DIR:
             raise ItemFailed("refused name: '.georep' at the top is reserved for the agent's state")
         if parent == STAGING_ID:

@@ -98,16 +98,23 @@ def listing(p: Path) -> list[str]:
 @pytest.mark.parametrize(
     "name", [b"../x", b"a/b", b"/etc/passwd", b".", b"..", b"", b"nul\0byte", b"x" * 256, b"../../outside/precious"]
 )
-def test_hostile_names_are_refused(sandbox: tuple[Path, Path], name: bytes) -> None:
+@pytest.mark.parametrize("kind", [Kind.FILE, Kind.DIR, Kind.SYMLINK, None])
+def test_hostile_names_end_the_session_with_a_protocol_error(
+    sandbox: tuple[Path, Path], name: bytes, kind: Kind | None
+) -> None:
     root, top = sandbox
     before = listing(top)
     agent = RawAgent(root)
-    for kind in (Kind.FILE, Kind.DIR, Kind.SYMLINK):
-        r = agent.one(entry(1 + int(kind), oid(100 + int(kind)), ROOT_ID, name, kind))
-        assert r.status == m.FAILED and "refused name" in r.cause
-    r = agent.one(m.LinkMsg(9, oid(101), ROOT_ID, name))
-    assert r.status == m.FAILED
-    assert agent.finish() == 0
+    if kind is None:
+        agent.send(m.LinkMsg(9, oid(101), ROOT_ID, name))
+    else:
+        agent.send(entry(1, oid(100), ROOT_ID, name, kind))
+    while not agent.inbox:
+        assert agent._pump(), "agent closed without an answer"
+    err = agent.inbox.pop(0)
+    assert isinstance(err, m.ErrorMsg) and err.error == "ProtocolError", err
+    assert "refused name" in err.message
+    assert agent.proc.wait(timeout=20) == 28
     assert listing(top) == before
     assert sorted(os.listdir(root)) == [".georep"]
 
