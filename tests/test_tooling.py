@@ -15,8 +15,8 @@ def test_mypy_strict() -> None:
 
 
 def test_ruff() -> None:
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "georep", "tests", "bench"], cwd=TOP,
-                       capture_output=True, text=True)
+    paths = [d for d in ("georep", "tests", "bench") if (TOP / d).is_dir()]
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", *paths], cwd=TOP, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

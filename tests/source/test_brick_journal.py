@@ -50,7 +50,8 @@ def _htime(root: Path) -> Path:
 
 
 def test_history_from_the_start_yields_every_record_in_order(brick: Path) -> None:
-    expected = [r for j in _journals(brick / ".glusterfs" / "changelogs") for r in parse_journal(j.name, j.read_bytes())]
+    journals = _journals(brick / ".glusterfs" / "changelogs")
+    expected = [r for j in journals for r in parse_journal(j.name, j.read_bytes())]
     assert expected
     j = BrickJournal(Brick(brick), Position(_htime(brick).name, 0, 0))
     got = [rec for rec, _ in j.poll()]
