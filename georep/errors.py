@@ -115,6 +115,13 @@ class DiskFull(GeorepError):
     hint = "free space on the secondary (df -h), then run again: nothing partial was published"
 
 
+class RootNotAllowed(GeorepError):
+    """The agent is restricted (--allow) and the requested root is outside what it may write."""
+
+    exit_code = 12
+    hint = "use a path under the one the secondary's authorized_keys allows, or ask its admin to allow yours"
+
+
 class SshUnreachable(GeorepError):
     """The SSH server of the secondary cannot be reached."""
 

@@ -43,7 +43,14 @@ from pathlib import Path
 
 from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index
-from georep.errors import DiskFull, GeorepError, ProtocolError, SecondaryNotWritable, SourceLooksUnmounted
+from georep.errors import (
+    DiskFull,
+    GeorepError,
+    ProtocolError,
+    RootNotAllowed,
+    SecondaryNotWritable,
+    SourceLooksUnmounted,
+)
 from georep.model import ROOT_ID, Kind, Meta, name_problem
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
@@ -174,9 +181,13 @@ class Applier:
         self._clean_staging_tmp()
 
     @staticmethod
-    def check_root(root: Path) -> None:
-        """Fail early (before the handshake completes) when ROOT cannot be used."""
+    def check_root(root: Path, allow: Path | None = None) -> None:
+        """Fail early (before the handshake completes) when ROOT cannot or may not be used."""
 
+        if allow is not None:
+            real = Path(os.path.realpath(root))
+            if real != allow and allow not in real.parents:
+                raise RootNotAllowed(f"this agent may only write under {allow}; {root} was requested")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -685,14 +696,17 @@ class Applier:
 # -- the agent process --------------------------------------------------------------
 
 
-def serve(root: Path, in_fd: int, out_fd: int) -> int:
-    """Speak the protocol on ``in_fd``/``out_fd`` until Bye; returns the exit code."""
+def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int:
+    """Speak the protocol on ``in_fd``/``out_fd`` until Bye; returns the exit code.
+
+    ``allow``: the directory a restricted agent (an SSH forced command) may write under.
+    """
 
     applier: Applier | None = None
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
     try:
-        Applier.check_root(root)
+        Applier.check_root(root, allow)
         while True:
             _write_all(out_fd, out)
             out.clear()

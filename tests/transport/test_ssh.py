@@ -170,3 +170,26 @@ def test_agent_of_another_protocol_version(sshd: Sshd, tmp_path: Path) -> None:
                 "--state-dir", tmp_path / "st")
     assert r.code == 25, r.stderr
     assert "v99" in r.stderr and "v1" in r.stderr
+
+
+def test_forced_command_confines_the_agent(sshd: Sshd, tmp_path: Path) -> None:
+    """authorized_keys: command="georep-sync agent --allow DIR",restrict — the deploy/ recipe."""
+
+    allowed = tmp_path / "allowed"
+    key = tmp_path / "confined"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = Path(f"{key}.pub").read_text().strip()
+    auth = sshd.known_hosts.parent / "authorized_keys"
+    with open(auth, "a") as f:
+        f.write(f'command="{sshd.remote_command} agent --allow {allowed}",restrict {pub}\n')
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("confined")
+    common = ["--known-hosts", sshd.known_hosts, "--identity", key, "--state-dir", tmp_path / "st"]
+    r = run_cli("--oneshot", src, sshd.url(allowed / "dst"), *common)
+    assert r.code == 0, r.stderr
+    assert (allowed / "dst" / "f").read_text() == "confined"
+    r = run_cli("--oneshot", src, sshd.url(tmp_path / "elsewhere"), *common)
+    assert r.code == 12, r.stderr
+    assert "may only write under" in r.stderr
+    assert not (tmp_path / "elsewhere").exists()
