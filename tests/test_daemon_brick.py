@@ -331,12 +331,17 @@ def test_rollover_time_1_under_load_while_following_live(tmp_path: Path) -> None
 
 
 def test_fallocate_is_never_journalled_but_the_periodic_crawl_repairs_it(tmp_path: Path) -> None:
-    with volume(tmp_path, "gr-falloc") as vol:
+    # a long rollover period: the end-of-journal re-check cannot be what repairs it here
+    with volume(tmp_path, "gr-falloc", options={"changelog.rollover-time": "300"}) as vol:
         dst, state = tmp_path / "dst", tmp_path / "state"
         (vol.mount / "grown").write_bytes(b"start")
         d = Daemon(vol.bricks[0], dst, state, "--reconcile-every", "3").start()
         try:
             converge(vol.mount, dst, [d])
+            deadline = time.monotonic() + 30
+            while "batch of" not in d.logtext() and time.monotonic() < deadline:
+                time.sleep(0.1)  # the replay of the create (recorded before the crawl) is done
+            time.sleep(0.5)
             fd = os.open(vol.mount / "grown", os.O_WRONLY)
             try:
                 os.posix_fallocate(fd, 0, 3 << 20)  # FALLOCATE: no record in any journal

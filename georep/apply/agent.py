@@ -41,8 +41,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
+
 from georep.apply import fsops
-from georep.apply.index import STAGING_ID, Index
+from georep.apply.index import STAGING_ID, Index, Obj
 from georep.errors import (
     DiskFull,
     GeorepError,
@@ -72,6 +74,15 @@ class Receiving:
     tmp: bytes
     size: int
     digest: ExtentDigest = field(default_factory=ExtentDigest)
+
+
+def xattr_digest(meta: Meta) -> bytes:
+    """A short digest of the xattrs an object should carry (compared instead of listing them)."""
+
+    h = xxhash.xxh3_64()
+    for k, v in meta.xattrs:
+        h.update(len(k).to_bytes(4, "little") + k + len(v).to_bytes(4, "little") + v)
+    return h.digest()
 
 
 def _meta(e: m.EntryMsg, mtime_ns: int | None = None) -> Meta:
@@ -243,9 +254,6 @@ class Applier:
     # -- entries ------------------------------------------------------------------
 
     def _entry(self, e: m.EntryMsg) -> int:
-        self.dirty_dirs.add(e.parent)
-        if e.kind == Kind.DIR:
-            self.dirty_dirs.add(e.id)
         try:
             kind = Kind(e.kind)
         except ValueError:
@@ -254,8 +262,12 @@ class Applier:
             if e.parent != ROOT_ID or e.name or kind is not Kind.DIR:
                 raise ItemFailed("the root id can only address the root directory")
             meta = _meta(e)
-            fsops.apply_meta_fd(self.root_fd, meta, self.privileged, times=False)
-            self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, os.fstat(self.root_fd).st_ino)
+            root = self.index.obj(ROOT_ID)
+            root_st = os.fstat(self.root_fd)
+            if root is None or not self._same_meta(root, root_st, meta):
+                fsops.apply_meta_fd(self.root_fd, meta, self.privileged, times=False)
+                self.index.put_obj(ROOT_ID, Kind.DIR, 0, e.mtime_ns, meta.mode, root_st.st_ino, xattr_digest(meta))
+                self.dirty_dirs.add(ROOT_ID)
             return m.DONE
         self._check_name(e.parent, e.name)
         if len(e.id) != 16 or len(e.parent) != 16 or e.id == STAGING_ID:
@@ -274,12 +286,14 @@ class Applier:
                 src = self._movable_name(names)
                 if src is not None:
                     sfd = self.dirs.fd(src[0])
-                    self.dirty_dirs.add(src[0])
+                    if src[0] != STAGING_ID:
+                        self.dirty_dirs.add(src[0])
                     src_st = fsops.lstat_at(sfd, src[1])
                     if src_st is not None and src_st.st_ino == obj.ino:
                         self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
                         fsops.rename_at(sfd, src[1], pfd, e.name)
                         self.index.move_name(src, (e.parent, e.name), e.id)
+                        self.dirty_dirs.add(e.parent)
                         here = True
                     else:
                         self.index.drop_name(*src)
@@ -306,14 +320,33 @@ class Applier:
         # removed by the Link/Remove items that follow.
         return (names[0][0], names[0][1]) if names else None
 
+    def _same_meta(self, obj: Obj, st: os.stat_result, meta: Meta) -> bool:
+        """Whether the object on disk already has ``meta`` (then nothing is written at all).
+
+        Mode and owner come from the lstat just made; xattrs are compared through the
+        digest recorded when they were last applied (listing them costs syscalls per
+        object, and a rerun of an unchanged tree must be cheap).
+        """
+
+        if obj.xhash != xattr_digest(meta):
+            return False
+        if self.privileged and (st.st_uid, st.st_gid) != (meta.uid, meta.gid):
+            return False
+        if obj.kind is Kind.DIR:  # created 0700 and settled later: compare with what was asked
+            return obj.mode == meta.mode and obj.mtime_ns == meta.mtime_ns
+        return stat.S_IMODE(st.st_mode) == meta.mode and (obj.kind is Kind.SYMLINK or st.st_mtime_ns == meta.mtime_ns)
+
     def _refresh(self, e: m.EntryMsg, kind: Kind, pfd: int, st: os.stat_result) -> int:
         """The object is in place: bring its metadata up to date, or ask for data."""
 
         meta = _meta(e)
+        obj = self.index.obj(e.id)
         if kind is Kind.FILE:
             if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
                 self.pending[e.seq] = e
                 return m.NEED
+            if obj is not None and self._same_meta(obj, st, meta):
+                return m.DONE
             fd = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
             try:
                 if os.fstat(fd).st_ino != st.st_ino:
@@ -321,12 +354,15 @@ class Applier:
                 fsops.apply_meta_fd(fd, meta, self.privileged)
             finally:
                 os.close(fd)
-            self.index.put_obj(e.id, kind, e.size, e.mtime_ns, meta.mode, st.st_ino)
+            self.index.put_obj(e.id, kind, e.size, e.mtime_ns, meta.mode, st.st_ino, xattr_digest(meta))
             return m.DONE
         if kind is Kind.DIR:
+            if obj is not None and self._same_meta(obj, st, meta):
+                return m.DONE
             fd = self.dirs.fd(e.id)
             fsops.apply_meta_fd(fd, meta, self.privileged, times=False)
-            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino)
+            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino, xattr_digest(meta))
+            self.dirty_dirs.add(e.id)
             return m.DONE
         same = (
             os.readlink(e.name, dir_fd=pfd) == e.target
@@ -335,11 +371,13 @@ class Applier:
         )
         if not same:
             return self._create(e, kind, pfd)
+        if obj is not None and self._same_meta(obj, st, meta) and st.st_mtime_ns == meta.mtime_ns:
+            return m.DONE
         if kind is Kind.SYMLINK:
             fsops.apply_meta_symlink(pfd, e.name, meta, self.privileged)
         else:
             fsops.apply_meta_special(pfd, e.name, meta, self.privileged)
-        self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino)
+        self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino, xattr_digest(meta))
         return m.DONE
 
     def _create(self, e: m.EntryMsg, kind: Kind, pfd: int) -> int:
@@ -357,7 +395,8 @@ class Applier:
             fd = fsops.open_dir_at(pfd, e.name)
             fsops.apply_meta_fd(fd, meta, self.privileged, times=False)
             ino = os.fstat(fd).st_ino
-            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, ino)
+            self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, ino, xattr_digest(meta))
+            self.dirty_dirs.update((e.parent, e.id))
             self.index.put_name(e.parent, e.name, e.id)
             self.dirs.adopt(e.id, fd)
             return m.DONE
@@ -529,7 +568,7 @@ class Applier:
             if (p, n) != (e.parent, e.name) and p == STAGING_ID:
                 fsops.remove_at(self.staging_fd, n)
                 self.index.drop_name(p, n)
-        self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino)
+        self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino, xattr_digest(_meta(e)))
         self.index.put_name(e.parent, e.name, e.id)
 
     # -- making room, setting aside ------------------------------------------------
@@ -557,6 +596,7 @@ class Applier:
                 aside = b"id-" + occ.hex().encode() + b"-" + str(next(self._tmp)).encode()
                 fsops.rename_at(pfd, name, self.staging_fd, aside)
                 self.index.move_name((parent, name), (STAGING_ID, aside), occ)
+                self.dirty_dirs.add(parent)
                 return
             self.index.drop_name(parent, name)
         if replace_ok and not stat.S_ISDIR(st.st_mode):

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS objects (
     mtime_ns INTEGER NOT NULL,
     mode INTEGER NOT NULL,
     ino INTEGER NOT NULL,
-    gen INTEGER NOT NULL
+    gen INTEGER NOT NULL,
+    xhash BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS names (
     parent BLOB NOT NULL,
@@ -60,6 +61,7 @@ class Obj:
     mode: int
     ino: int
     gen: int
+    xhash: bytes  # digest of the xattrs last applied (see agent.xattr_digest)
 
 
 class Index:
@@ -113,11 +115,11 @@ class Index:
 
     def obj(self, oid: bytes) -> Obj | None:
         row = self._db.execute(
-            "SELECT kind, size, mtime_ns, mode, ino, gen FROM objects WHERE id=?", (oid,)
+            "SELECT kind, size, mtime_ns, mode, ino, gen, xhash FROM objects WHERE id=?", (oid,)
         ).fetchone()
         if row is None:
             return None
-        return Obj(oid, Kind(row[0]), row[1], row[2], row[3], row[4], row[5])
+        return Obj(oid, Kind(row[0]), row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
 
     def names_of(self, oid: bytes) -> list[tuple[bytes, bytes, int]]:
         """(parent, name, gen) of every name of ``oid``, newest confirmation first."""
@@ -172,11 +174,13 @@ class Index:
 
     # -- writes -------------------------------------------------------------------
 
-    def put_obj(self, oid: bytes, kind: Kind, size: int, mtime_ns: int, mode: int, ino: int) -> None:
+    def put_obj(self, oid: bytes, kind: Kind, size: int, mtime_ns: int, mode: int, ino: int,
+                xhash: bytes = b"") -> None:
         self.begin()
         self._db.execute(
-            "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen) VALUES (?,?,?,?,?,?,?)",
-            (oid, int(kind), size, mtime_ns, mode, ino, self.gen),
+            "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (oid, int(kind), size, mtime_ns, mode, ino, self.gen, xhash),
         )
         self._wrote()
 
