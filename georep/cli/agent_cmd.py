@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shlex
+import stat
 import sys
 from pathlib import Path
 
@@ -39,8 +42,18 @@ def run(argv: list[str]) -> int:
     proto_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    for fd in (0, proto_out):
+        _widen_pipe(fd)
     allow = Path(os.path.realpath(args.allow)) if args.allow is not None else None
     return serve(Path(os.path.abspath(root)), 0, proto_out, allow)
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: far fewer wake-ups per MiB of file data."""
+
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
 
 
 def requested_root(original_command: str) -> str | None:
