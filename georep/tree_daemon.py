@@ -43,7 +43,7 @@ import signal
 import stat
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,16 @@ from georep.errors import AgentFailed, ConnectionLost, GeorepError, SourceMissin
 from georep.model import ROOT_ID, Kind, Problem
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
-from georep.source.inotify import MAX_HINTS, Change, DevIno, Losses, TreeWatcher, limit_advice, walk_subtree
+from georep.source.inotify import (
+    MAX_HINTS,
+    Change,
+    DevIno,
+    Losses,
+    TreeWatcher,
+    limit_advice,
+    renew_id,
+    walk_subtree,
+)
 from georep.transport.channel import Channel
 from georep.transport.sender import Options, Sender
 
@@ -66,6 +75,8 @@ WATCH_RETRY_S = 5.0
 DEGRADED_RESCAN_S = 60.0
 #: Ids are committed to the store at least this often during crawls (before they are sent).
 ID_CHUNK = 1000
+#: An item the agent could not apply is looked at again this many times.
+RETRIES = 3
 
 
 @dataclass
@@ -76,8 +87,27 @@ class TreeCounters(Counters):
     bytes_wire: int = 0  # bytes written to the secondary's channel
 
 
-#: One inode met in a batch with more than one name: its (dev, ino) and the name sent as entry.
-_Multi = tuple[DevIno, tuple[DevIno, bytes]]
+@dataclass(slots=True)
+class _Inode:
+    """A hard-linked inode met in a batch."""
+
+    key: DevIno
+    nlink: int
+    data: bool = False  # its data or metadata may have changed: one entry, then every name linked
+    #: its names seen in this batch: entry, and whether the name is new (created, linked, renamed here)
+    names: dict[tuple[DevIno, bytes], tuple[SourceEntry, bool]] = field(default_factory=dict)
+
+    def add(self, dkey: DevIno, se: SourceEntry, *, arrived: bool, data: bool) -> None:
+        self.names[(dkey, se.entry.name)] = (se, arrived)
+        self.data |= data
+        self.nlink = max(self.nlink, se.entry.nlink)
+
+
+def _inode(inodes: dict[bytes, _Inode], se: SourceEntry, key: DevIno) -> _Inode:
+    ino = inodes.get(se.entry.id)
+    if ino is None:
+        ino = inodes[se.entry.id] = _Inode(key, se.entry.nlink)
+    return ino
 
 
 class TreeDaemon:
@@ -100,8 +130,10 @@ class TreeDaemon:
         self.privileged = os.geteuid() == 0
         self._root_key: DevIno = (0, 0)
         self._known_dirs: OrderedDict[bytes, None] = OrderedDict()
-        #: every name known of each inode with more than one link: id → {(dir (dev, ino), name)}
+        #: every name known of each inode with more than one link: id → {(dir (dev, ino), name)}, and back
         self._links: dict[bytes, set[tuple[DevIno, bytes]]] = {}
+        self._link_of: dict[tuple[DevIno, bytes], bytes] = {}
+        self._link_inode: dict[DevIno, bytes] = {}  # (dev, ino) → id of those inodes
         self._outbox: list[tuple[SourceEntry, DevIno, DevIno]] = []
         self._status_at = 0.0
         #: totals of the sessions before the current one (the sender counts per session)
@@ -109,6 +141,7 @@ class TreeDaemon:
         self._crawl_seconds = 0.0
         self._retry_at = 0.0
         self._rescan_at = 0.0
+        self._retries: dict[bytes, int] = {}
 
     def _wake_threadsafe(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closing
@@ -208,7 +241,9 @@ class TreeDaemon:
             crawler = Crawler(self.root, self.store)
             self._known_dirs.clear()
             self._links.clear()
-            multi: dict[bytes, _Multi] = {}
+            self._link_of.clear()
+            self._link_inode.clear()
+            self._renew_fresh()
             dir_keys: dict[bytes, DevIno] = {}
             for se in crawler:
                 if self.stop.is_set():
@@ -219,18 +254,24 @@ class TreeDaemon:
                 dkey = _dir_key(os.path.dirname(se.path), dir_keys)
                 if dkey is None:
                     continue
-                self._outbox.append((se, dkey, (0, 0)))
+                fkey = (0, 0)
+                if se.entry.nlink > 1 and se.entry.kind is not Kind.DIR:
+                    with contextlib.suppress(OSError):
+                        fkey = _key(os.lstat(se.path))
+                self._outbox.append((se, dkey, fkey))
                 if len(self._outbox) >= ID_CHUNK:
-                    await self._flush(sender, multi, crawl=True)
-            await self._flush(sender, multi, crawl=True)
+                    await self._flush(sender)
+            await self._flush(sender)
             await sender.settle()
             while page := self.store.deferred_links():
                 for oid, parent, name, path in page:
                     dkey = _dir_key(os.path.dirname(path), dir_keys)
                     if dkey is not None:
-                        self._links.setdefault(oid, set()).add((dkey, name))
+                        with contextlib.suppress(OSError):
+                            self._note_link(oid, dkey, name, _key(os.lstat(path)))
                     await sender.send_link(oid, parent, name, path)
             deleted = await sender.finish(True, crawler.count)
+            self._retry_failed(sender)
         finally:
             self.watcher.crawling = False
         self.counters.deleted += deleted
@@ -244,7 +285,7 @@ class TreeDaemon:
         self._report(sender, crawler.problems)
         return True
 
-    async def _flush(self, sender: Sender, multi: dict[bytes, _Multi], crawl: bool = False) -> None:
+    async def _flush(self, sender: Sender) -> None:
         """Send the buffered entries, their ids committed first (a crash never loses an id the agent has)."""
 
         if not self._outbox:
@@ -256,11 +297,7 @@ class TreeDaemon:
             if e.kind is Kind.DIR:
                 self._remember_dir(e.id)
             elif e.nlink > 1:
-                self._links.setdefault(e.id, set()).add((dkey, e.name))
-                if not crawl:  # the crawler already sends one name per inode and defers the others
-                    if e.id in multi:
-                        continue
-                    multi[e.id] = (fkey, (dkey, e.name))
+                self._note_link(e.id, dkey, e.name, fkey)
             await sender.send_entry(se)
 
     # -- live -------------------------------------------------------------------------------
@@ -361,10 +398,21 @@ class TreeDaemon:
 
         self.counters.batches += 1
         self.counters.changes += len(changes)
-        first: list[tuple[bytes, Change]] = []  # removals of deleted objects' names
-        last: list[tuple[bytes, Change]] = []  # removals of names left by renames
-        entries: list[tuple[SourceEntry, Change, DevIno, bool]] = []
+        last: list[tuple[bytes, Change]] = []  # removals: after everything else
+        entries: list[tuple[SourceEntry, Change, DevIno]] = []
         dir_ok: dict[bytes, bool] = {}
+        self._renew_fresh()  # new directories get ids of their own before anything uses them
+        inodes: dict[bytes, _Inode] = {}  # hard-linked inodes met in this batch
+        revisit: list[tuple[bytes, DevIno | None]] = []  # hard-linked inodes one of whose names is gone
+        written: set[DevIno] = set()  # inodes changed through a name that holds something else now
+        linked: set[DevIno] = set()  # ... which had other names then
+        written, linked = self.watcher.take_orphans()
+        for ch in changes:  # items that failed again: new ids, before anything uses the old ones
+            if ch.hint.reset:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(ch.path)
+                    if not stat.S_ISDIR(st.st_mode):
+                        renew_id(self.store, st.st_dev, st.st_ino)
         for ch in changes:
             ok = dir_ok.get(ch.dir_path)
             if ok is None:
@@ -381,16 +429,22 @@ class TreeDaemon:
             try:
                 st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
-                gone = ch.hint.unlinked and not ch.hint.moved_from
-                (first if gone else last).append((parent, ch))
+                last.append((parent, ch))
+                written.update(ch.hint.inos)
+                linked.update(ch.hint.linked)
+                known_as = self._link_of.get((ch.dir_key, ch.name))
+                if known_as is not None:  # written through this name before it went? the others show it
+                    revisit.append((known_as, None))
                 continue
             except OSError as exc:
                 self.watcher.problems.append(Problem(path, f"cannot stat: {exc.strerror}"))
                 continue
-            if ch.hint.unlinked and not ch.hint.moved_from and stat.S_ISDIR(st.st_mode) and ch.name:
-                first.append((parent, ch))  # a new directory where one was deleted: no stale children
+            written.update(k for k in ch.hint.inos if k != _key(st))
+            linked.update(k for k in ch.hint.linked if k != _key(st))
             if not ch.name:
                 oid, parent, name = ROOT_ID, ROOT_ID, b""
+            elif ch.hint.fresh and not stat.S_ISDIR(st.st_mode) and st.st_nlink == 1:
+                oid, name = renew_id(self.store, st.st_dev, st.st_ino), ch.name  # a new object
             else:
                 oid, name = self.store.id_for(st.st_dev, st.st_ino), ch.name
             try:
@@ -398,64 +452,215 @@ class TreeDaemon:
             except OSError:
                 continue  # changed under us (a symlink replaced): a new event follows
             if entry is not None:
-                entries.append((SourceEntry(entry, path, st.st_mtime_ns), ch, _key(st), ch.hint.subtree))
+                entries.append((SourceEntry(entry, path, st.st_mtime_ns), ch, _key(st)))
         self.store.commit()  # ids durable before the agent sees them
         if self.verbose:
-            log(f"batch of {len(changes)} changed names: {len(entries)} entries, {len(first) + len(last)} removals: "
+            log(f"batch of {len(changes)} changed names: {len(entries)} entries, {len(last)} removals: "
                 + "; ".join(_show(ch.path) for ch in changes[:20]) + (" ..." if len(changes) > 20 else ""))
-        for parent, ch in first:
-            await sender.send_remove(ANY_HOLDER, parent, ch.name, ch.path)
         entries.sort(key=lambda t: t[0].path.count(b"/"))
         crawled: set[bytes] = set()
-        multi: dict[bytes, _Multi] = {}
         problems: list[Problem] = []
-        for se, ch, fkey, subtree in entries:
+        for se, ch, fkey in entries:
             if crawled and _below(se.path, crawled, self.root):
                 continue  # sent by the crawl of a directory above it
             if ch.name:
                 await self._ensure_ancestors(ch, sender)
+            if se.entry.kind is not Kind.DIR and se.entry.nlink > 1:
+                h = ch.hint
+                _inode(inodes, se, fkey).add(ch.dir_key, se, arrived=h.arrived, data=h.touched or not h.created)
+                continue
             self._outbox.append((se, ch.dir_key, fkey))
-            await self._flush(sender, multi)
-            if subtree and se.entry.kind is Kind.DIR:
+            await self._flush(sender)
+            if ch.hint.subtree and se.entry.kind is Kind.DIR:
                 crawled.add(se.path)
                 for sub, dkey, skey in walk_subtree(se.path, self.store, privileged=self.privileged,
-                                                    problems=problems):
+                                                    problems=problems, fresh=ch.hint.new_tree):
+                    if sub.entry.kind is not Kind.DIR and sub.entry.nlink > 1:
+                        _inode(inodes, sub, skey).add(dkey, sub, arrived=True, data=True)
+                        continue
                     self._outbox.append((sub, dkey, skey))
                     if len(self._outbox) >= ID_CHUNK:
-                        await self._flush(sender, multi)
-                await self._flush(sender, multi)
-        if multi:
-            await sender.settle()  # every inode exists before its extra names are linked
-            await self._link(multi, sender)
+                        await self._flush(sender)
+                await self._flush(sender)
+        by_key = {ino.key: ino for ino in inodes.values()}
+        for wkey in written:
+            if wkey in by_key:
+                by_key[wkey].data = True  # changed through a name that is gone: all names again
+            elif wkey in self._link_inode:
+                revisit.append((self._link_inode[wkey], wkey))
+            elif wkey in linked:  # its other names are not known: search for them
+                with contextlib.suppress(OSError):
+                    revisit.append((self.store.id_for(*wkey), wkey))
+        for oid, rkey in revisit:
+            if oid not in inodes:
+                self._revisit(oid, rkey, inodes)
+        if inodes:
+            await self._hard_links(inodes, sender)
         for parent, ch in last:
             await sender.send_remove(ANY_HOLDER, parent, ch.name, ch.path)
         self.counters.deleted += await sender.finish(False, 1)
+        self._retry_failed(sender)
         self._report(sender, problems)
 
-    async def _link(self, multi: dict[bytes, _Multi], sender: Sender) -> None:
-        """The other names of inodes sent in this batch (hard links), checked on the tree now."""
+    def _retry_failed(self, sender: Sender) -> None:
+        """Items the agent could not apply are looked at again (a few times), not dropped.
 
-        for oid, (fkey, sent) in multi.items():
-            keep: set[tuple[DevIno, bytes]] = set()
+        E.g. an entry whose parent the agent had set aside because an inode number changed
+        hands while the daemon was down; the next attempt sees the tree as it is then.
+        """
+
+        if len(self._retries) > 10_000:
+            self._retries.clear()
+        for p in sender.summary.problems:
+            if p.code not in ("agent", "changed"):
+                continue
+            n = self._retries.get(p.path, 0)
+            if n < RETRIES and self.watcher.hint_path(p.path, reset=n > 0):
+                self._retries[p.path] = n + 1
+
+    # -- hard links ----------------------------------------------------------------------------
+    #
+    # The agent places an id at a name by *renaming* one of the id's other names there, and
+    # new data makes a new inode at one name only.  So for an inode with several names, one
+    # entry is sent, preferably at a name the agent already has (no rename), and every other
+    # name is linked after it.  When data or metadata changed, all names must be linked again,
+    # so all must be known: names are learned from the crawl and from events, and when an
+    # inode has more links than known names the tree is searched once for the others (one
+    # readdir walk per batch, no stat per file).  A name that only appeared (``ln``: IN_CREATE,
+    # nothing else) is just linked; if the agent does not have the inode, that link fails and
+    # the name is sent as an entry instead.
+
+    def _revisit(self, oid: bytes, fkey: DevIno | None, inodes: dict[bytes, _Inode]) -> None:
+        """An inode written through a name that is gone now: send it again through another name."""
+
+        for dkey, name in sorted(self._links.get(oid, ())):
+            found = self._stat_name(dkey, name)
+            if found is not None and stat.S_ISREG(found[1].st_mode) and (fkey is None or _key(found[1]) == fkey):
+                path, st = found
+                if self.store.id_for(st.st_dev, st.st_ino) != oid:
+                    continue
+                se = self._entry_at(oid, dkey, name, path, st)
+                if se is not None:
+                    _inode(inodes, se, _key(st)).add(dkey, se, arrived=False, data=True)
+                return
+        if fkey is not None and self.store.id_for(*fkey) == oid:
+            # none of its known names holds it: search the tree for the others (unless the inode
+            # number now belongs to a new object, which has an id of its own)
+            inodes[oid] = _Inode(fkey, 1 << 30, data=True)
+
+    async def _hard_links(self, inodes: dict[bytes, _Inode], sender: Sender) -> None:
+        known: dict[bytes, dict[tuple[DevIno, bytes], bytes]] = {}  # verified names → path
+        search: dict[DevIno, int] = {}
+        for oid, ino in inodes.items():
+            names: dict[tuple[DevIno, bytes], bytes] = {}
             for dkey, name in self._links.get(oid, ()):
-                dpath = self.watcher.dir_path(dkey)
-                if dpath is None:
-                    continue  # not watched (gone, or out of watches): a rescan learns its names again
-                path = os.path.join(dpath, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
+                found = self._stat_name(dkey, name)
+                if found is not None and _key(found[1]) == ino.key:
+                    names[(dkey, name)] = found[0]
+            for k, (se, _arrived) in ino.names.items():
+                names[k] = se.path
+            known[oid] = names
+            if ino.data and len(names) < ino.nlink:
+                search[ino.key] = ino.nlink
+        if search:
+            by_key = {ino.key: oid for oid, ino in inodes.items()}
+            for fkey, found_names in _find_names(self.root, search).items():
+                for dkey, name, path in found_names:
+                    known[by_key[fkey]].setdefault((dkey, name), path)
+        for oid, names in known.items():  # what we know now, for the next time
+            self._set_links(oid, set(names), inodes[oid])
+        sent: dict[bytes, tuple[DevIno, bytes]] = {}
+        for oid, ino in inodes.items():
+            if not ino.data or not known[oid]:
+                continue
+            names = known[oid]
+            old = [k for k in names if not (k in ino.names and ino.names[k][1])]
+            pick = min(old or names, key=lambda k: (names[k].count(b"/"), names[k]))  # noqa: B023 - used at once
+            chosen = ino.names[pick][0] if pick in ino.names else self._entry_at(oid, *pick, names[pick])
+            if chosen is not None:
+                self._outbox.append((chosen, pick[0], ino.key))
+                sent[oid] = pick
+        await self._flush(sender)
+        await sender.settle()  # every inode exists before its extra names are linked
+        tried: dict[bytes, tuple[bytes, tuple[DevIno, bytes]]] = {}  # link path → (id, name) of link-only inodes
+        for oid, ino in inodes.items():
+            targets = known[oid] if ino.data else {k: se.path for k, (se, arrived) in ino.names.items() if arrived}
+            for k, path in sorted(targets.items()):
+                if k == sent.get(oid):
                     continue
-                if _key(st) != fkey:
-                    continue
-                keep.add((dkey, name))
-                if (dkey, name) != sent:
-                    parent = ROOT_ID if dkey == self._root_key else self.store.id_for(*dkey)
-                    await sender.send_link(oid, parent, name, path)
-            if len(keep) > 1:
-                self._links[oid] = keep
-            else:
-                self._links.pop(oid, None)
+                await sender.send_link(oid, self._parent_id(k[0]), k[1], path)
+                if not ino.data:
+                    tried[path] = (oid, k)
+        if not tried:
+            return
+        await sender.settle()
+        failed = [p for p in sender.summary.problems if p.code == "agent" and p.path in tried]
+        if not failed:
+            return
+        sender.summary.problems[:] = [p for p in sender.summary.problems if p not in failed]
+        again: dict[bytes, list[tuple[DevIno, bytes]]] = {}
+        for p in failed:  # the agent does not have the inode: the first name brings it, the others link
+            oid, k = tried[p.path]
+            again.setdefault(oid, []).append(k)
+        for oid, ks in again.items():
+            ks.sort()
+            self._outbox.append((inodes[oid].names[ks[0]][0], ks[0][0], inodes[oid].key))
+        await self._flush(sender)
+        await sender.settle()
+        for oid, ks in again.items():
+            for k in ks[1:]:
+                await sender.send_link(oid, self._parent_id(k[0]), k[1], inodes[oid].names[k][0].path)
+
+    def _stat_name(self, dkey: DevIno, name: bytes) -> tuple[bytes, os.stat_result] | None:
+        dpath = self.watcher.dir_path(dkey)
+        if dpath is None:
+            return None  # not watched (gone, or out of watches): a rescan learns its names again
+        path = os.path.join(dpath, name)
+        try:
+            return path, os.lstat(path)
+        except OSError:
+            return None
+
+    def _entry_at(self, oid: bytes, dkey: DevIno, name: bytes, path: bytes,
+                  st: os.stat_result | None = None) -> SourceEntry | None:
+        try:
+            st = st or os.lstat(path)
+            entry = make_entry(oid, self._parent_id(dkey), name, path, st, brick=False, privileged=self.privileged)
+        except OSError:
+            return None
+        return SourceEntry(entry, path, st.st_mtime_ns) if entry is not None else None
+
+    def _parent_id(self, dkey: DevIno) -> bytes:
+        return ROOT_ID if dkey == self._root_key else self.store.id_for(*dkey)
+
+    def _note_link(self, oid: bytes, dkey: DevIno, name: bytes, fkey: DevIno) -> None:
+        self._links.setdefault(oid, set()).add((dkey, name))
+        self._link_of[(dkey, name)] = oid
+        if fkey != (0, 0):
+            self._link_inode[fkey] = oid
+
+    def _set_links(self, oid: bytes, names: set[tuple[DevIno, bytes]], ino: _Inode) -> None:
+        """The names of a hard-linked inode as checked now (kept while it has more than one link)."""
+
+        for k in self._links.get(oid, set()) - names:
+            if self._link_of.get(k) == oid:
+                del self._link_of[k]
+        if names and ino.nlink > 1:
+            self._links[oid] = names
+            for k in names:
+                self._link_of[k] = oid
+            self._link_inode[ino.key] = oid
+        else:
+            self._links.pop(oid, None)
+            if self._link_inode.get(ino.key) == oid:
+                del self._link_inode[ino.key]
+            for k in names:
+                if self._link_of.get(k) == oid:
+                    del self._link_of[k]
+
+    def _renew_fresh(self) -> None:
+        for dev, ino in self.watcher.take_fresh():
+            renew_id(self.store, dev, ino)
 
     async def _ensure_ancestors(self, ch: Change, sender: Sender) -> None:
         """Send the directories above a name first if the agent may not have them."""
@@ -533,6 +738,40 @@ def _below(path: bytes, tops: set[bytes], root: bytes) -> bool:
             break
         cur = up
     return False
+
+
+def _find_names(root: bytes, targets: dict[DevIno, int]) -> dict[DevIno, list[tuple[DevIno, bytes, bytes]]]:
+    """Every name below ``root`` of the inodes ``targets`` ((dev, ino) → links): (dir (dev, ino), name, path).
+
+    One readdir walk; ``d_ino`` filters without a stat per file; it ends once every
+    inode's names are all found.
+    """
+
+    inos = {ino for _dev, ino in targets}
+    found: dict[DevIno, list[tuple[DevIno, bytes, bytes]]] = {k: [] for k in targets}
+    missing = sum(targets.values())
+    stack = [root]
+    while stack and missing > 0:
+        dpath = stack.pop()
+        dkey: DevIno | None = None
+        try:
+            with os.scandir(dpath) as it:
+                for de in it:
+                    if de.is_dir(follow_symlinks=False):
+                        stack.append(de.path)
+                    elif de.inode() in inos:
+                        try:
+                            st = os.lstat(de.path)
+                            dkey = dkey or _key(os.lstat(dpath))
+                        except OSError:
+                            continue
+                        names = found.get(_key(st))
+                        if names is not None:
+                            names.append((dkey, de.name, de.path))
+                            missing -= 1
+        except OSError:
+            continue
+    return found
 
 
 def _count_dirs(paths: list[bytes], cap: int) -> int:

@@ -51,7 +51,6 @@ def run(argv: list[str]) -> int:
 
         return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
                                       args.reconcile_every))
-    from georep.daemon import run_daemon
+    from georep.tree_daemon import run_tree_daemon
 
-    return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
-                                  args.reconcile_every))
+    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))

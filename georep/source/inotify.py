@@ -131,9 +131,21 @@ class Hint:
     unlinked: bool = False  # an object at this name was deleted (not moved away)
     moved_from: bool = False  # an object left this name by a rename
     subtree: bool = False  # a directory appeared here: crawl what is below it
+    new_tree: bool = False  # ... made by mkdir or moved in from outside: everything in it is new
     pairing: bool = False  # left by a rename whose other half has not been read yet
+    arrived: bool = False  # the object here now came by create, link or rename (the agent may not have it here)
+    touched: bool = False  # its data or metadata changed (not only a new name: a hard link is just IN_CREATE)
+    #: the non-directory here was created (open, mknod, symlink) since the last look, here or before a
+    #: rename: a new object, which gets a new id even if its inode number once belonged to another
+    fresh: bool = False
+    reset: bool = False  # failed again: whatever is here is sent as a new object, hard-linked or not
     #: where the object that left by rename went (that name is sent first)
     partner: tuple[Node, bytes] | None = None
+    #: (dev, ino) of the non-directories written or changed through this name (read at the first such
+    #: event): a hard-linked inode changed through a name that is gone now is sent through its others
+    inos: list[DevIno] = field(default_factory=list)
+    linked: list[DevIno] = field(default_factory=list)  # those of ``inos`` that had other names then
+    ino_known: bool = False  # the object at the name now has its (dev, ino) in ``inos``
 
     def merge(self, other: Hint) -> None:
         self.first_at = min(self.first_at, other.first_at)
@@ -145,8 +157,15 @@ class Hint:
         self.unlinked |= other.unlinked
         self.moved_from |= other.moved_from
         self.subtree |= other.subtree
+        self.new_tree |= other.new_tree
         self.pairing |= other.pairing
+        self.arrived |= other.arrived
+        self.touched |= other.touched
+        self.fresh |= other.fresh
+        self.reset |= other.reset
         self.partner = self.partner or other.partner
+        self.inos.extend(k for k in other.inos if k not in self.inos)
+        self.linked.extend(k for k in other.linked if k not in self.linked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +196,7 @@ class _Move:
     is_dir: bool
     at: float
     writing_since: float | None
+    fresh: bool
 
 
 @dataclass(slots=True)
@@ -264,6 +284,10 @@ class TreeWatcher:
         self._moves: dict[int, _Move] = {}
         #: directories that could not be watched (ENOSPC), by where they are
         self._unwatched: dict[tuple[Node, bytes], None] = {}
+        #: (dev, ino) of directories made by mkdir since the last look: new objects, new ids
+        self._fresh: list[DevIno] = []
+        #: inodes written through names whose directory is gone (``Hint.inos``, ``Hint.linked``)
+        self._orphans: tuple[set[DevIno], set[DevIno]] = (set(), set())
         self._losses = Losses()
         self._woken = False
         #: set while a reconciliation crawl runs: directory moves then also get their subtree crawled
@@ -278,10 +302,10 @@ class TreeWatcher:
         """Place every watch (a new inotify instance); hints and pending moves start empty."""
 
         old = self._fd
+        self._generation += 1  # calls from the old instance (its watches being removed) are ignored from now
         if old is not None:
             old.stop()
             old.join(5)
-        self._generation += 1
         try:
             fd = InotifyFD()
         except OSError as exc:
@@ -298,6 +322,7 @@ class TreeWatcher:
             self._hints.clear()
             self._moves.clear()
             self._unwatched.clear()
+            self._fresh.clear()
             self._losses = Losses()
             self._root_node = None
             fd.start()
@@ -380,13 +405,16 @@ class TreeWatcher:
         if mask & IC.IN_MOVED_FROM:
             h = self._hint(node, name, now)
             h.moved_from = h.pairing = True
-            self._moves[ev.cookie] = _Move(node, name, is_dir, now, h.writing_since)
-            h.writing_since = None  # the writer's state travels with the object
-            h.created = h.modified = False
+            self._moves[ev.cookie] = _Move(node, name, is_dir, now, h.writing_since, h.fresh)
+            h.writing_since = None  # the writer's state (and its newness) travels with the object
+            h.created = h.modified = h.arrived = h.touched = h.ino_known = h.fresh = False
             self._hint(node, b"", now)
         elif mask & IC.IN_MOVED_TO:
             mv = self._moves.pop(ev.cookie, None)
             h = self._hint(node, name, now)
+            h.arrived = h.touched = True
+            h.ino_known = False
+            h.fresh = mv is not None and mv.fresh
             if mv is not None:
                 src = self._hints.get((mv.node, mv.name))
                 if src is not None:
@@ -399,19 +427,22 @@ class TreeWatcher:
                     self._reparent(moved, node, name)
                     if self.crawling:
                         h.subtree = True  # the crawl may have missed it between two places
-                else:
-                    self._watch_new(node, name)
-                    h.subtree = True
+                else:  # moved in from outside: new to the tree, like a mkdir
+                    self._watch_new(node, name, fresh=True)
+                    h.subtree = h.new_tree = True
             elif mv is not None and mv.writing_since is not None:
                 h.writing_since = min(h.writing_since or mv.writing_since, mv.writing_since)
                 h.modified = True
             self._hint(node, b"", now)
         elif mask & IC.IN_CREATE:
             h = self._hint(node, name, now)
+            h.arrived = True
+            h.ino_known = False
             if is_dir:
-                self._watch_new(node, name)
-                h.subtree = True
+                self._watch_new(node, name, fresh=True)
+                h.subtree = h.new_tree = True
             else:
+                h.fresh = True
                 h.created = True
                 if h.writing_since is None:
                     h.writing_since = now
@@ -420,7 +451,8 @@ class TreeWatcher:
             h = self._hint(node, name, now)
             h.unlinked = True
             h.writing_since = None
-            h.created = h.modified = h.subtree = False
+            h.created = h.modified = h.subtree = h.new_tree = h.arrived = h.touched = h.ino_known = False
+            h.fresh = False
             if is_dir:
                 child = node.children.get(name)
                 if child is not None:
@@ -431,13 +463,35 @@ class TreeWatcher:
             h = self._hint(node, name, now)
             h.writing_since = None
             h.created = h.modified = False
+            h.touched = True
+            self._note_ino(node, name, h)
         elif mask & IC.IN_MODIFY:
             h = self._hint(node, name, now)
-            h.modified = True
+            h.modified = h.touched = True
             if h.writing_since is None:
                 h.writing_since = now
+            self._note_ino(node, name, h)
         elif mask & IC.IN_ATTRIB:
-            self._hint(node, name, now)
+            h = self._hint(node, name, now)
+            h.touched = True
+            if not is_dir:
+                self._note_ino(node, name, h)
+
+    def _note_ino(self, node: Node, name: bytes, h: Hint) -> None:
+        if h.ino_known:
+            return
+        h.ino_known = True
+        path = node.path(self.root)
+        if path is None:
+            return
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode) and _key(st) not in h.inos:
+            h.inos.append(_key(st))
+            if st.st_nlink > 1:
+                h.linked.append(_key(st))
 
     def _hint(self, node: Node, name: bytes, now: float) -> Hint:
         key = (node, name)
@@ -485,8 +539,12 @@ class TreeWatcher:
             parent.children[name] = node
         return node
 
-    def _watch_below(self, top: Node, top_path: bytes) -> None:
-        """Watch every directory below ``top`` (already watched), not following symlinks."""
+    def _watch_below(self, top: Node, top_path: bytes, fresh: bool = False) -> None:
+        """Watch every directory below ``top`` (already watched), not following symlinks.
+
+        ``fresh``: ``top`` was just made by mkdir, so what is below it was made since too
+        (or moved in within microseconds: it then costs a copy of names, not of data).
+        """
 
         stack = [(top, top_path)]
         while stack:
@@ -508,12 +566,14 @@ class TreeWatcher:
                 with self._lock:
                     if not node.alive or name in node.children:
                         continue  # moved or deleted meanwhile, or already watched by the reader thread
+                    if fresh and _key(st) not in self._by_key:
+                        self._fresh.append(_key(st))
                     child = self._add_watch(node, name, sub, st)
                 if child is not None:
                     stack.append((child, sub))
 
-    def _watch_new(self, parent: Node, name: bytes) -> None:
-        """A directory appeared at ``parent/name``: watch it and everything below it."""
+    def _watch_new(self, parent: Node, name: bytes, fresh: bool = False) -> None:
+        """A directory appeared at ``parent/name``: watch it and everything below it (``fresh``: by mkdir)."""
 
         ppath = parent.path(self.root)
         if ppath is None:
@@ -525,9 +585,11 @@ class TreeWatcher:
             return  # gone again: its removal is a hint already
         if not stat.S_ISDIR(st.st_mode):
             return
+        if fresh and _key(st) not in self._by_key:
+            self._fresh.append(_key(st))
         node = self._add_watch(parent, name, path, st)
         if node is not None:
-            self._watch_below(node, path)
+            self._watch_below(node, path, fresh)
 
     def _reparent(self, node: Node, parent: Node, name: bytes) -> None:
         old = node.parent
@@ -574,6 +636,15 @@ class TreeWatcher:
 
     def clear_woken(self) -> None:
         self._woken = False
+
+    def take_fresh(self) -> list[DevIno]:
+        """Directories made by mkdir since the last call (they need ids of their own)."""
+
+        with self._lock:
+            fresh, self._fresh = self._fresh, []
+            # only those still here: a directory deleted meanwhile may have passed its inode
+            # number on to a file that has an id (and perhaps hard links) of its own by now
+            return [k for k in fresh if k in self._by_key]
 
     def take_losses(self) -> Losses:
         with self._lock:
@@ -637,6 +708,40 @@ class TreeWatcher:
             else:
                 h.merge(change.hint)
 
+    def hint_path(self, path: bytes, reset: bool = False) -> bool:
+        """Look at ``path`` again in the next batch (an item the agent could not apply).
+
+        ``reset``: send it as a new object (new id; a directory with its whole tree), for
+        an item that failed again: the agent's record of its old id may be what is stuck
+        (an inode number that changed hands while the daemon was down, say).
+        """
+
+        if path == self.root:
+            node, name = self._root_node, b""
+        else:
+            dpath, name = os.path.split(path)
+            try:
+                st = os.lstat(dpath)
+            except OSError:
+                return False
+            node = self._by_key.get(_key(st))
+        if node is None:
+            return False
+        with self._lock:
+            if not node.alive:
+                return False
+            h = self._hint(node, name, time.monotonic())
+            h.touched = True
+            if reset and name:
+                child = node.children.get(name)
+                if child is not None and child.alive:
+                    self._fresh.append(child.key)
+                    h.subtree = h.new_tree = True
+                else:
+                    h.reset = True
+        self._poke()
+        return True
+
     def inconsistent(self) -> None:
         with self._lock:
             self._losses.inconsistent += 1
@@ -691,7 +796,17 @@ class TreeWatcher:
                 change = self._change(key, h)
                 if change is not None:
                     out.append(change)
+                elif h.inos:  # the name went with its directory; what was written through it did not
+                    self._orphans[0].update(h.inos)
+                    self._orphans[1].update(h.linked)
             return out
+
+    def take_orphans(self) -> tuple[set[DevIno], set[DevIno]]:
+        """Inodes written (and of those, hard-linked) through names that went with their directory."""
+
+        with self._lock:
+            orphans, self._orphans = self._orphans, (set(), set())
+        return orphans
 
     def _maybe_written(self, key: tuple[Node, bytes]) -> bool:
         """A regular file with one link may still be written by whoever created it."""
@@ -733,12 +848,31 @@ class TreeWatcher:
                     self._drop_watches(child)
 
 
-def walk_subtree(top: bytes, store: IdStore, *, privileged: bool,
-                 problems: list[Problem]) -> Iterator[tuple[SourceEntry, DevIno, DevIno]]:
+def _key(st: os.stat_result) -> DevIno:
+    return (st.st_dev, st.st_ino)
+
+
+def renew_id(store: IdStore, dev: int, ino: int) -> bytes:
+    """A new id for an inode that is a new object (a directory made by mkdir).
+
+    Inode numbers are reused: a directory deleted and another made with its inode would
+    inherit its id, and the agent would rename the old copy, stale children included,
+    into the new place.  A directory made by mkdir has no past, so it gets an id of its own.
+    (`IdStore` has no public call for this: the one row is replaced here.)
+    """
+
+    store._db.execute("DELETE FROM ids WHERE dev=? AND ino=?", (dev, ino))
+    return store.id_for(dev, ino)
+
+
+def walk_subtree(top: bytes, store: IdStore, *, privileged: bool, problems: list[Problem],
+                 fresh: bool = False) -> Iterator[tuple[SourceEntry, DevIno, DevIno]]:
     """Everything below the directory ``top``, parents first: (entry, its directory's and its own (dev, ino)).
 
     The ids are the `IdStore`'s, as `georep.source.crawl.Crawler` gives them; ``top``
-    itself is not yielded (the caller sends it with its own parent and name).
+    itself is not yielded (the caller sends it with its own parent and name).  ``fresh``:
+    the tree is new (made, or moved in from outside, since the last look): its files with
+    one link get new ids (its directories got theirs from `TreeWatcher.take_fresh`).
     """
 
     try:
@@ -772,7 +906,10 @@ def walk_subtree(top: bytes, store: IdStore, *, privileged: bool,
             if exc.errno != errno.ENOENT:
                 problems.append(Problem(de.path, f"cannot stat: {exc.strerror}"))
             continue
-        oid = store.id_for(cst.st_dev, cst.st_ino)
+        if fresh and not stat.S_ISDIR(cst.st_mode) and cst.st_nlink == 1:
+            oid = renew_id(store, cst.st_dev, cst.st_ino)
+        else:
+            oid = store.id_for(cst.st_dev, cst.st_ino)
         try:
             entry = make_entry(oid, pid, de.name, de.path, cst, brick=False, privileged=privileged)
         except OSError:
