@@ -58,6 +58,7 @@ from georep.batch.coalesce import Batch, Coalescer
 from georep.batch.policy import CutPolicy, Window
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
+from georep.protocol.messages import ANY_HOLDER
 from georep.source.brick import Brick, BrickJournal, Gap, Position
 from georep.source.changelog import DataRecord, MetaRecord, Record
 from georep.source.crawl import Crawler, SourceEntry, make_entry
@@ -454,7 +455,7 @@ class BrickDaemon:
                 st = self.brick.lstat(op.id)
                 if st is not None and (op.parent, op.name) in self.brick.names(op.id, st):
                     return
-        oid = op.id if isinstance(op, Remove) else bytes(16)
+        oid = op.id if isinstance(op, Remove) else ANY_HOLDER
         await sender.send_remove(oid, op.parent, op.name, op.name)
 
     def _report(self, sender: Sender, problems: list[Problem]) -> None:

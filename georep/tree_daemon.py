@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from georep.apply.agent import ANY_HOLDER
 from georep.batch.checkpoint import SessionState
 from georep.daemon import Counters, Status, log
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, SourceMissing, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
+from georep.protocol.messages import ANY_HOLDER
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
 from georep.source.inotify import (

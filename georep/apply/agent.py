@@ -59,8 +59,7 @@ from georep.protocol.digest import ExtentDigest
 from georep.protocol.session import Role, Session, State
 
 STATE_DIR = b".georep"
-#: RemoveMsg id meaning "whatever holds the name" (the source replaced it by a rename).
-ANY_HOLDER = bytes(16)
+ANY_HOLDER = m.ANY_HOLDER
 
 
 class ItemFailed(Exception):

@@ -75,6 +75,10 @@ class LinkMsg:
     name: bytes
 
 
+#: RemoveMsg id meaning "whatever holds the name" (the source replaced it by a rename).
+ANY_HOLDER = bytes(16)
+
+
 @dataclass(frozen=True, slots=True)
 class RemoveMsg:
     """Remove ``parent/name`` if it still holds ``id`` (a directory with everything below it).
