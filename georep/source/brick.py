@@ -273,6 +273,7 @@ class BrickJournal:
         self.position = position
         self._fd: int | None = None
         self._fd_index = -1
+        self._fd_ino = -1
         self._fed = 0  # file offset of the next byte to feed the current journal's parser
         #: journals found overwritten by a later rollover of the same name (read live or lost)
         self.overwritten = 0
@@ -375,6 +376,23 @@ class BrickJournal:
                 # the live journal we hold *is* journal number pos.index, whatever its name
                 # holds now: a later rollover may have renamed another journal over it
                 held = fd is not None and self._fd_index == pos.index
+                if held and fd is not None:
+                    pino = _ino(path)
+                    if (pino != self._fd_ino and os.fstat(fd).st_nlink > 0) or (later and pino == self._fd_ino):
+                        # The "live" journal we opened was already a later one: GlusterFS had
+                        # renamed journal pos.index away but not yet listed it in HTIME.  What
+                        # that journal held is not certain to be read: report it as a gap (a
+                        # crawl repairs it) and read on from history; records seen twice are
+                        # harmless, every change is applied as the brick has it now.
+                        self._gap(
+                            f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} rolled over while it was "
+                            "being opened (GlusterFS rolls over several times a second at rollover-time 1)",
+                            idx.entries[pos.index - 1].ts if pos.index > 0 else None,
+                            entry.ts,
+                        )
+                        self._close_live()
+                        self.position = Position(pos.htime, pos.index + 1, 0)
+                        continue
                 if later:
                     self.overwritten += 1  # GlusterFS's rollover bug struck (read live, or lost)
                 if later and not held:
@@ -418,7 +436,7 @@ class BrickJournal:
                 if len(self._htime().entries) != pos.index:
                     os.close(fd)  # a rollover happened meanwhile: take it from history first
                     continue
-                self._fd, self._fd_index = fd, pos.index
+                self._fd, self._fd_index, self._fd_ino = fd, pos.index, os.fstat(fd).st_ino
                 if os.fstat(fd).st_size < pos.offset:
                     # the saved offset belongs to an older live journal that is gone
                     self._gap("saved position is beyond the live journal (journal replaced)", None, None)
