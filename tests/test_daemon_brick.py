@@ -259,26 +259,27 @@ def test_replica_two_bricks_converge(tmp_path: Path) -> None:
 def _create_load(m: Path, per_second: int, seconds: float) -> int:
     """Create empty files at ``per_second`` for ``seconds`` (mknod: one journalled fop each).
 
-    Two threads share the work so that the daemon and GlusterFS competing for the two
-    cores here do not hold the rate below the target.
+    Four threads share the work so that the daemon and GlusterFS competing for the two
+    cores here do not hold the rate below the target (each mknod waits on FUSE).
     """
 
     (m / "load").mkdir(exist_ok=True)
-    counts = [0, 0]
+    workers = 4
+    counts = [0] * workers
 
     def worker(k: int) -> None:
         t0 = time.monotonic()
         n = 0
         while time.monotonic() - t0 < seconds:
-            for _ in range(per_second // 40):
+            for _ in range(per_second // (20 * workers)):
                 os.mknod(m / "load" / f"t{k}-f{n}", 0o644 | stat.S_IFREG)
                 n += 1
-            ahead = t0 + n / (per_second / 2) - time.monotonic()
+            ahead = t0 + n / (per_second / workers) - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
         counts[k] = n
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
