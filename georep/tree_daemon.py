@@ -18,11 +18,15 @@ the secondary.
 * **Live.** A batch is the set of names that changed (hints), resolved against the tree
   now: a name that exists is sent as an entry (the agent renames by id: a moved file or
   directory costs one rename and no data); a directory that appeared is crawled; a name
-  that is gone is removed.  Order inside a batch: removals of names whose object was
-  deleted (so a recreated directory cannot inherit stale children), entries parents
-  first, extra hard links once their inode exists, then removals of names left by
-  renames — deletes last, so an object moved away was already renamed by its entry.
-  Each batch ends with ``Finish`` (staging swept, directory times settled).
+  that is gone is removed.  Order inside a batch: entries parents first, then extra
+  hard links once their inode exists, then removals — deletes last, so an object moved
+  away was already renamed by its entry.  Each batch ends with ``Finish`` (staging
+  swept, directory times settled).
+* **New objects get new ids.**  Inode numbers are reused: an id keyed by one that once
+  belonged to a deleted object would make the agent rename that object's copy (a
+  directory with its stale children) into the new place.  So whatever inotify shows
+  being created — a file, a mkdir, a tree moved in from outside — gets a fresh id.  An
+  item the agent cannot apply is retried, and on a second failure sent as a new object.
 * **Losses** (inotify queue overflow, out of watches, a watch tree that disagrees with
   the disk) are logged as warnings naming the limit to raise and repaired by a rescan:
   a new agent session with a mirror crawl, since only a full crawl can find deletions.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -59,8 +64,10 @@ from georep.source.inotify import (
     Change,
     DevIno,
     Losses,
+    Node,
     TreeWatcher,
     limit_advice,
+    overflow_advice,
     renew_id,
     walk_subtree,
 )
@@ -77,6 +84,8 @@ DEGRADED_RESCAN_S = 60.0
 ID_CHUNK = 1000
 #: An item the agent could not apply is looked at again this many times.
 RETRIES = 3
+#: A watched directory found elsewhere than the watch tree says for this long: rebuild the tree.
+MISMATCH_S = 2.0
 
 
 @dataclass
@@ -129,7 +138,10 @@ class TreeDaemon:
         self.watcher = TreeWatcher(self.root, self._wake_threadsafe)
         self.privileged = os.geteuid() == 0
         self._root_key: DevIno = (0, 0)
-        self._known_dirs: OrderedDict[bytes, None] = OrderedDict()
+        self._known_dirs: OrderedDict[bytes, None] = OrderedDict()  # the agent has them (this session)
+        self._dir_ids: OrderedDict[bytes, None] = OrderedDict()  # ever sent as directories
+        self._renewed: dict[bytes, bytes] = {}  # old → new id of non-directories, this crawl
+        self._mismatch: dict[Node, float] = {}  # watched directories not where the tree says, since
         #: every name known of each inode with more than one link: id → {(dir (dev, ino), name)}, and back
         self._links: dict[bytes, set[tuple[DevIno, bytes]]] = {}
         self._link_of: dict[tuple[DevIno, bytes], bytes] = {}
@@ -235,11 +247,17 @@ class TreeDaemon:
             self.counters.rescans += 1
         self.counters.crawls += 1
         t0 = time.monotonic()
+        losses = self.watcher.take_losses()
+        if losses:  # before this crawl: it covers them; they are reported all the same
+            self._losses(losses)
+            if losses.overflows or losses.too_many_hints or losses.reader_failed or losses.inconsistent:
+                self.watcher.start()
         self.watcher.crawling = True
         self.watcher.discard_hints()
         try:
             crawler = Crawler(self.root, self.store)
             self._known_dirs.clear()
+            self._renewed.clear()
             self._links.clear()
             self._link_of.clear()
             self._link_inode.clear()
@@ -247,6 +265,7 @@ class TreeDaemon:
             dir_keys: dict[bytes, DevIno] = {}
             for se in crawler:
                 if self.stop.is_set():
+                    self._outbox.clear()  # no Finish: the next start crawls again
                     return False
                 if se.entry.id == ROOT_ID:
                     await sender.send_entry(se)
@@ -265,6 +284,7 @@ class TreeDaemon:
             await sender.settle()
             while page := self.store.deferred_links():
                 for oid, parent, name, path in page:
+                    oid = self._renewed.get(oid, oid)
                     dkey = _dir_key(os.path.dirname(path), dir_keys)
                     if dkey is not None:
                         with contextlib.suppress(OSError):
@@ -290,8 +310,9 @@ class TreeDaemon:
 
         if not self._outbox:
             return
+        out = [(self._not_a_dir_id(se, fkey), dkey, fkey) for se, dkey, fkey in self._outbox]
+        self._outbox = []
         self.store.commit()
-        out, self._outbox = self._outbox, []
         for se, dkey, fkey in out:
             e = se.entry
             if e.kind is Kind.DIR:
@@ -310,13 +331,9 @@ class TreeDaemon:
             if self.watcher.fatal:
                 raise SourceMissing(self.watcher.fatal, hint="restart the daemon once the source is back in place")
             losses = self.watcher.take_losses()
-            if losses:
-                why = self._losses(losses)
-                if not losses.new_unwatched or losses.overflows or losses.too_many_hints \
-                        or losses.reader_failed or losses.inconsistent:
-                    self.watcher.start()  # a new inotify instance, every watch placed again
-                    self._root_key = _key(os.stat(self.root))
-                return why
+            if losses:  # reported (and the watches placed again) by the crawl that repairs them
+                self.watcher.requeue_losses(losses)
+                return "rescan: " + ", ".join(losses.reasons())
             now = time.monotonic()
             if self.watcher.unwatched:
                 if now >= self._retry_at:
@@ -354,29 +371,24 @@ class TreeDaemon:
         return (f"degraded: {n} director{'y' if n == 1 else 'ies'} not watched (inotify watch limit); "
                 f"rescanned every {max(DEGRADED_RESCAN_S, 10 * self._crawl_seconds):.0f}s")
 
-    def _losses(self, losses: Losses) -> str:
-        """Log what was lost, with the limit to raise; the reason for the rescan that repairs it."""
+    def _losses(self, losses: Losses) -> None:
+        """Log what was lost, with the limit to raise (a crawl repairs it)."""
 
-        why = []
         if losses.overflows:
             self.counters.overflows += losses.overflows
             self.counters.gaps += 1
-            log("WARNING: the inotify event queue overflowed: the kernel dropped events. "
-                f"{limit_advice('max_queued_events')}. Every watch is placed again on a new inotify instance "
-                "(which uses the raised value) and the whole tree is rescanned")
-            why.append("inotify queue overflow")
+            log("WARNING: the inotify event queue overflowed: the kernel dropped events; "
+                f"{overflow_advice(self.watcher.queue_size)}. Every watch is placed again on a new inotify "
+                "instance (which takes the current value) and the whole tree is rescanned")
         if losses.too_many_hints:
             self.counters.overflows += 1
             self.counters.gaps += 1
             log(f"WARNING: more than {MAX_HINTS} names changed before they could be sent; rescanning the tree")
-            why.append("too many pending changes")
         if losses.reader_failed:
             self.counters.gaps += 1
             log(f"WARNING: the inotify reader failed ({losses.reader_failed}); watching again and rescanning")
-            why.append("inotify reader failed")
         if losses.inconsistent:
             log("the watch tree disagreed with the disk (a race with renames); watching again and rescanning")
-            why.append("watch tree out of date")
         if losses.new_unwatched:
             self.counters.gaps += 1
             paths = losses.new_unwatched
@@ -384,12 +396,10 @@ class TreeDaemon:
             n = len(paths)
             log(f"WARNING: out of inotify watches: {n} director{'y' if n == 1 else 'ies'} (e.g. "
                 f"{paths[0].decode('utf-8', 'backslashreplace')}) and {missing} below cannot be watched, so "
-                f"changes there are not seen live. {limit_advice('max_user_watches', n + missing)}. Until then "
+                f"changes there are not seen live; {limit_advice('max_user_watches', n + missing)}. Until then "
                 f"they are rescanned every {max(DEGRADED_RESCAN_S, 10 * self._crawl_seconds):.0f}s, and the "
                 f"watches are retried every {WATCH_RETRY_S:.0f}s")
-            why.append("directories without a watch")
             self._retry_at = time.monotonic() + WATCH_RETRY_S
-        return "rescan: " + ", ".join(why)
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -419,11 +429,15 @@ class TreeDaemon:
                 ok = dir_ok[ch.dir_path] = _is_dir(ch.dir_path, ch.dir_key)
             if not ok:
                 now_path = self.watcher.node_path(ch.node)
-                if now_path is not None and now_path != ch.dir_path:
-                    self.watcher.requeue(ch)  # its directory moved since the batch was cut
-                elif now_path is not None:
-                    self.watcher.inconsistent()
+                if now_path is not None:  # moved since the batch was cut, or its events are not read yet
+                    self.watcher.requeue(ch)
+                    since = self._mismatch.setdefault(ch.node, time.monotonic())
+                    if now_path == ch.dir_path and time.monotonic() - since > MISMATCH_S:
+                        self.watcher.inconsistent()  # it stays wrong: the watch tree is out of date
+                        self._mismatch.clear()
                 continue
+            if self._mismatch:
+                self._mismatch.pop(ch.node, None)
             parent = ROOT_ID if ch.in_root else self.store.id_for(*ch.dir_key)
             path = ch.path
             try:
@@ -447,6 +461,8 @@ class TreeDaemon:
                 oid, name = renew_id(self.store, st.st_dev, st.st_ino), ch.name  # a new object
             else:
                 oid, name = self.store.id_for(st.st_dev, st.st_ino), ch.name
+                if oid in self._dir_ids and not stat.S_ISDIR(st.st_mode):
+                    oid = renew_id(self.store, st.st_dev, st.st_ino)  # an inode number that changed hands
             try:
                 entry = make_entry(oid, parent, name, path, st, brick=False, privileged=self.privileged)
             except OSError:
@@ -476,6 +492,7 @@ class TreeDaemon:
                 for sub, dkey, skey in walk_subtree(se.path, self.store, privileged=self.privileged,
                                                     problems=problems, fresh=ch.hint.new_tree):
                     if sub.entry.kind is not Kind.DIR and sub.entry.nlink > 1:
+                        sub = self._not_a_dir_id(sub, skey)
                         _inode(inodes, sub, skey).add(dkey, sub, arrived=True, data=True)
                         continue
                     self._outbox.append((sub, dkey, skey))
@@ -570,6 +587,7 @@ class TreeDaemon:
         for oid, names in known.items():  # what we know now, for the next time
             self._set_links(oid, set(names), inodes[oid])
         sent: dict[bytes, tuple[DevIno, bytes]] = {}
+        prelinked: list[bytes] = []
         for oid, ino in inodes.items():
             if not ino.data or not known[oid]:
                 continue
@@ -578,10 +596,16 @@ class TreeDaemon:
             pick = min(old or names, key=lambda k: (names[k].count(b"/"), names[k]))  # noqa: B023 - used at once
             chosen = ino.names[pick][0] if pick in ino.names else self._entry_at(oid, *pick, names[pick])
             if chosen is not None:
+                # linked first: the entry then finds the name in place and is never a rename
+                # (the agent's rename path drops a name whose copy is outdated but leaves its file)
+                await sender.send_link(oid, self._parent_id(pick[0]), pick[1], chosen.path)
+                prelinked.append(chosen.path)
                 self._outbox.append((chosen, pick[0], ino.key))
                 sent[oid] = pick
         await self._flush(sender)
         await sender.settle()  # every inode exists before its extra names are linked
+        for path in prelinked:  # a new inode: that link could not be made, the entry made the file
+            _drop_first(sender.summary.problems, path)
         tried: dict[bytes, tuple[bytes, tuple[DevIno, bytes]]] = {}  # link path → (id, name) of link-only inodes
         for oid, ino in inodes.items():
             targets = known[oid] if ino.data else {k: se.path for k, (se, arrived) in ino.names.items() if arrived}
@@ -697,14 +721,40 @@ class TreeDaemon:
             self._remember_dir(oid)
 
     def _remember_dir(self, oid: bytes) -> None:
-        self._known_dirs[oid] = None
-        self._known_dirs.move_to_end(oid)
-        while len(self._known_dirs) > 200_000:
-            self._known_dirs.popitem(last=False)
+        for ids in (self._known_dirs, self._dir_ids):
+            ids[oid] = None
+            ids.move_to_end(oid)
+            while len(ids) > 200_000:
+                ids.popitem(last=False)
+
+    def _not_a_dir_id(self, se: SourceEntry, fkey: DevIno) -> SourceEntry:
+        """A non-directory never takes an id sent for a directory: its inode number changed hands.
+
+        A crawl cannot tell (no events), and the agent would set the directory aside with
+        its children's names still pointing into it.
+        """
+
+        e = se.entry
+        if e.kind is Kind.DIR or e.id not in self._dir_ids:
+            return se
+        try:
+            key = fkey if fkey != (0, 0) else _key(os.lstat(se.path))
+        except OSError:
+            return se
+        new = renew_id(self.store, *key)
+        self._renewed[e.id] = new
+        return SourceEntry(dataclasses.replace(e, id=new), se.path, se.stat_mtime_ns)
 
 
 def _key(st: os.stat_result) -> DevIno:
     return (st.st_dev, st.st_ino)
+
+
+def _drop_first(problems: list[Problem], path: bytes) -> None:
+    for i, p in enumerate(problems):
+        if p.code == "agent" and p.path == path:
+            del problems[i]
+            return
 
 
 def _is_dir(path: bytes, key: DevIno) -> bool:
@@ -824,27 +874,3 @@ async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_c
         store.close()
         state.unlock()
 
-
-def _main(argv: list[str]) -> int:
-    """``python -m georep.tree_daemon DIR SECONDARY [daemon options]``: the plain-tree daemon directly."""
-
-    from georep.cli.connect import channel_opener
-    from georep.cli.daemon_cmd import build_parser
-    from georep.source.identity import default_state_dir
-
-    args = build_parser().parse_args(["daemon", *argv])
-    source = _source_root(os.fsencode(args.source))
-    secondary = args.secondary if "://" in args.secondary else os.path.abspath(args.secondary)
-    args.secondary = secondary
-    state_dir = args.state_dir or default_state_dir()
-    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))
-
-
-if __name__ == "__main__":
-    import sys
-
-    try:
-        raise SystemExit(_main(sys.argv[1:]))
-    except GeorepError as exc:
-        print(f"georep-sync: error: {exc.message}\ngeorep-sync: hint: {exc.hint_text}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from treecmp import HOSTILE_NAMES, diff, snapshot
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
 
@@ -218,18 +220,37 @@ def test_rsync_leaves_only_final_names(tree: tuple[Path, Daemon], tmp_path: Path
     m, d = tree
     d.start()
     d.wait_state("live")
-    src = tmp_path / "rsync-src"
-    (src / "games").mkdir(parents=True)
-    for i in range(200):
-        (src / "games" / f"player{i}.json").write_text(json.dumps({"id": i, "v": 1}))
-    subprocess.run(["rsync", "-a", f"{src}/", f"{m}/"], check=True)
-    converge(m, d.dst, d)
-    for i in range(0, 200, 3):
-        (src / "games" / f"player{i}.json").write_text(json.dumps({"id": i, "v": 2, "pad": "x" * i}))
-    os.unlink(src / "games" / "player1.json")
-    subprocess.run(["rsync", "-a", "--delete", f"{src}/", f"{m}/"], check=True)
-    converge(m, d.dst, d)
+    appeared: list[str] = []  # every name that appears on the secondary, as a reader there sees it
+
+    class Seen(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            for p in (event.src_path, event.dest_path):
+                name = os.path.basename(os.fsdecode(p))
+                if p and ".georep" not in os.fsdecode(p) and event.event_type in ("created", "moved"):
+                    appeared.append(name)
+
+    observer = Observer()
+    observer.schedule(Seen(), str(d.dst), recursive=True)
+    observer.start()
+    try:
+        src = tmp_path / "rsync-src"
+        (src / "games").mkdir(parents=True)
+        for i in range(200):
+            (src / "games" / f"player{i}.json").write_text(json.dumps({"id": i, "v": 1}))
+        subprocess.run(["rsync", "-a", f"{src}/", f"{m}/"], check=True)
+        converge(m, d.dst, d)
+        for i in range(0, 200, 3):
+            (src / "games" / f"player{i}.json").write_text(json.dumps({"id": i, "v": 2, "pad": "x" * i}))
+        os.unlink(src / "games" / "player1.json")
+        subprocess.run(["rsync", "-a", "--delete", f"{src}/", f"{m}/"], check=True)
+        converge(m, d.dst, d)
+        time.sleep(0.5)
+    finally:
+        observer.stop()
+        observer.join()
     temp = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
+    assert "player3.json" in appeared
+    assert [n for n in appeared if temp.match(n)] == []  # only final names ever arrived
     leftovers = [p for p in d.dst.rglob("*") if temp.match(p.name) and ".georep" not in p.parts]
     assert leftovers == []
     assert json.loads((d.dst / "games" / "player3.json").read_text())["v"] == 2
@@ -263,6 +284,32 @@ def test_restart_sends_only_what_changed_while_down(tree: tuple[Path, Daemon]) -
     c = settled(d)
     assert c["bytes_data"] == len(b"new content") + 777, d.logtext()
     assert c["deleted"] >= 1
+
+
+@pytest.mark.slow
+def test_changes_during_the_startup_scan_are_not_lost(tree: tuple[Path, Daemon]) -> None:
+    """Watches come before the scan; what changes while it runs is replayed after it."""
+
+    m, d = tree
+    for i in range(80):
+        (m / f"d{i:02d}").mkdir()
+        for j in range(100):
+            (m / f"d{i:02d}" / f"f{j}").write_bytes(os.urandom(3000))
+    d.start()
+    d.wait_state("crawl")
+    # some of these directories are scanned already, some not yet
+    for i in (0, 40, 79):
+        os.rename(m / f"d{i:02d}", m / f"moved-{i:02d}")
+        (m / f"moved-{i:02d}" / "new").write_text("made during the scan")
+        os.unlink(m / f"moved-{i:02d}" / "f1")
+    os.rename(m / "d10" / "f5", m / "d30" / "f5-from-d10")
+    with open(m / "d35" / "f7", "ab") as f:
+        f.write(b"appended during the scan")
+    shutil.rmtree(m / "d25")
+    st = d.status()
+    assert st["state"] == "crawl", "the scan ended before the changes: make the tree bigger"
+    converge(m, d.dst, d)
+    assert not (d.dst / "d25").exists()
 
 
 def test_ids_are_the_oneshot_ids(tree: tuple[Path, Daemon], tmp_path: Path) -> None:
@@ -483,7 +530,8 @@ def test_inotify_queue_overflow_warns_rescans_and_converges(tree: tuple[Path, Da
     converge(m, d.dst, d, timeout=90)
     log = d.logtext()
     assert "WARNING: the inotify event queue overflowed" in log
-    assert "fs.inotify.max_queued_events is 16" in log and "sysctl -w fs.inotify.max_queued_events=" in log
+    assert "fs.inotify.max_queued_events = 16 events" in log, log
+    assert f"now {int(saved)}" in log and "sysctl -w fs.inotify.max_queued_events=" in log
     c = settled(d)
     assert c["overflows"] >= 1 and c["rescans"] >= 1
     # the rebuilt instance has the restored limit: live changes flow again without loss
@@ -525,6 +573,23 @@ def test_out_of_watches_warns_rescans_and_recovers(tree: tuple[Path, Daemon]) ->
     assert d.counters()["unwatched_dirs"] == 0
     (m / "d38" / "inner" / "g").write_text("followed live again")
     converge(m, d.dst, d)
+
+
+def test_an_empty_source_never_empties_the_secondary(tmp_path: Path) -> None:
+    """The mass-delete guard of the start-up scan: an unmounted (empty) source deletes nothing."""
+
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "data" / "f").write_text("keep me")
+    dst, state = tmp_path / "dst", tmp_path / "state"
+    r = run_cli("--oneshot", src, dst, "--state-dir", state)
+    assert r.code == 0, r.stderr
+    shutil.rmtree(src / "data")
+    r = subprocess.run(daemon_argv(src, dst, state), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr  # SourceLooksUnmounted
+    assert (dst / "data" / "f").read_text() == "keep me"
+    st = json.loads(run_cli("status", "--state-dir", state, "--json").stdout)
+    assert st[0]["state"] == "faulty"
 
 
 def test_sigterm_during_live_exits_0_and_refuses_a_second_daemon(tree: tuple[Path, Daemon]) -> None:

@@ -210,8 +210,20 @@ class Losses:
     new_unwatched: list[bytes] = field(default_factory=list)  # directories left without a watch (ENOSPC)
 
     def __bool__(self) -> bool:
-        return bool(self.overflows or self.too_many_hints or self.reader_failed or self.inconsistent
-                     or self.new_unwatched)
+        return bool(self.reasons())
+
+    def reasons(self) -> list[str]:
+        return [why for why, lost in (
+            ("inotify queue overflow", self.overflows), ("too many pending changes", self.too_many_hints),
+            ("inotify reader failed", self.reader_failed), ("watch tree out of date", self.inconsistent),
+            ("directories without a watch", self.new_unwatched)) if lost]
+
+    def add(self, other: Losses) -> None:
+        self.overflows += other.overflows
+        self.too_many_hints += other.too_many_hints
+        self.reader_failed = self.reader_failed or other.reader_failed
+        self.inconsistent += other.inconsistent
+        self.new_unwatched.extend(other.new_unwatched)
 
 
 class _Receiver:
@@ -237,6 +249,18 @@ def read_limit(path: str) -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def overflow_advice(queue_size: int | None) -> str:
+    """What an overflow says: the queue size this instance has, the value now, a higher one."""
+
+    now = read_limit(f"{PROC_INOTIFY}/max_queued_events")
+    had = f"{queue_size} events" if queue_size is not None else "an unknown number of events"
+    suggested = max(2 * (now or 0), 2 * (queue_size or 0), 32768)
+    return (f"the queue held fs.inotify.max_queued_events = {had} (its value when the watches were placed; "
+            f"now {now if now is not None else 'unreadable'}); if this recurs, raise it, e.g. "
+            f"'sysctl -w fs.inotify.max_queued_events={suggested}' (and in /etc/sysctl.d/ to keep it after a "
+            "reboot)")
 
 
 def limit_advice(name: str, needed_more: int = 0) -> str:
@@ -290,6 +314,9 @@ class TreeWatcher:
         self._orphans: tuple[set[DevIno], set[DevIno]] = (set(), set())
         self._losses = Losses()
         self._woken = False
+        self._last_event = 0.0
+        #: fs.inotify.max_queued_events when the inotify instance was made (its queue size for good)
+        self.queue_size: int | None = None
         #: set while a reconciliation crawl runs: directory moves then also get their subtree crawled
         self.crawling = False
         #: the source root itself was removed, moved or unmounted
@@ -307,6 +334,7 @@ class TreeWatcher:
             old.stop()
             old.join(5)
         try:
+            self.queue_size = read_limit(f"{PROC_INOTIFY}/max_queued_events")
             fd = InotifyFD()
         except OSError as exc:
             if exc.errno == errno.EMFILE:
@@ -391,6 +419,8 @@ class TreeWatcher:
         if node is None or not node.alive:
             return
         mask = ev.mask
+        if not mask & IC.IN_MODIFY:  # a file being written does not hold back everything else
+            self._last_event = now
         if not ev.name:  # about the watched directory itself
             if mask & (IC.IN_DELETE_SELF | IC.IN_MOVE_SELF):
                 if node is self._root_node:
@@ -414,7 +444,7 @@ class TreeWatcher:
             h = self._hint(node, name, now)
             h.arrived = h.touched = True
             h.ino_known = False
-            h.fresh = mv is not None and mv.fresh
+            h.fresh = mv.fresh if mv is not None else True  # from outside the tree: new to it
             if mv is not None:
                 src = self._hints.get((mv.node, mv.name))
                 if src is not None:
@@ -716,19 +746,17 @@ class TreeWatcher:
         (an inode number that changed hands while the daemon was down, say).
         """
 
-        if path == self.root:
-            node, name = self._root_node, b""
-        else:
+        key: DevIno | None = None
+        name = b""
+        if path != self.root:
             dpath, name = os.path.split(path)
             try:
-                st = os.lstat(dpath)
+                key = _key(os.lstat(dpath))
             except OSError:
                 return False
-            node = self._by_key.get(_key(st))
-        if node is None:
-            return False
         with self._lock:
-            if not node.alive:
+            node = self._root_node if key is None else self._by_key.get(key)
+            if node is None or not node.alive:
                 return False
             h = self._hint(node, name, time.monotonic())
             h.touched = True
@@ -741,6 +769,13 @@ class TreeWatcher:
                     h.reset = True
         self._poke()
         return True
+
+    def requeue_losses(self, losses: Losses) -> None:
+        """Losses taken but not handled yet: the next `take_losses` returns them again."""
+
+        with self._lock:
+            losses.add(self._losses)
+            self._losses = losses
 
     def inconsistent(self) -> None:
         with self._lock:
@@ -776,6 +811,11 @@ class TreeWatcher:
                     h.writing_since = None  # a hard link, symlink, fifo...: nothing is being written
                     continue
                 deferred.add(key)
+            # a name changed less than quiet_s ago waits (rsync renames its temp file right after
+            # closing it: the temp name should never be sent), unless it has waited max_latency_s
+            for key, h in self._hints.items():
+                if not force and now - h.last_at < self.quiet_s and now - h.first_at < self.max_latency_s:
+                    deferred.add(key)
             more = bool(deferred)
             while more:  # a name left by rename waits for its object's new name
                 more = False
@@ -787,8 +827,7 @@ class TreeWatcher:
             if not ready:
                 return None
             oldest = min(self._hints[k].first_at for k in ready)
-            newest = max(self._hints[k].last_at for k in ready)
-            if not force and now - newest < self.quiet_s and now - oldest < self.max_latency_s:
+            if not force and now - self._last_event < self.quiet_s and now - oldest < self.max_latency_s:
                 return None
             out: list[Change] = []
             for key in ready:
