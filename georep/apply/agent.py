@@ -295,7 +295,7 @@ class Applier:
                         self.dirty_dirs.add(e.parent)
                         here = True
                     else:
-                        self.index.drop_name(*src)
+                        self._discard(sfd, *src, src_st)  # an outdated copy: it must not outlive its name
         if here and obj is not None:
             st = fsops.lstat_at(pfd, e.name)
             if st is None or st.st_ino != obj.ino or Kind.from_mode(st.st_mode) is not kind:
@@ -622,7 +622,27 @@ class Applier:
                 fsops.rename_at(pfd, n, self.staging_fd, aside)
                 self.index.move_name((p, n), (STAGING_ID, aside), oid)
             else:
-                self.index.drop_name(p, n)
+                self._discard(pfd, p, n, st)
+
+    def _discard(self, pfd: int, parent: bytes, name: bytes, st: os.stat_result | None) -> None:
+        """Drop a name of ours whose object on disk is not the one the index records.
+
+        It is an outdated copy (a hard link left on the old inode when new data was
+        published under another name) or the index drifted.  Either way the name is ours,
+        so what sits there goes too: dropping only the index row would leave a file that no
+        later removal can find.  It goes through staging, so a directory is never walked
+        in place.
+        """
+
+        self.index.drop_name(parent, name)
+        if st is None:
+            return
+        junk = self._tmp_name()
+        fsops.rename_at(pfd, name, self.staging_fd, junk)
+        self.dirty_dirs.add(parent)
+        if stat.S_ISDIR(st.st_mode):
+            self.dirs.clear()
+        fsops.remove_at(self.staging_fd, junk)
 
     # -- end of a session ----------------------------------------------------------
 

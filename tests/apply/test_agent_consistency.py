@@ -1,0 +1,41 @@
+"""The agent's index and its disk never disagree in a way that leaves files behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from test_agent_hostile import RawAgent, _data_msgs, entry, oid
+
+from georep.model import ROOT_ID, Kind
+from georep.protocol import messages as m
+
+
+def test_a_renamed_object_whose_old_name_holds_an_outdated_copy_leaves_nothing_behind(tmp_path: Path) -> None:
+    """New data published under one name leaves a hard link on the old inode; renaming from there drops it."""
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    x = oid(70)
+    assert agent.one(entry(1, x, ROOT_ID, b"a", Kind.FILE, 5)).status == m.NEED
+    agent.send(*_data_msgs(1, b"hello"))
+    assert agent.results(1)[0].status == m.DONE
+    assert agent.one(m.LinkMsg(2, x, ROOT_ID, b"b")).status == m.DONE
+    assert os.stat(root / "a").st_ino == os.stat(root / "b").st_ino
+    # new data for the object: published at "a" as a new inode; "b" still holds the old one
+    assert agent.one(entry(3, x, ROOT_ID, b"a", Kind.FILE, 6)).status == m.NEED
+    agent.send(*_data_msgs(3, b"hello!"))
+    assert agent.results(1)[0].status == m.DONE
+    assert os.stat(root / "a").st_ino != os.stat(root / "b").st_ino
+    assert agent.one(m.RemoveMsg(4, x, ROOT_ID, b"a")).status == m.DONE
+    # the object moves to "c": its only name left is "b", an outdated copy
+    r = agent.one(entry(5, x, ROOT_ID, b"c", Kind.FILE, 6))
+    if r.status == m.NEED:
+        agent.send(*_data_msgs(5, b"hello!"))
+        r = agent.results(1)[0]
+    assert r.status == m.DONE
+    assert agent.one(m.RemoveMsg(6, x, ROOT_ID, b"b")).status == m.DONE
+    assert agent.finish() == 0
+    assert sorted(p.name for p in root.iterdir() if p.name != ".georep") == ["c"]
+    assert (root / "c").read_bytes() == b"hello!"
+    assert os.listdir(root / ".georep" / "staging") == []
