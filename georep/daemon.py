@@ -29,14 +29,11 @@ import dataclasses
 import os
 import signal
 import stat
-import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from georep import __version__
 from georep.batch.changes import (
     STAGING,
     AddLink,
@@ -59,6 +56,7 @@ from georep.batch.policy import CutPolicy, Window
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
 from georep.protocol.messages import ANY_HOLDER
+from georep.reporting import BACKOFF_FIRST_S, Reporter, Status, log
 from georep.source.brick import Brick, BrickJournal, Gap, Position
 from georep.source.changelog import DataRecord, MetaRecord, Record
 from georep.source.crawl import Crawler, SourceEntry, make_entry
@@ -79,56 +77,7 @@ SETTLE_NS = 50_000_000
 Extra = tuple[bytes, bytes, bytes, bytes]
 
 
-@dataclass
-class Counters:
-    batches: int = 0
-    changes: int = 0
-    items: int = 0
-    bytes_data: int = 0
-    deleted: int = 0
-    crawls: int = 0
-    gaps: int = 0
-    overwritten_journals: int = 0
-    errors: int = 0
-
-
-@dataclass
-class Status:
-    source: str
-    secondary: str
-    state: str = "starting"
-    reason: str = ""
-    position: dict[str, Any] | None = None
-    last_synced: float | None = None
-    lag_seconds: float = 0.0
-    pending: int = 0
-    counters: Counters = field(default_factory=Counters)
-    last_error: dict[str, str] | None = None
-    pid: int = field(default_factory=os.getpid)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "secondary": self.secondary,
-            "state": self.state,
-            "reason": self.reason,
-            "position": self.position,
-            "last_synced": self.last_synced,
-            "lag_seconds": round(self.lag_seconds, 3),
-            "pending": self.pending,
-            "counters": self.counters.__dict__,
-            "last_error": self.last_error,
-            "pid": self.pid,
-            "software": f"georep-sync {__version__}",
-            "updated": time.time(),
-        }
-
-
-def log(msg: str) -> None:
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} georep-sync: {msg}", file=sys.stderr, flush=True)
-
-
-class BrickDaemon:
+class BrickDaemon(Reporter):
     """Keeps one secondary in sync with one brick."""
 
     def __init__(self, brick: Brick, secondary: str, state: SessionState, store: IdStore,
@@ -151,40 +100,17 @@ class BrickDaemon:
         self.privileged = os.geteuid() == 0
         self._known_dirs: OrderedDict[bytes, None] = OrderedDict()
         self._window_removed: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
-        self._status_at = 0.0
-
-    # -- status ---------------------------------------------------------------------
-
-    def set_state(self, state: str, reason: str = "") -> None:
-        if (state, reason) != (self.status.state, self.status.reason):
-            log(f"{state}{': ' + reason if reason else ''}")
-        self.status.state, self.status.reason = state, reason
-        self.write_status(force=True)
-
-    def write_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._status_at > 0.5:
-            self._status_at = now
-            self.state.save_status(self.status.as_json())
-
-    def error(self, exc: GeorepError) -> None:
-        self.status.counters.errors += 1
-        self.status.last_error = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint_text}
 
     # -- main loop ------------------------------------------------------------------
 
     async def run(self) -> int:
-        backoff = 1.0
+        backoff = BACKOFF_FIRST_S
         while not self.stop.is_set():
             try:
                 await self._session()
                 return 0
             except (ConnectionLost, AgentFailed, SshUnreachable) as exc:
-                self.error(exc)
-                self.set_state("reconnecting", f"{exc.message}; retrying in {backoff:.0f}s")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = await self.pause_after(exc, backoff)
         return 0
 
     async def _session(self) -> None:

@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from georep.batch.checkpoint import SessionState
-from georep.daemon import Counters, Status, log
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, SourceMissing, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
 from georep.protocol.messages import ANY_HOLDER
+from georep.reporting import BACKOFF_FIRST_S, Counters, Reporter, Status, log
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
 from georep.source.inotify import (
@@ -119,7 +119,7 @@ def _inode(inodes: dict[bytes, _Inode], se: SourceEntry, key: DevIno) -> _Inode:
     return ino
 
 
-class TreeDaemon:
+class TreeDaemon(Reporter):
     """Keeps one secondary in sync with one plain directory tree."""
 
     def __init__(self, root: bytes, secondary: str, state: SessionState, store: IdStore, open_channel: Any,
@@ -147,7 +147,6 @@ class TreeDaemon:
         self._link_of: dict[tuple[DevIno, bytes], bytes] = {}
         self._link_inode: dict[DevIno, bytes] = {}  # (dev, ino) → id of those inodes
         self._outbox: list[tuple[SourceEntry, DevIno, DevIno]] = []
-        self._status_at = 0.0
         #: totals of the sessions before the current one (the sender counts per session)
         self._base = (0, 0, 0)
         self._crawl_seconds = 0.0
@@ -161,22 +160,8 @@ class TreeDaemon:
 
     # -- status ---------------------------------------------------------------------------
 
-    def set_state(self, state: str, reason: str = "") -> None:
-        if (state, reason) != (self.status.state, self.status.reason):
-            log(f"{state}{': ' + reason if reason else ''}")
-        self.status.state, self.status.reason = state, reason
-        self.write_status(force=True)
-
-    def write_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._status_at > 0.5:
-            self._status_at = now
-            self.counters.unwatched_dirs = self.watcher.unwatched
-            self.state.save_status(self.status.as_json())
-
-    def error(self, exc: GeorepError) -> None:
-        self.counters.errors += 1
-        self.status.last_error = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint_text}
+    def _refresh_status(self) -> None:
+        self.counters.unwatched_dirs = self.watcher.unwatched
 
     def _report(self, sender: Sender, problems: list[Problem]) -> None:
         s = sender.summary
@@ -197,22 +182,18 @@ class TreeDaemon:
         self._root_key = _key(os.stat(self.root))
         why = ("restart: scanning against the secondary's index" if self.state.load_position()
                else "initial scan")
-        backoff = 1.0
+        backoff = BACKOFF_FIRST_S
         try:
             while not self.stop.is_set():
                 try:
                     next_why = await self._session(why)
                 except (ConnectionLost, AgentFailed, SshUnreachable) as exc:
-                    self.error(exc)
-                    self.set_state("reconnecting", f"{exc.message}; retrying in {backoff:.0f}s")
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self.stop.wait(), backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    backoff = await self.pause_after(exc, backoff)
                     why = "reconnected: scanning against the secondary's index"
                     continue
                 if next_why is None:
                     break
-                why, backoff = next_why, 1.0
+                why, backoff = next_why, BACKOFF_FIRST_S
             self.set_state("stopped", "SIGTERM: ready changes sent")
             return 0
         finally:
