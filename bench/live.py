@@ -39,6 +39,60 @@ def _digest(path: Path) -> bytes | None:
         return None
 
 
+class Deliveries:
+    """Files expected on the secondary, each timed by a poller thread until it is there complete.
+
+    `expect` registers a file just written on the source (its expected size and digest, and
+    when the write ended); every `POLL_S` seconds the poller checks each pending file on the
+    secondary, size first, then content.  `close` says no more files are coming and waits
+    until every one is delivered or ``timeout`` seconds old; `lags` and `done_at` then hold,
+    per key, seconds from write to complete and the `time.perf_counter` of completion.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.lags: dict[object, float] = {}
+        self.done_at: dict[object, float] = {}
+        self._pending: dict[object, _Pending] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="lag-poller", daemon=True)
+        self._thread.start()
+
+    def expect(self, key: object, path: Path, data: bytes, written_at: float) -> None:
+        with self._lock:
+            self._pending[key] = _Pending(path, len(data), xxhash.xxh3_128(data).digest(), written_at)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(self.timeout + 5)
+
+    def _poll(self) -> None:
+        while True:
+            with self._lock:
+                items = list(self._pending.items())
+            if not items and self._closed.is_set():
+                return
+            now = time.perf_counter()
+            for key, p in items:
+                if now - p.written_at > self.timeout:
+                    with self._lock:
+                        self._pending.pop(key, None)
+                    continue
+                try:
+                    if p.path.stat().st_size != p.size:
+                        continue
+                except OSError:
+                    continue
+                if _digest(p.path) == p.digest:
+                    t = time.perf_counter()
+                    with self._lock:
+                        self._pending.pop(key, None)
+                        self.lags[key] = t - p.written_at
+                        self.done_at[key] = t
+            time.sleep(POLL_S)
+
+
 def measure_lag(source_dir: Path, secondary_dir: Path, *, writes: int, interval: float, timeout: float,
                 seed: int = 21, subdir: str = "live") -> tuple[int, list[float]]:
     """Write ``writes`` files of 1–64 KiB into ``source_dir/subdir``, return (delivered, lags in seconds).
@@ -48,48 +102,16 @@ def measure_lag(source_dir: Path, secondary_dir: Path, *, writes: int, interval:
 
     rng = random.Random(seed)
     (source_dir / subdir).mkdir(exist_ok=True)
-    pending: dict[int, _Pending] = {}
-    lags: list[float] = []
-    lock = threading.Lock()
-    done_writing = threading.Event()
-
-    def poll() -> None:
-        while True:
-            with lock:
-                items = list(pending.items())
-            if not items and done_writing.is_set():
-                return
-            now = time.perf_counter()
-            for i, p in items:
-                if now - p.written_at > timeout:
-                    with lock:
-                        pending.pop(i, None)
-                    continue
-                try:
-                    if p.path.stat().st_size != p.size:
-                        continue
-                except OSError:
-                    continue
-                if _digest(p.path) == p.digest:
-                    t = time.perf_counter()
-                    with lock:
-                        pending.pop(i, None)
-                        lags.append(t - p.written_at)
-            time.sleep(POLL_S)
-
-    poller = threading.Thread(target=poll, name="lag-poller", daemon=True)
-    poller.start()
+    deliveries = Deliveries(timeout)
     for i in range(writes):
         name = f"w{i:05d}.dat"
         data = rng.randbytes(rng.randint(KIB, 64 * KIB))
         with open(source_dir / subdir / name, "wb") as f:
             f.write(data)
-        t = time.perf_counter()
-        with lock:
-            pending[i] = _Pending(secondary_dir / subdir / name, len(data), xxhash.xxh3_128(data).digest(), t)
+        deliveries.expect(i, secondary_dir / subdir / name, data, time.perf_counter())
         time.sleep(interval)
-    done_writing.set()
-    poller.join(timeout + 5)
+    deliveries.close()
+    lags = [deliveries.lags[i] for i in range(writes) if i in deliveries.lags]
     return len(lags), lags
 
 

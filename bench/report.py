@@ -96,6 +96,23 @@ def live_table(res: Results) -> list[str]:
                    "note"], rows)
 
 
+def live_tree_table(res: Results) -> list[str]:
+    rows = []
+    for lv in res.live_tree:
+        p50, p99 = lv.quantile(0.5), lv.quantile(0.99)
+        rows.append([
+            lv.measurement, lv.contender, f"{lv.files:,}", f"{lv.complete:,}", _f(p50 and p50 * 1000, 0),
+            _f(p99 and p99 * 1000, 0), _f(max(lv.lags) * 1000 if lv.lags else None, 0),
+            _f(lv.done_s * 1000 if lv.done_s is not None else None, 0), f"{lv.wire_up:,} / {lv.wire_down:,}",
+            DASH if lv.verified is None else ("yes" if lv.verified else "NO"),
+            DASH if not lv.target else f"{lv.target}: " + {True: "met", False: "NOT met", None: DASH}[lv.target_met],
+            lv.note,
+        ])
+    return _table(["measurement", "contender", "files", "complete on secondary", "lag p50 ms", "lag p99 ms",
+                   "lag max ms", "all complete after ms", "wire bytes ↑ / ↓", "replica equal", "issue target",
+                   "note"], rows)
+
+
 def scale_table(res: Results) -> list[str]:
     rows = [[s.tool, f"{s.entries:,}", f"{s.wall:.2f}", _f(s.rate, 0), _mib(s.rss),
              s.note or ("" if s.exit_code == 0 else f"exit {s.exit_code}")] for s in res.scale]
@@ -151,6 +168,12 @@ def render(res: Results) -> str:
             out += days_table(res)
     if res.baseline:
         out += ["", "## Bulk data against the SSH pipe ceiling", ""] + baseline_table(res)
+    if res.live_tree:
+        out += ["", "## Live replication, plain directory (inotify daemon)", "",
+                "Lag: from a file's write on the source to its complete copy (size and xxh3-128) on the secondary. "
+                "*All complete after*: from the last write (touch-few), from the rename, or for rsync its wall "
+                "time. Wire: bytes through the proxy over that window, SSH framing included.", ""]
+        out += live_tree_table(res)
     if res.live:
         out += ["", "## Live replication lag (write → complete on the secondary)", ""] + live_table(res)
     if res.scale:

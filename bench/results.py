@@ -84,10 +84,42 @@ class LiveRow:
     note: str = ""
 
     def quantile(self, q: float) -> float | None:
-        if not self.lags:
-            return None
-        s = sorted(self.lags)
-        return s[min(len(s) - 1, int(q * len(s)))]
+        return quantile(self.lags, q)
+
+
+@dataclass
+class LiveTreeRow:
+    """The daemon on a plain directory (inotify), or rsync redoing the same change: one measurement.
+
+    ``measurement`` is one of "trickle of writes", "touch-few", "directory rename".  ``lags`` are
+    per file, from its write on the source to its complete copy on the secondary (empty where
+    the measurement is not per file); ``done_s`` is from the last write (or the rename, or the
+    start of the rsync command) until every file was complete; wire bytes are the proxy's
+    counters over that window, both directions.
+    """
+
+    measurement: str
+    contender: str
+    files: int  # files the measurement waits for on the secondary
+    complete: int  # of those, found complete (size, and digest where per file) before the timeout
+    lags: list[float]
+    done_s: float | None
+    wire_up: int
+    wire_down: int
+    verified: bool | None = None  # replica equal to the source afterwards (bench/verify.py); None: not checked
+    note: str = ""
+    target: str = ""  # the issue's acceptance figure for this measurement, e.g. "p50 < 500 ms"
+    target_met: bool | None = None  # decided from this row's measured figures; None: no target or no figure
+
+    def quantile(self, q: float) -> float | None:
+        return quantile(self.lags, q)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 @dataclass
@@ -155,6 +187,7 @@ class Results:
     sync: list[SyncRow] = field(default_factory=list)
     baseline: list[BaselineRow] = field(default_factory=list)
     live: list[LiveRow] = field(default_factory=list)
+    live_tree: list[LiveTreeRow] = field(default_factory=list)
     scale: list[ScaleRow] = field(default_factory=list)
     micro: list[MicroRow] = field(default_factory=list)
     not_run: list[NotRun] = field(default_factory=list)

@@ -7,7 +7,8 @@ The RTT sweep copies the small tree's initial state into fresh secondaries befor
 mutation, so files/s at 0, 50 and 150 ms compare the same work.
 
 Sections (``--only``): sync (datasets and mutations at the first RTT, plus the pipe
-baseline), rtt (small tree at the other RTTs), live (georep-sync daemon), gsyncd,
+baseline), rtt (small tree at the other RTTs), live (georep-sync daemon on a plain
+directory, then on a GlusterFS brick), gsyncd,
 scale (crawl rate and memory on the scale tree), micro (pytest-benchmark).
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import datasets, gluster, verify
+from bench import datasets, gluster, live_tree, verify
 from bench.contenders import CONTENDERS, PYTHON, REMOTE_COMMAND, Contender, Path2Secondary, pipe_baseline, tool_versions
 from bench.live import daemon_available, measure_lag, names_and_sizes, wait_until, warm_up
 from bench.measure import TreeMonitor, run_measured
@@ -65,6 +66,7 @@ class Plan:
     touch_count: int = 10
     rename_fraction: float = 0.2
     append_bytes: int = datasets.MIB
+    tree_files: int = 10_000  # the plain-directory daemon's tree: the directory renamed live
 
 
 FULL = Plan(small_files=20_000, small_dirs=200, large_files=4, large_size=256 * datasets.MIB, mixed_scale=1.0,
@@ -72,7 +74,7 @@ FULL = Plan(small_files=20_000, small_dirs=200, large_files=4, large_size=256 * 
             gsyncd=True, micro_max_time=0.5)
 QUICK = Plan(small_files=2_000, small_dirs=40, large_files=2, large_size=16 * datasets.MIB, mixed_scale=0.05,
              scale_entries=20_000, rtts_ms=(0, 50), bandwidth=None, live_writes=20, live_interval=0.05,
-             gsyncd=False, micro_max_time=0.05)
+             gsyncd=False, micro_max_time=0.05, tree_files=2_000)
 
 
 def _slug(c: Contender) -> str:
@@ -261,14 +263,22 @@ class Runner:
     # -- live -------------------------------------------------------------------------
 
     def section_live(self) -> None:
+        """georep-sync daemon on a plain directory (bench/live_tree.py), then on a real brick."""
+
+        available, reason = daemon_available(PYTHON)
+        if not available:
+            self.results.not_run.append(NotRun("georep-sync daemon (live)", reason))
+            self.log(f"daemon: not run: {reason}")
+            return
+        assert self.proxy is not None
+        self.proxy.set_link(self.link(self.plan.rtts_ms[0]))
+        live_tree.run(self, self.work / "live-tree")
+        self.live_brick()
+
+    def live_brick(self) -> None:
         """georep-sync daemon on a real brick: seed, wait for the initial sync, then time a trickle of writes."""
 
         what = "georep-sync daemon (live)"
-        available, reason = daemon_available(PYTHON)
-        if not available:
-            self.results.not_run.append(NotRun(what, reason))
-            self.log(f"daemon: not run: {reason}")
-            return
         try:
             gluster.ensure_glusterd()
         except gluster.GlusterUnavailable as exc:

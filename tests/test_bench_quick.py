@@ -1,7 +1,9 @@
 """`python -m bench --quick` runs end to end and produces its table: a smoke test of the harness.
 
 Speed is never asserted: only that the run exits 0 and that georep-sync and rsync each have rows whose
-measured values (wall time, bytes on the wire, peak RSS) are real, non-zero measurements.
+measured values (wall time, bytes on the wire, peak RSS) are real, non-zero measurements, and that the
+plain-directory daemon's live rows (trickle of writes, touch-few, directory rename next to rsync) exist
+with every file delivered and real lags and wire bytes.
 """
 
 from __future__ import annotations
@@ -50,4 +52,40 @@ def test_quick_run_produces_the_table(tmp_path: Path) -> None:
             sender, receiver = (_number(v) for v in row["peak RSS MiB sender/receiver"].split(" / "))
             assert sender > 0 and receiver > 0, row
             assert row["replica equal"] == "yes", row
+    check_plain_directory_live(r.stdout)
     assert list(tmp_path.iterdir()) == [], "the work directory was not cleaned up"
+
+
+def _wire(row: dict[str, str]) -> tuple[float, float]:
+    up, down = (_number(v) for v in row["wire bytes ↑ / ↓"].split(" / "))
+    return up, down
+
+
+def check_plain_directory_live(out: str) -> None:
+    """The inotify daemon's rows: measured, complete, equal replicas (no speed threshold)."""
+
+    not_run = out[out.find("## Not run"):] if "## Not run" in out else ""
+    assert "| measurement | contender |" in out, f"no plain-directory live table; {not_run[:2000]}"
+    rows = {(row["measurement"], row["contender"]): row for row in _rows(out, "measurement | contender")}
+    daemon, rsync = "georep-sync daemon (inotify)", "rsync -a --delete (rerun)"
+    assert {("trickle of writes", daemon), ("touch-few", daemon), ("directory rename", daemon),
+            ("directory rename", rsync)} <= rows.keys(), f"{sorted(rows)}; {not_run[:2000]}"
+
+    trickle = rows[("trickle of writes", daemon)]
+    assert _number(trickle["files"]) > 0 and trickle["complete on secondary"] == trickle["files"], trickle
+    assert _number(trickle["lag p50 ms"]) > 0 and _number(trickle["lag max ms"]) > 0, trickle
+    assert _wire(trickle)[0] > 0, trickle
+
+    touch = rows[("touch-few", daemon)]
+    assert _number(touch["files"]) == 10 and touch["complete on secondary"] == touch["files"], touch
+    assert _number(touch["lag p50 ms"]) > 0 and _number(touch["all complete after ms"]) > 0, touch
+    assert _wire(touch)[0] > 0, touch
+
+    for contender in (daemon, rsync):
+        rename = rows[("directory rename", contender)]
+        assert _number(rename["files"]) >= 1000, rename
+        assert rename["complete on secondary"] == rename["files"], rename
+        assert _number(rename["all complete after ms"]) > 0, rename
+        up, down = _wire(rename)
+        assert up > 0 and down > 0, rename
+        assert rename["replica equal"] == "yes", rename
