@@ -54,7 +54,9 @@ CONVERGE_TIMEOUT = 420.0
 #: A session whose secondary has not changed for this long is reported as stalled.
 STALL_S = 45.0
 #: After the probe's names arrive, how long their data gets before we look.
-PROBE_GRACE_S = 20.0
+PROBE_GRACE_S = 10.0
+#: How long the probe waits for names: nine of gsyncd's 5 s change intervals, three 15 s rollovers.
+PROBE_WAIT_S = 45.0
 
 
 class Session:
@@ -267,7 +269,7 @@ def probe_default_method(runner: Runner, base: Path) -> str:
         def arrived() -> dict[bytes, int]:
             return {k: v for k, v in names_and_sizes(target).items() if v >= 0} if target.exists() else {}
 
-        while time.perf_counter() - t0 < 90 and len(arrived()) < count and not s.crash():
+        while time.perf_counter() - t0 < PROBE_WAIT_S and len(arrived()) < count and not s.crash():
             time.sleep(1)
         names_after = time.perf_counter() - t0
         time.sleep(PROBE_GRACE_S)

@@ -114,9 +114,11 @@ def live_tree_table(res: Results) -> list[str]:
 
 
 def scale_table(res: Results) -> list[str]:
-    rows = [[s.tool, f"{s.entries:,}", f"{s.wall:.2f}", _f(s.rate, 0), _mib(s.rss),
+    rows = [[s.tool, f"{s.entries:,}", f"{s.wall:.2f}", _f(s.rate, 0),
+             _mib(s.rss) + ("" if s.rss_agent is None else f" / {_mib(s.rss_agent)}"),
              s.note or ("" if s.exit_code == 0 else f"exit {s.exit_code}")] for s in res.scale]
-    return _table(["pass over the scale tree", "entries", "wall s", "entries/s", "peak RSS MiB", "note"], rows)
+    return _table(["pass over the scale tree", "entries", "wall s", "entries/s", "peak RSS MiB (sender / agent)",
+                   "note"], rows)
 
 
 def micro_table(res: Results) -> list[str]:

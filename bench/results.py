@@ -132,6 +132,7 @@ class ScaleRow:
     rss: int
     exit_code: int
     note: str = ""
+    rss_agent: int | None = None  # a whole --oneshot: the agent's side (under sshd), apart from the sender's
 
     @property
     def rate(self) -> float | None:

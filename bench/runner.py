@@ -103,6 +103,17 @@ def machine_info() -> dict[str, str]:
             "load average at start (1/5/15 min)": load_average()}
 
 
+def _count_entries(root: Path) -> int:
+    """The root and every name below it; the agent's own ``.georep`` at the top is not part of a replica."""
+
+    n = 1
+    for top, dirs, files in os.walk(root):
+        if top == str(root) and ".georep" in dirs:
+            dirs.remove(".georep")
+        n += len(dirs) + len(files)
+    return n
+
+
 def load_average() -> str:
     """Other work on the machine skews single-sample figures: the report states how busy it was."""
 
@@ -373,6 +384,33 @@ class Runner:
                     note = f"crawled {got} entries, the tree has {entries}"
             self.results.scale.append(ScaleRow(tool, entries, m.wall, m.rss_local, m.exit_code, note))
             self.log(f"scale {tool}: {entries / m.wall:,.0f} entries/s, {m.rss_local / 2**20:.0f} MiB")
+        # memory as the tree grows tenfold: a whole --oneshot, sender and agent, over SSH
+        tenth = self.work / "src" / "scale-tenth"
+        datasets.make_scale(tenth, entries=self.plan.scale_entries // 10)
+        for src in (tenth, root):
+            self.scale_oneshot(src)
+
+    def scale_oneshot(self, src: Path) -> None:
+        """``georep-sync --oneshot`` of a scale tree to an empty secondary: rate and both ends' peak RSS."""
+
+        assert self.path is not None and self.proxy is not None
+        self.proxy.set_link(self.link(self.plan.rtts_ms[0]))
+        entries = _count_entries(src)
+        dst, state = self.work / "dst" / "scale" / src.name, self.work / "state" / "scale" / src.name
+        os.sync()
+        m = self.path.run(CONTENDERS[0].argv(self.path, src, dst, state))
+        note = "" if m.ok else m.stderr.strip()[-300:]
+        if m.ok:
+            copied = _count_entries(dst)
+            sent = json.loads(m.stdout)["entries"]
+            note = (f"to an empty secondary over SSH (RTT {self.plan.rtts_ms[0]:g} ms); the replica holds "
+                    f"{copied:,} of {entries:,} entries" + ("" if copied == entries == sent else
+                                                             f"; the sender counted {sent:,}"))
+        self.results.scale.append(ScaleRow(f"georep-sync --oneshot, {entries:,} entries", entries, m.wall,
+                                           m.rss_local, m.exit_code, note, rss_agent=m.rss_remote))
+        self.log(f"scale oneshot {entries:,}: {m.wall:.1f}s, RSS {m.rss_local / 2**20:.0f} / "
+                 f"{m.rss_remote / 2**20:.0f} MiB")
+        shutil.rmtree(dst, ignore_errors=True)
 
     # -- micro-benchmarks -----------------------------------------------------------
 
