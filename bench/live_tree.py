@@ -3,7 +3,7 @@
 One daemon follows one source tree for the whole measurement, as an operator would run it:
 
 1. **Set-up.** A tree like the *small* dataset (`datasets.make_small`: 1–16 KiB files, one name
-   in 25 awkward) of `Plan.tree_files` files is generated in ``BASE/src/tree``; the daemon is
+   in 25 awkward) — the *small* dataset itself, same size and seed — is generated in ``BASE/src/tree``; the daemon is
    started on ``BASE/src`` with an ``ssh://`` secondary through bench/proxy.py to the private
    sshd (as the other georep-sync contenders), and waited for until ``georep-sync status``
    says ``live`` with nothing pending and the secondary holds every name at its size.
@@ -199,17 +199,16 @@ def _measure(runner: Runner, base: Path, daemon: Daemon) -> None:
     assert runner.path is not None and runner.proxy is not None and runner.sshd is not None
     plan, proxy, results = runner.plan, runner.proxy, runner.results
     src, dst = daemon.src, daemon.dst
-    quick = " (quick run; the full run uses 10,000)" if results.quick else ""
-    n_dirs = max(10, plan.tree_files // 500)
+    quick = " (quick run; the full run uses 20,000)" if results.quick else ""
 
     # 1. the tree, the daemon, its initial sync --------------------------------------------
     src.mkdir()
     t = time.perf_counter()
-    stats = datasets.make_small(src / "tree", files=plan.tree_files, dirs=n_dirs, seed=41)
+    stats = datasets.make_small(src / "tree", files=plan.small_files, dirs=plan.small_dirs)  # *small*, same seed
     tree_desc = f"{stats.files:,} files of 1–16 KiB ({stats.bytes / 1e6:.1f} MB) in {stats.dirs} directories"
     results.datasets.append(DatasetInfo(
         "plain-dir live", stats.files, stats.dirs, 0, stats.bytes, time.perf_counter() - t,
-        f"the plain-directory daemon's tree (as *small*, 1 in 25 names awkward), renamed live{quick}"))
+        f"the plain-directory daemon's tree: the *small* dataset (same size and seed), renamed live{quick}"))
     runner.log(f"plain-directory daemon: source tree of {tree_desc}")
     runner.proxy.set_link(runner.link(plan.rtts_ms[0]))
     want = names_and_sizes(src)

@@ -66,7 +66,6 @@ class Plan:
     touch_count: int = 10
     rename_fraction: float = 0.2
     append_bytes: int = datasets.MIB
-    tree_files: int = 10_000  # the plain-directory daemon's tree: the directory renamed live
 
 
 FULL = Plan(small_files=20_000, small_dirs=200, large_files=4, large_size=256 * datasets.MIB, mixed_scale=1.0,
@@ -74,7 +73,7 @@ FULL = Plan(small_files=20_000, small_dirs=200, large_files=4, large_size=256 * 
             gsyncd=True, micro_max_time=0.5)
 QUICK = Plan(small_files=2_000, small_dirs=40, large_files=2, large_size=16 * datasets.MIB, mixed_scale=0.05,
              scale_entries=20_000, rtts_ms=(0, 50), bandwidth=None, live_writes=20, live_interval=0.05,
-             gsyncd=False, micro_max_time=0.05, tree_files=2_000)
+             gsyncd=False, micro_max_time=0.05)
 
 
 def _slug(c: Contender) -> str:
