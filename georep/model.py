@@ -140,6 +140,7 @@ class Summary:
     files: int = 0  # regular files whose data was sent
     bytes_data: int = 0  # bytes of file data sent
     bytes_wire: int = 0  # bytes written to the transport (framing and metadata included)
+    bytes_matched: int = 0  # bytes of changed files the secondary copied from its old copy (delta)
     deleted: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
@@ -150,6 +151,7 @@ class Summary:
             "files": self.files,
             "bytes_data": self.bytes_data,
             "bytes_wire": self.bytes_wire,
+            "bytes_matched": self.bytes_matched,
             "deleted": self.deleted,
             "seconds": round(self.seconds, 3),
             "errors": len(self.problems),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import sqlite3
@@ -55,7 +56,9 @@ from georep.errors import (
 )
 from georep.model import ROOT_ID, Kind, Meta, name_problem
 from georep.protocol import messages as m
+from georep.protocol.delta import MIN_BASIS, DeltaError, Rebuild, block_hash, block_size_for, pieces
 from georep.protocol.digest import ExtentDigest
+from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session, State
 
 STATE_DIR = b".georep"
@@ -66,6 +69,19 @@ class ItemFailed(Exception):
     """One item cannot be applied; reported as a FAILED result, the session goes on."""
 
 
+#: Internal status of an Entry answered with BlockSums (no Result is sent for it then).
+SUMS_SENT = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """The copy a BlockSums was computed from: found again by id and inode at DeltaBegin."""
+
+    id: bytes
+    ino: int
+    size: int
+
+
 @dataclass(slots=True)
 class Receiving:
     entry: m.EntryMsg
@@ -73,6 +89,11 @@ class Receiving:
     tmp: bytes
     size: int
     digest: ExtentDigest = field(default_factory=ExtentDigest)
+    #: a delta: which basis ranges fill the gaps between the chunks (None: a full transfer)
+    rebuild: Rebuild | None = None
+    basis_fd: int = -1
+    #: why the delta cannot be applied; the agent then asks for the whole file (NEED)
+    broken: str = ""
 
 
 def xattr_digest(meta: Meta) -> bytes:
@@ -185,6 +206,10 @@ class Applier:
         self.dirs = DirCache(self.index, self.root_fd, self.staging_fd)
         self.pending: dict[int, m.EntryMsg] = {}
         self.receiving: dict[int, Receiving] = {}
+        #: items answered with BlockSums: the basis the delta will be applied to
+        self.bases: dict[int, Basis] = {}
+        #: messages other than Results to send (BlockSums), in order
+        self.outbox: list[m.Message] = []
         self._tmp = itertools.count()
         #: directories whose mode/mtime must be set again once nothing more changes inside
         self.dirty_dirs: set[bytes] = set()
@@ -212,37 +237,42 @@ class Applier:
 
         try:
             if isinstance(msg, m.EntryMsg):
-                return [self._item(msg.seq, self._entry, msg)]
+                return self._item(msg.seq, self._entry, msg)
             if isinstance(msg, m.LinkMsg):
-                return [self._item(msg.seq, self._link, msg)]
+                return self._item(msg.seq, self._link, msg)
             if isinstance(msg, m.RemoveMsg):
-                return [self._item(msg.seq, self._remove, msg)]
+                return self._item(msg.seq, self._remove, msg)
             if isinstance(msg, m.DataBegin):
                 return self._data_begin(msg)
+            if isinstance(msg, m.DeltaBegin):
+                return self._delta_begin(msg)
             if isinstance(msg, m.DataChunk):
                 return self._data_chunk(msg)
             if isinstance(msg, m.DataEnd):
-                return [self._item(msg.seq, self._data_end, msg)]
+                return self._item(msg.seq, self._data_end, msg)
             if isinstance(msg, m.Blobs):
-                return [self._item(f.seq, self._small_file, f) for f in msg.files]
+                return [r for f in msg.files for r in self._item(f.seq, self._small_file, f)]
             if isinstance(msg, m.DataAbort):
                 self._drop_receiving(msg.seq)
                 self.pending.pop(msg.seq, None)
+                self.bases.pop(msg.seq, None)
                 return [m.Result(msg.seq, m.FAILED, f"not sent: {msg.reason}")]
         except OSError as exc:
             raise self._fatal(exc) from None
         raise ProtocolError(f"unexpected {type(msg).__name__}")
 
-    def _item(self, seq: int, fn: object, msg: object) -> m.Result:
+    def _item(self, seq: int, fn: object, msg: object) -> list[m.Result]:
         try:
             status = fn(msg)  # type: ignore[operator]
-            return m.Result(seq, status, "")
+            if status == SUMS_SENT:
+                return []  # answered by the BlockSums in the outbox
+            return [m.Result(seq, status, "")]
         except ItemFailed as exc:
-            return m.Result(seq, m.FAILED, str(exc))
+            return [m.Result(seq, m.FAILED, str(exc))]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
-            return m.Result(seq, m.FAILED, f"{exc.strerror or exc}")
+            return [m.Result(seq, m.FAILED, f"{exc.strerror or exc}")]
 
     @staticmethod
     def _fatal(exc: OSError) -> GeorepError:
@@ -343,6 +373,11 @@ class Applier:
         if kind is Kind.FILE:
             if st.st_size != e.size or st.st_mtime_ns != e.mtime_ns:
                 self.pending[e.seq] = e
+                if obj is not None and st.st_ino == obj.ino and st.st_size >= MIN_BASIS:
+                    sums = self._block_sums(e, pfd, st)
+                    if sums is not None:
+                        self.outbox.append(sums)
+                        return SUMS_SENT
                 return m.NEED
             if obj is not None and self._same_meta(obj, st, meta):
                 return m.DONE
@@ -489,12 +524,15 @@ class Applier:
         e = self.pending.pop(seq, None)
         if e is None:
             raise ProtocolError(f"data for item {seq}, which the agent did not ask for")
+        if seq in self.receiving:
+            raise ProtocolError(f"data for item {seq} begun twice")
+        self.bases.pop(seq, None)  # a whole file, although block sums were offered
         return e
 
     def _open_tmp(self, e: m.EntryMsg, size: int) -> Receiving:
         tmp = self._tmp_name()
         fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.staging_fd
+            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.staging_fd
         )
         return Receiving(e, fd, tmp, size)
 
@@ -507,6 +545,23 @@ class Applier:
         rec = self.receiving.get(msg.seq)
         if rec is None:
             raise ProtocolError(f"data chunk for item {msg.seq}, which has no DataBegin")
+        if rec.rebuild is not None:
+            if rec.broken:
+                return []  # the whole file will be asked for at DataEnd
+            try:
+                gap = rec.rebuild.chunk(msg.offset, len(msg.data))
+                if gap is not None:
+                    self._copy_basis(rec, *gap)
+            except DeltaError as exc:
+                rec.broken = str(exc)
+                return []
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                rec.broken = f"the basis cannot be read: {exc.strerror}"
+                return []
+        elif msg.offset < rec.digest.next_offset:
+            raise ProtocolError(f"data chunk for item {msg.seq} at {msg.offset} overlaps or goes backwards")
         rec.digest.update(msg.offset, msg.data)
         os.pwrite(rec.fd, msg.data, msg.offset)
         return []
@@ -515,13 +570,125 @@ class Applier:
         rec = self.receiving.pop(msg.seq, None)
         if rec is None:
             raise ProtocolError(f"DataEnd for item {msg.seq}, which has no DataBegin")
+        if rec.rebuild is not None:
+            return self._delta_end(rec, msg)
         return self._finish_file(rec, msg.digest, msg.mtime_ns)
+
+    # -- delta against the copy the agent has ------------------------------------------
+
+    def _block_sums(self, e: m.EntryMsg, pfd: int, st: os.stat_result) -> m.BlockSums | None:
+        """The block hashes of the file at ``pfd/e.name`` (inode ``st``), read block by block.
+
+        None when it cannot be read (the sender then sends the whole file, as for NEED).
+        """
+
+        try:
+            fd = os.open(e.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+        except OSError:
+            return None
+        try:
+            fst = os.fstat(fd)
+            if fst.st_ino != st.st_ino or not stat.S_ISREG(fst.st_mode):
+                return None
+            if _has_holes(fd, fst.st_size):
+                return None  # a sparse file: sent whole, holes skipped (hashing them would read zeros)
+            bs = block_size_for(fst.st_size, CHUNK_SIZE)
+            buf = bytearray(bs)
+            view = memoryview(buf)
+            sums = bytearray()
+            pos = 0
+            while pos < fst.st_size:
+                want = min(bs, fst.st_size - pos)
+                n = _read_full(fd, view[:want], pos)
+                if n:
+                    sums += block_hash(view[:n])
+                    pos += n
+                if n < want:
+                    break  # shrank while being read: the last (short) block ends the basis
+            self.bases[e.seq] = Basis(e.id, fst.st_ino, pos)
+            return m.BlockSums(e.seq, bs, pos, bytes(sums))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _delta_begin(self, msg: m.DeltaBegin) -> list[m.Result]:
+        basis = self.bases.pop(msg.seq, None)
+        if basis is None:
+            raise ProtocolError(f"delta for item {msg.seq}, for which the agent sent no block sums")
+        e = self._take_pending(msg.seq)
+        rec = self._open_tmp(e, msg.size)
+        rec.rebuild = Rebuild(msg.size, basis.size)
+        self.receiving[msg.seq] = rec
+        try:
+            rec.basis_fd = self._open_basis(basis)
+        except ItemFailed as exc:
+            rec.broken = str(exc)
+        return []
+
+    def _open_basis(self, basis: Basis) -> int:
+        """A read-only fd of the basis: whichever name of the id still holds its inode."""
+
+        for p, n, _g in self.index.names_of(basis.id):
+            try:
+                fd = os.open(n, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.dirs.fd(p))
+            except (ItemFailed, OSError):
+                continue  # this name is gone or is not a file: another may still hold the inode
+            st = os.fstat(fd)
+            if st.st_ino == basis.ino and stat.S_ISREG(st.st_mode):
+                return fd
+            os.close(fd)
+        raise ItemFailed("the basis is no longer on the secondary")
+
+    def _copy_basis(self, rec: Receiving, offset: int, length: int) -> None:
+        """Copy a range the sender did not send from the basis, and digest what landed in staging."""
+
+        if fsops.copy_range(rec.basis_fd, rec.fd, offset, length) != length:
+            raise DeltaError("the basis became shorter than its block sums")
+        for off, n in pieces(offset, offset + length, CHUNK_SIZE):
+            data = os.pread(rec.fd, n, off)
+            if len(data) != n:
+                raise DeltaError("the staging file is shorter than what was copied into it")
+            rec.digest.update(off, data)
+
+    def _delta_end(self, rec: Receiving, msg: m.DataEnd) -> int:
+        """Copy the tail from the basis, verify the whole content; on any doubt ask for the whole file."""
+
+        assert rec.rebuild is not None
+        try:
+            if not rec.broken:
+                try:
+                    gap = rec.rebuild.end()
+                    if gap is not None:
+                        self._copy_basis(rec, *gap)
+                except DeltaError as exc:
+                    rec.broken = str(exc)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                        raise
+                    rec.broken = f"the basis cannot be read: {exc.strerror}"
+            if not rec.broken and rec.digest.finish(rec.size) != msg.digest:
+                rec.broken = "digest mismatch (the basis changed on the secondary?)"
+        except BaseException:
+            self._discard_receiving(rec)
+            raise
+        if rec.broken:
+            self._discard_receiving(rec)
+            print(f"georep agent: delta of item {msg.seq} not applied: {rec.broken}; asking for the whole file",
+                  file=sys.stderr)
+            self.pending[msg.seq] = rec.entry  # no basis any more: only a whole file is accepted now
+            return m.NEED
+        self._close_basis(rec)
+        return self._install(rec, msg.mtime_ns)
 
     def _small_file(self, f: m.SmallFile) -> int:
         e = self._take_pending(f.seq)
         rec = self._open_tmp(e, f.size)
         for off, data in f.extents:
             assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
+            if off < rec.digest.next_offset:
+                self._discard_receiving(rec)
+                raise ProtocolError(f"data for item {f.seq} at {off} overlaps or goes backwards")
             rec.digest.update(off, data)
             os.pwrite(rec.fd, data, off)
         return self._finish_file(rec, f.digest, f.mtime_ns)
@@ -530,13 +697,21 @@ class Applier:
         try:
             if rec.digest.finish(rec.size) != digest:
                 raise ItemFailed("digest mismatch: the data was damaged in transit; not published")
+        except BaseException:
+            self._discard_receiving(rec)
+            raise
+        return self._install(rec, mtime_ns)
+
+    def _install(self, rec: Receiving, mtime_ns: int) -> int:
+        """A verified file in staging: final length, metadata, then one rename publishes it."""
+
+        try:
             os.ftruncate(rec.fd, rec.size)
             meta = _meta(rec.entry, mtime_ns)
             fsops.apply_meta_fd(rec.fd, meta, self.privileged)
             ino = os.fstat(rec.fd).st_ino
         except BaseException:
-            os.close(rec.fd)
-            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+            self._discard_receiving(rec)
             raise
         os.close(rec.fd)
         self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, ino)
@@ -545,8 +720,18 @@ class Applier:
     def _drop_receiving(self, seq: int) -> None:
         rec = self.receiving.pop(seq, None)
         if rec is not None:
-            os.close(rec.fd)
-            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+            self._discard_receiving(rec)
+
+    def _discard_receiving(self, rec: Receiving) -> None:
+        self._close_basis(rec)
+        os.close(rec.fd)
+        os.unlink(rec.tmp, dir_fd=self.staging_fd)
+
+    @staticmethod
+    def _close_basis(rec: Receiving) -> None:
+        if rec.basis_fd >= 0:
+            os.close(rec.basis_fd)
+            rec.basis_fd = -1
 
     def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0) -> None:
         """Rename a finished object from staging to its name: the one moment it appears."""
@@ -711,9 +896,15 @@ class Applier:
             os.fchmod(fd, obj.mode)
             os.utime(fd, ns=(obj.mtime_ns, obj.mtime_ns))
 
-    def close(self) -> None:
+    def discard_incoming(self) -> None:
+        """Remove the staging files of data still arriving (the session is ending)."""
+
         for seq in list(self.receiving):
-            self._drop_receiving(seq)
+            with contextlib.suppress(OSError):
+                self._drop_receiving(seq)
+
+    def close(self) -> None:
+        self.discard_incoming()
         self.index.close()
         self.dirs.clear()
         for fd in (self.staging_fd, self.state_fd, self.root_fd):
@@ -764,6 +955,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
     applier: Applier | None = None
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
+    _widen_pipe(in_fd)
     try:
         Applier.check_root(root, allow)
         while True:
@@ -784,28 +976,43 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                     continue
                 assert applier is not None  # the session admits nothing else before Hello
                 if isinstance(msg, m.Bye):
-                    if results:
-                        out += session.send(m.Results(results))
+                    _answers(session, applier, results, out)
                     applier.index.commit()
                     _write_all(out_fd, out)
                     return 0
                 if isinstance(msg, m.Finish):
-                    if results:
-                        out += session.send(m.Results(results))
-                        results = []
+                    _answers(session, applier, results, out)
+                    results = []
                     out += session.send(applier.finish(msg))
                 else:
                     results.extend(applier.handle(msg))
-            if results and applier is not None:
+                    if applier.outbox:
+                        # block sums go at once: the sender reads its file while this agent hashes the next
+                        _answers(session, applier, [], out)
+                        _write_all(out_fd, out)
+                        out.clear()
+            if applier is not None and (results or applier.outbox):
                 applier.index.commit()
-                out += session.send(m.Results(results))
-    except sqlite3.OperationalError as exc:  # the index lives on the secondary's disk too
-        return serve_error(session, out, out_fd, _index_error(exc))
-    except GeorepError as exc:
-        return serve_error(session, out, out_fd, exc)
+                _answers(session, applier, results, out)
+    except (sqlite3.OperationalError, GeorepError) as exc:
+        # staging is cleaned before the sender hears of the error: it may end this process at once
+        if applier is not None:
+            applier.discard_incoming()
+        err = _index_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+        return serve_error(session, out, out_fd, err)
     finally:
         if applier is not None:
             applier.close()
+
+
+def _answers(session: Session, applier: Applier, results: list[m.Result], out: bytearray) -> None:
+    """Queue the Results gathered so far and the BlockSums waiting in the outbox."""
+
+    if results:
+        out += session.send(m.Results(results))
+    for msg in applier.outbox:
+        out += session.send(msg)
+    applier.outbox.clear()
 
 
 def _index_error(exc: sqlite3.OperationalError) -> GeorepError:
@@ -833,6 +1040,37 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _has_holes(fd: int, size: int) -> bool:
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) < size
+    except OSError:
+        return False  # the filesystem cannot tell
+
+
+#: Pipe buffer asked for on the agent's input: a 1 MiB chunk in one read, not sixteen.
+PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    """Grow the input pipe's buffer (fewer reads and wake-ups per chunk); harmless if not a pipe."""
+
+    with contextlib.suppress(OSError, AttributeError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def _read_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` (fewer bytes only at end of file)."""
+
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:

@@ -115,3 +115,43 @@ def apply_meta_special(dir_fd: int, name: bytes, meta: Meta, privileged: bool) -
         os.chown(name, meta.uid, meta.gid, dir_fd=dir_fd, follow_symlinks=False)
     os.chmod(name, meta.mode, dir_fd=dir_fd)
     os.utime(name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+#: Bytes per read/write when copy_file_range cannot be used.
+_COPY_PIECE = 1 << 20
+#: copy_file_range errors that mean "not between these files": copy through user space instead.
+_NO_CFR = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY})
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
+    """Copy ``[offset, offset + length)`` of one file to the same offset of another.
+
+    In the kernel (``copy_file_range``: no copy through user space, a reflink where the
+    filesystem shares extents), else by pread/pwrite.  Returns the bytes copied: fewer
+    than ``length`` only when the source ends first.
+    """
+
+    done = 0
+    in_kernel = hasattr(os, "copy_file_range")
+    while done < length:
+        pos = offset + done
+        if in_kernel:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, length - done, pos, pos)
+            except OSError as exc:
+                if exc.errno not in _NO_CFR:
+                    raise
+                in_kernel = False
+                continue
+        else:
+            data = os.pread(src_fd, min(_COPY_PIECE, length - done), pos)
+            n = len(data)
+            view = memoryview(data)
+            while view:
+                w = os.pwrite(dst_fd, view, pos)
+                view = view[w:]
+                pos += w
+        if n == 0:
+            break
+        done += n
+    return done

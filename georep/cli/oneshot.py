@@ -117,9 +117,10 @@ def run(argv: list[str]) -> int:
     for p in summary.problems[:50]:
         print(f"georep-sync: {p.render()}", file=sys.stderr)
     rate = summary.bytes_data / summary.seconds if summary.seconds else 0.0
+    matched = f" (+{_human(summary.bytes_matched)} unchanged, not sent)" if summary.bytes_matched else ""
     print(
         f"georep-sync: {summary.entries} entries, {summary.files} files sent, "
-        f"{_human(summary.bytes_data)} data, {_human(summary.bytes_wire)} on the wire, "
+        f"{_human(summary.bytes_data)} data{matched}, {_human(summary.bytes_wire)} on the wire, "
         f"{summary.deleted} deleted, {len(summary.problems)} errors in {summary.seconds:.2f}s "
         f"({_human(rate)}/s)",
         file=sys.stderr,

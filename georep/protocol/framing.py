@@ -19,6 +19,7 @@ import msgpack
 
 from georep.errors import ProtocolError
 from georep.protocol import messages as m
+from georep.protocol.delta import sums_problem
 
 #: Data bytes per DataChunk, and the packing budget of one Blobs frame.
 CHUNK_SIZE = 1 << 20
@@ -117,6 +118,33 @@ for _cls in m.ALL_MESSAGES:
     _SCHEMA[_cls.KIND] = (_cls, tuple(_BY_ANNOTATION[str(f.type)] for f in dataclasses.fields(_cls)))
 
 
+def _nonnegative(*names: str) -> Callable[[Any], str | None]:
+    def check(msg: Any) -> str | None:
+        for n in names:
+            if getattr(msg, n) < 0:
+                return f"negative {n}"
+        return None
+
+    return check
+
+
+def _chunk_problem(msg: m.DataChunk) -> str | None:
+    if msg.offset < 0:
+        return "negative offset"
+    if len(msg.data) > CHUNK_SIZE:
+        return f"{len(msg.data)} bytes of data, more than {CHUNK_SIZE}"
+    return None
+
+
+#: Checks of values (not just types) a message must pass before it exists.
+_CHECKS: dict[type[Any], Callable[[Any], str | None]] = {
+    m.DataBegin: _nonnegative("size"),
+    m.DataChunk: _chunk_problem,
+    m.DeltaBegin: _nonnegative("size"),
+    m.BlockSums: lambda msg: sums_problem(msg.block_size, msg.basis_size, msg.sums, CHUNK_SIZE),
+}
+
+
 def _flat(cls: type[Any], nested: dict[str, Callable[[Any], list[Any]]] | None = None) -> Callable[[Any], list[Any]]:
     """A fast converter of one message class to its wire array (field order = declaration order).
 
@@ -159,7 +187,30 @@ def encode_chunk(seq: int, offset: int, data: bytes | memoryview) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def decode_body(body: bytes, offset: int = 0) -> m.Message:
+_BIN8 = struct.Struct(">BB")
+_BIN16 = struct.Struct(">BH")
+_BIN32 = struct.Struct(">BI")
+
+
+def chunk_header(seq: int, offset: int, length: int) -> bytes:
+    """A DataChunk frame up to its data: ``chunk_header(s, o, len(d)) + d == encode_chunk(s, o, d)``.
+
+    The sender writes the header and then the file data itself, so a chunk is never
+    copied into a msgpack buffer and again into a frame.
+    """
+
+    head: bytes = msgpack.packb([m.DataChunk.KIND, seq, offset])
+    if length < 0x100:
+        binh = _BIN8.pack(0xC4, length)
+    elif length < 0x10000:
+        binh = _BIN16.pack(0xC5, length)
+    else:
+        binh = _BIN32.pack(0xC6, length)
+    # head is fixarray(3) + items: make it fixarray(4), the bin being the fourth item
+    return _LEN.pack(len(head) + len(binh) + length) + b"\x94" + head[1:] + binh
+
+
+def decode_body(body: bytes | memoryview, offset: int = 0) -> m.Message:
     """The message in one frame body; ProtocolError if it is not a valid message."""
 
     try:
@@ -188,7 +239,13 @@ def decode_body(body: bytes, offset: int = 0) -> m.Message:
         values = [f(v) for f, v in zip(fields, obj[1:], strict=True)]
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"{cls.__name__} at byte {offset}: {exc}") from None
-    return cls(*values)
+    msg = cls(*values)
+    check = _CHECKS.get(cls)
+    if check is not None:
+        problem = check(msg)
+        if problem is not None:
+            raise ProtocolError(f"{cls.__name__} at byte {offset}: {problem}")
+    return msg
 
 
 class FrameDecoder:
@@ -204,16 +261,18 @@ class FrameDecoder:
         out: list[m.Message] = []
         pos = 0
         buf = self._buf
-        while len(buf) - pos >= 4:
-            (n,) = _LEN.unpack_from(buf, pos)
-            if n > self._max:
-                raise ProtocolError(
-                    f"frame of {n} bytes at byte {self._consumed + pos} exceeds the limit of {self._max}"
-                )
-            if len(buf) - pos - 4 < n:
-                break
-            out.append(decode_body(bytes(buf[pos + 4 : pos + 4 + n]), self._consumed + pos))
-            pos += 4 + n
+        with memoryview(buf) as view:  # frames are decoded in place, not copied out first
+            while len(buf) - pos >= 4:
+                (n,) = _LEN.unpack_from(buf, pos)
+                if n > self._max:
+                    raise ProtocolError(
+                        f"frame of {n} bytes at byte {self._consumed + pos} exceeds the limit of {self._max}"
+                    )
+                if len(buf) - pos - 4 < n:
+                    break
+                with view[pos + 4 : pos + 4 + n] as body:
+                    out.append(decode_body(body, self._consumed + pos))
+                pos += 4 + n
         if pos:
             del buf[:pos]
             self._consumed += pos

@@ -1,4 +1,4 @@
-"""The wire message set, version 1 (documented field by field in docs/PROTOCOL.md).
+"""The wire message set, version 2 (documented field by field in docs/PROTOCOL.md).
 
 Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
 the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
@@ -152,6 +152,20 @@ class DataAbort:
 
 
 @dataclass(frozen=True, slots=True)
+class DeltaBegin:
+    """The new data for ``seq`` follows as a delta against the basis the agent hashed.
+
+    Answer to `BlockSums`.  DataChunk frames bring the blocks that differ, in increasing
+    offset order; every byte of ``[0, size)`` not sent is copied from the basis at the
+    same offset.  DataEnd carries the digest of the whole new content.
+    """
+
+    KIND: ClassVar[int] = 25
+    seq: int
+    size: int  # final length
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -204,6 +218,23 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockSums:
+    """Answer to an Entry instead of NEED: send the data, as a delta against my copy if you like.
+
+    ``sums`` holds the xxh3-128 of each ``block_size`` block of the agent's current copy
+    (the basis, ``basis_size`` bytes; the last block may be short), 16 bytes each.  The
+    sender answers DeltaBegin (only the blocks that differ follow) or DataBegin/Blobs (the
+    whole file, as for NEED).
+    """
+
+    KIND: ClassVar[int] = 42
+    seq: int
+    block_size: int  # a multiple of the chunk size (1 MiB)
+    basis_size: int
+    sums: bytes  # 16 × ceil(basis_size / block_size) bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -224,10 +255,12 @@ Message = (
     | DataEnd
     | Blobs
     | DataAbort
+    | DeltaBegin
     | Finish
     | Bye
     | Results
     | Finished
+    | BlockSums
     | ErrorMsg
 )
 
@@ -242,15 +275,17 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DataEnd,
     Blobs,
     DataAbort,
+    DeltaBegin,
     Finish,
     Bye,
     Results,
     Finished,
+    BlockSums,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Finish, Bye}
+    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Finish, Bye}
 )
-FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, ErrorMsg})
+FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, BlockSums, ErrorMsg})

@@ -10,6 +10,11 @@ consumes results as they come:
 * NEED — the agent wants the file's data: small files are packed, many per `Blobs`
   frame; large files are streamed in `DataChunk` frames, never whole in memory; each
   carries an xxh3-128 digest the agent checks before publishing;
+* BlockSums — NEED, with the block hashes of the copy the agent has: a large dense file
+  is read block by block and only the blocks whose hash differs are sent, after a
+  `DeltaBegin` (`georep.protocol.delta`); the agent copies the rest from its copy and
+  checks the digest of the whole new content.  Should that fail, it answers NEED for
+  the same item and the file is sent whole (once: the agent offers no second delta);
 * FAILED — recorded as a `Problem`; nothing else is resent.
 
 After the crawl, hard links are sent (their inode now exists), then `Finish` lets the
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -31,8 +37,9 @@ from georep import errors
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Entry, Problem, Summary
 from georep.protocol import messages as m
+from georep.protocol.delta import BlockMatcher, DeltaEncoder
 from georep.protocol.digest import ExtentDigest
-from georep.protocol.framing import CHUNK_SIZE, encode_chunk
+from georep.protocol.framing import CHUNK_SIZE, chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
@@ -75,6 +82,12 @@ def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _dense(fd: int, size: int) -> bool:
+    """No holes: a delta is sent only for such files (holes stay holes through a full send)."""
+
+    return file_extents(fd, size) == [(0, size)]
+
+
 class Sender:
     """Drives one session over a `Channel`."""
 
@@ -86,6 +99,10 @@ class Sender:
         self.summary = Summary()
         self.inflight: dict[int, SourceEntry | tuple[bytes, bytes]] = {}
         self.need: collections.deque[int] = collections.deque()
+        #: items the agent answered with block sums of its copy (a delta may be sent)
+        self.sums: dict[int, m.BlockSums] = {}
+        #: items whose data went as a delta (a NEED for one of them asks for the whole file)
+        self._delta_sent: set[int] = set()
         self.changed = asyncio.Event()
         self.finished: asyncio.Future[m.Finished] = asyncio.get_running_loop().create_future()
         self.failure: BaseException | None = None
@@ -95,6 +112,7 @@ class Sender:
         self._ready = asyncio.Event()
         self._last_progress = 0.0
         self._out = bytearray()
+        self._agent_ended_session = False  # an ErrorMsg came: the agent is exiting
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -120,7 +138,19 @@ class Sender:
         assert self._reader is not None
         return {fut, self._reader}
 
+    async def _reap(self) -> None:
+        """After the agent's ErrorMsg: wait for it to exit (it does at once).
+
+        Otherwise its pipes outlive the event loop and the garbage collector closes them on
+        a closed loop, printing a stray traceback after the error message.
+        """
+
+        if self._agent_ended_session:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.chan.wait(), 5)
+
     async def _raise_failure(self) -> None:
+        await self._reap()
         if self._reader is not None and self._reader.done():
             exc = self._reader.exception()
             if exc is not None:
@@ -171,15 +201,23 @@ class Sender:
                     self.need.append(r.seq)
                     continue
                 del self.inflight[r.seq]
+                self._delta_sent.discard(r.seq)
                 if r.status == m.FAILED:
                     path = item.path if isinstance(item, SourceEntry) else item[1]
                     self.summary.problems.append(Problem(path, r.cause, "agent"))
+            self.changed.set()
+        elif isinstance(msg, m.BlockSums):
+            if not isinstance(self.inflight.get(msg.seq), SourceEntry) or msg.seq in self.sums:
+                raise ProtocolError(f"block sums for item {msg.seq}, which awaits no data")
+            self.sums[msg.seq] = msg
+            self.need.append(msg.seq)
             self.changed.set()
         elif isinstance(msg, m.Finished):
             if self.finished.done():
                 raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
         elif isinstance(msg, m.ErrorMsg):
+            self._agent_ended_session = True
             cls = getattr(errors, msg.error, None)
             if isinstance(cls, type) and issubclass(cls, GeorepError):
                 raise cls(f"secondary: {msg.message}", hint=msg.hint)
@@ -201,6 +239,20 @@ class Sender:
         self._out += data
         if len(self._out) >= WRITE_BATCH:
             self._flush()
+
+    def _write_chunk(self, seq: int, offset: int, data: bytes) -> None:
+        """A DataChunk frame: its header queued, then the data handed to the transport as is.
+
+        Packing 1 MiB of data into a msgpack buffer, then a frame, then the write queue cost
+        three copies of every byte sent (a fifth of the sender's CPU on a large copy).
+        """
+
+        self._out += chunk_header(seq, offset, len(data))
+        self._flush()
+        try:
+            self.chan.write(data)
+        except OSError as exc:
+            raise self._lost(exc) from None
 
     def _flush(self) -> None:
         if not self._out:
@@ -254,14 +306,18 @@ class Sender:
         """A full copy (``--oneshot``): every entry, then hard links, then the mirror sweep."""
 
         t0 = time.monotonic()
-        for se in entries:
-            await self.send_entry(se)
-        await self.settle()  # every inode exists before its extra names are linked
-        while page := links():
-            for oid, parent, name, path in page:
-                await self.send_link(oid, parent, name, path)
-        await self.settle()
-        self.summary.deleted += await self.finish(self.opts.mirror, source_entries())
+        try:
+            for se in entries:
+                await self.send_entry(se)
+            await self.settle()  # every inode exists before its extra names are linked
+            while page := links():
+                for oid, parent, name, path in page:
+                    await self.send_link(oid, parent, name, path)
+            await self.settle()
+            self.summary.deleted += await self.finish(self.opts.mirror, source_entries())
+        except GeorepError:
+            await self._reap()
+            raise
         await self.close()
         self.summary.seconds = time.monotonic() - t0
         return self.summary
@@ -361,6 +417,8 @@ class Sender:
             seq = self.need.popleft()
             se = self.inflight[seq]
             assert isinstance(se, SourceEntry)
+            sums = self.sums.pop(seq, None)
+            again = seq in self._delta_sent  # the delta did not verify: now the whole file
             try:
                 fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
@@ -369,7 +427,13 @@ class Sender:
             try:
                 st0 = os.fstat(fd)
                 mtime = self._publish_mtime(se, st0)
-                if st0.st_size <= SMALL_FILE:
+                if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
+                    if blobs:
+                        self._send(m.Blobs(blobs))
+                        blobs, packed = [], 0
+                    self._delta_sent.add(seq)
+                    await self._delta(seq, fd, st0, mtime, sums)
+                elif st0.st_size <= SMALL_FILE:
                     blobs.append(self._small(seq, fd, st0, mtime))
                     packed += st0.st_size
                     if packed >= CHUNK_SIZE:
@@ -382,7 +446,8 @@ class Sender:
                         blobs, packed = [], 0
                     await self._large(seq, fd, st0, mtime)
                 self._check_stable(fd, st0, se)
-                self.summary.files += 1
+                if not again:
+                    self.summary.files += 1
             except OSError as exc:
                 self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
             finally:
@@ -426,11 +491,29 @@ class Sender:
                 if not data:
                     break  # shrank while reading: the stability check reports it
                 digest.update(pos, data)
-                self._write(encode_chunk(seq, pos, data))
+                self._write_chunk(seq, pos, data)
                 self.summary.bytes_data += len(data)
                 pos += len(data)
                 await self._drain()
         self._send(m.DataEnd(seq, digest.finish(size), mtime))
+
+    async def _delta(self, seq: int, fd: int, st0: os.stat_result, mtime: int, sums: m.BlockSums) -> None:
+        """Send only the blocks the agent's copy lacks; it copies the others from that copy.
+
+        The file is read once, block by block (one block in memory); the digest covers
+        every byte, sent or not, cut on the chunk grid exactly as a full send would.
+        """
+
+        enc = DeltaEncoder(BlockMatcher(sums.block_size, sums.basis_size, sums.sums), st0.st_size, CHUNK_SIZE)
+        self._send(m.DeltaBegin(seq, st0.st_size))
+        while want := enc.want():
+            # a short read (the file shrank) ends it: the stability check reports that
+            for off, piece in enc.feed(os.pread(fd, want, enc.pos)):
+                self._write_chunk(seq, off, piece)
+            await self._drain()
+        self.summary.bytes_data += enc.sent
+        self.summary.bytes_matched += enc.matched
+        self._send(m.DataEnd(seq, enc.finish(), mtime))
 
     def _check_stable(self, fd: int, st0: os.stat_result, se: SourceEntry) -> None:
         st1 = os.fstat(fd)

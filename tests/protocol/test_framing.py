@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from georep.errors import ProtocolError
 from georep.protocol import messages as m
-from georep.protocol.framing import MAX_FRAME, FrameDecoder, decode_body, encode, encode_chunk
+from georep.protocol.framing import (
+    CHUNK_SIZE,
+    MAX_FRAME,
+    FrameDecoder,
+    chunk_header,
+    decode_body,
+    encode,
+    encode_chunk,
+)
 
 ids = st.binary(min_size=16, max_size=16)
 names = st.binary(min_size=0, max_size=300)
@@ -49,6 +57,18 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Finished: st.builds(m.Finished, u64),
     m.ErrorMsg: st.builds(m.ErrorMsg, text, text, text),
 }
+
+
+@st.composite
+def block_sums(draw: st.DrawFn) -> m.BlockSums:
+    bs = CHUNK_SIZE << draw(st.integers(0, 3))
+    blocks = draw(st.integers(0, 5))
+    size = 0 if blocks == 0 else (blocks - 1) * bs + draw(st.integers(1, bs))
+    return m.BlockSums(draw(u64), bs, size, draw(st.binary(min_size=16 * blocks, max_size=16 * blocks)))
+
+
+BY_KIND[m.DeltaBegin] = st.builds(m.DeltaBegin, u64, u64)
+BY_KIND[m.BlockSums] = block_sums()
 MESSAGES = st.one_of(*BY_KIND.values())
 
 
@@ -83,6 +103,15 @@ def test_chunk_fast_path_equals_message() -> None:
     assert encode_chunk(7, 4096, b"abc") == encode(m.DataChunk(7, 4096, b"abc"))
 
 
+@settings(max_examples=300, deadline=None)
+@given(u64, u64, st.sampled_from([0, 1, 255, 256, 65535, 65536, 65537, CHUNK_SIZE]))
+def test_chunk_header_then_data_is_the_chunk_frame(seq: int, offset: int, length: int) -> None:
+    data = bytes([length % 251]) * length
+    frame = chunk_header(seq, offset, length) + data
+    assert frame == encode_chunk(seq, offset, data) == encode(m.DataChunk(seq, offset, data))
+    assert FrameDecoder().feed(frame) == [m.DataChunk(seq, offset, data)]
+
+
 def test_oversized_frame_rejected_before_reading_it() -> None:
     dec = FrameDecoder()
     with pytest.raises(ProtocolError, match="exceeds the limit"):
@@ -109,6 +138,18 @@ def test_truncated_frame_stays_pending() -> None:
         (msgpack.packb([m.LinkMsg.KIND, 1, "str-not-bin", b"x" * 16, b"n"], use_bin_type=True), "expected bin"),
         (msgpack.packb([m.Finish.KIND, 1, 2, True]), "expected bool"),
         (msgpack.packb([m.Blobs.KIND, [[1, 2, [[-1, b"x"]], b"d" * 16, 0]]], use_bin_type=True), "negative"),
+        (msgpack.packb([m.DataChunk.KIND, 1, -5, b"x"], use_bin_type=True), "negative offset"),
+        (msgpack.packb([m.DataChunk.KIND, 1, 0, b"x" * (CHUNK_SIZE + 1)], use_bin_type=True), "more than"),
+        (msgpack.packb([m.DataBegin.KIND, 1, -1]), "negative size"),
+        (msgpack.packb([m.DeltaBegin.KIND, 1, -1]), "negative size"),
+        (msgpack.packb([m.DeltaBegin.KIND, 1, b"x"], use_bin_type=True), "expected int"),
+        (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, 10, "s" * 16]), "expected bin"),
+        (msgpack.packb([m.BlockSums.KIND, 1, 0, 10, b""], use_bin_type=True), "block size"),
+        (msgpack.packb([m.BlockSums.KIND, 1, 4096, 10, b"s" * 16], use_bin_type=True), "block size"),
+        (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, -1, b""], use_bin_type=True), "negative basis"),
+        (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, 10, b"s" * 15], use_bin_type=True), "for 1 blocks"),
+        (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, CHUNK_SIZE + 1, b"s" * 16], use_bin_type=True), "for 2"),
+        (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, 10], use_bin_type=True), "3 fields, expected 4"),
     ],
 )
 def test_bad_bodies_are_protocol_errors(body: bytes, match: str) -> None:

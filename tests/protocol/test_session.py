@@ -28,7 +28,24 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.Results: m.Results([]),
     m.Finished: m.Finished(0),
     m.ErrorMsg: m.ErrorMsg("AgentFailed", "x", "y"),
+    m.DeltaBegin: m.DeltaBegin(1, 5),
+    m.BlockSums: m.BlockSums(1, 1 << 20, 5, b"s" * 16),
 }
+
+
+def test_samples_cover_every_message() -> None:
+    assert set(SAMPLES) == set(m.ALL_MESSAGES)
+
+
+def test_a_v1_peer_is_refused() -> None:
+    """v2 added block deltas: a v1 sender gets AgentVersionMismatch, not a half-understood session."""
+
+    assert PROTOCOL_VERSION == 2
+    agent = Session(Role.AGENT)
+    hello = agent.receive(MAGIC + encode(m.Hello(1, "georep-sync 0.0", "")))[0]
+    assert isinstance(hello, m.Hello)
+    reply = agent.answer_hello(hello)
+    assert agent.state is State.CLOSED and b"AgentVersionMismatch" in reply
 
 
 def connected() -> tuple[Session, Session]:

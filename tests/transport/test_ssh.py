@@ -14,6 +14,8 @@ import pytest
 from conftest import Sshd, run_cli
 from treecmp import build_fidelity_tree, diff, snapshot
 
+from georep import PROTOCOL_VERSION
+
 pytestmark = pytest.mark.ssh
 
 
@@ -169,7 +171,7 @@ def test_agent_of_another_protocol_version(sshd: Sshd, tmp_path: Path) -> None:
                 "--identity", sshd.identity, "--remote-command", f"{sys.executable} {fake}",
                 "--state-dir", tmp_path / "st")
     assert r.code == 25, r.stderr
-    assert "v99" in r.stderr and "v1" in r.stderr
+    assert "v99" in r.stderr and f"v{PROTOCOL_VERSION} " in r.stderr
 
 
 def test_forced_command_confines_the_agent(sshd: Sshd, tmp_path: Path) -> None:
