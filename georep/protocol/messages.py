@@ -152,6 +152,38 @@ class DataAbort:
 
 
 @dataclass(frozen=True, slots=True)
+class Lane:
+    """Sender → agent, first message after the handshake: this session is a data lane.
+
+    A lane stages file data for the sender's main session on the same secondary and
+    nothing else: it accepts only DataBegin/DataChunk/DataEnd, Blobs and DataAbort (for
+    any ``seq``; the main session asked for the data), writes each file to the agent's
+    staging directory, checks its digest, and answers `Staged` (or a FAILED Result).  The
+    main session then publishes it on `Adopt`.  Several lanes on one SSH connection each
+    have their own channel window, so a long round trip no longer caps the data rate at
+    one window per round trip.
+    """
+
+    KIND: ClassVar[int] = 26
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Sender → agent (main session): the data asked for ``seq`` waits in staging as ``name``.
+
+    ``name`` is what a lane's `Staged` answered; the agent checks it is one of its own
+    staging files (a plain file, one link, ``size`` bytes), applies the entry's metadata
+    with ``mtime_ns`` and publishes it with one rename, like the end of a direct transfer.
+    """
+
+    KIND: ClassVar[int] = 27
+    seq: int
+    name: bytes
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -204,6 +236,15 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Staged:
+    """Lane → sender: the data of ``seq`` arrived whole, its digest matched, it waits as ``name``."""
+
+    KIND: ClassVar[int] = 43
+    seq: int
+    name: bytes  # in the agent's staging directory
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -224,10 +265,13 @@ Message = (
     | DataEnd
     | Blobs
     | DataAbort
+    | Lane
+    | Adopt
     | Finish
     | Bye
     | Results
     | Finished
+    | Staged
     | ErrorMsg
 )
 
@@ -242,15 +286,18 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DataEnd,
     Blobs,
     DataAbort,
+    Lane,
+    Adopt,
     Finish,
     Bye,
     Results,
     Finished,
+    Staged,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Finish, Bye}
+    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Lane, Adopt, Finish, Bye}
 )
-FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, ErrorMsg})
+FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, Staged, ErrorMsg})

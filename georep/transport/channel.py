@@ -38,8 +38,9 @@ class Channel(Protocol):
 class PipeChannel:
     """The agent as a local child process speaking on its stdin/stdout."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
         self._proc = proc
+        self._argv = argv
         self._stderr = bytearray()
         self.bytes_written = 0
         assert proc.stderr is not None
@@ -54,7 +55,12 @@ class PipeChannel:
             stderr=asyncio.subprocess.PIPE,
             limit=4 << 20,
         )
-        return cls(proc)
+        return cls(proc, argv)
+
+    async def sibling(self) -> PipeChannel:
+        """One more agent like this one (a data lane, `georep.transport.lanes`)."""
+
+        return await PipeChannel.start(self._argv)
 
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         while True:

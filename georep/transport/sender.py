@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from georep import errors
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Entry, Problem, Summary
 from georep.protocol import messages as m
@@ -36,6 +35,7 @@ from georep.protocol.framing import CHUNK_SIZE, encode_chunk
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
+from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
 
 #: Frames are queued and written to the transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
@@ -48,6 +48,8 @@ class Options:
     window: int = 4096
     mirror: bool = True
     allow_mass_delete: bool = False
+    #: data lanes (extra channels for file data) to open at the first data request
+    lanes: int = 0
 
 
 def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -95,6 +97,8 @@ class Sender:
         self._ready = asyncio.Event()
         self._last_progress = 0.0
         self._out = bytearray()
+        self.lanes: list[Lane] = []
+        self._lanes_opened = False
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -180,10 +184,7 @@ class Sender:
                 raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
         elif isinstance(msg, m.ErrorMsg):
-            cls = getattr(errors, msg.error, None)
-            if isinstance(cls, type) and issubclass(cls, GeorepError):
-                raise cls(f"secondary: {msg.message}", hint=msg.hint)
-            raise AgentFailed(f"secondary: {msg.message}", hint=msg.hint)
+            raise agent_error(msg)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} from the agent")
 
@@ -246,6 +247,35 @@ class Sender:
         if self._reader is not None and self._reader.done():
             exc = self._reader.exception() if not self._reader.cancelled() else None
             raise exc or ConnectionLost("the agent stopped answering")
+        for lane in self.lanes:
+            found = lane.failure()
+            if found is not None:
+                raise found
+
+    @property
+    def bytes_wire(self) -> int:
+        """Bytes written to the agent: the main channel and every lane."""
+
+        return self.chan.bytes_written + sum(lane.chan.bytes_written for lane in self.lanes)
+
+    def kill(self) -> None:
+        """Abandon the session at once: the main channel and every lane."""
+
+        for lane in self.lanes:
+            lane.kill()
+        kill = getattr(self.chan, "kill", None)
+        if kill is not None:
+            kill()
+
+    # -- data lanes (georep.transport.lanes) ---------------------------------------------
+
+    def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None:
+        self._send(m.Adopt(seq, name, size, mtime_ns))
+        self._flush()
+
+    def lane_failed(self, seq: int, cause: str) -> None:
+        self._send(m.DataAbort(seq, cause))
+        self._flush()
 
     # -- the main loop -------------------------------------------------------------------
 
@@ -278,7 +308,7 @@ class Sender:
             await self._drain()
         if self._on_progress is not None and time.monotonic() - self._last_progress > 0.5:
             self._last_progress = time.monotonic()
-            self.summary.bytes_wire = self.chan.bytes_written
+            self.summary.bytes_wire = self.bytes_wire
             self._on_progress(self.summary)
 
     async def send_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
@@ -309,12 +339,14 @@ class Sender:
         return finished.deleted
 
     async def close(self) -> None:
+        for lane in self.lanes:  # every item was answered: nothing waits on a lane
+            await lane.close()
         self._send(m.Bye())
         self._flush()
         await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
-        self.summary.bytes_wire = self.chan.bytes_written
+        self.summary.bytes_wire = self.bytes_wire
 
     async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
         assert self._reader is not None
@@ -355,12 +387,18 @@ class Sender:
     async def _send_data(self) -> None:
         """Send the data of every item the agent asked for, packing small files."""
 
+        if self.opts.lanes and not self._lanes_opened:
+            self._lanes_opened = True
+            self.lanes = await open_lanes(self.chan, self, self.opts.lanes)
         blobs: list[m.SmallFile] = []
         packed = 0
         while self.need:
             seq = self.need.popleft()
             se = self.inflight[seq]
             assert isinstance(se, SourceEntry)
+            if self.lanes:
+                await least_busy(self.lanes).put(seq, se)
+                continue
             try:
                 fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
