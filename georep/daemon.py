@@ -62,7 +62,7 @@ from georep.source.changelog import DataRecord, MetaRecord, Record
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
 from georep.transport.channel import Channel
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import NO_LANES, Lanes, Options, Sender
 
 #: How often the live journal is polled when nothing arrives (reads at EOF are cheap).
 POLL_S = 0.02
@@ -82,7 +82,7 @@ class BrickDaemon(Reporter):
 
     def __init__(self, brick: Brick, secondary: str, state: SessionState, store: IdStore,
                  open_channel: Any, *, mirror_crawl: bool = True, verbose: bool = False,
-                 reconcile_s: float = 86400.0, lanes: int = 0) -> None:
+                 reconcile_s: float = 86400.0, lanes: Lanes = NO_LANES) -> None:
         self.brick = brick
         self.lanes = lanes
         self.secondary = secondary
@@ -405,7 +405,7 @@ def _describe(op: Any) -> str:
 
 
 async def run_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
-                     verbose: bool = False, reconcile_s: float = 86400.0, lanes: int = 0) -> int:
+                     verbose: bool = False, reconcile_s: float = 86400.0, lanes: Lanes = NO_LANES) -> int:
     brick = Brick(source)
     brick.check_changelogs()
     state = SessionState(state_dir, brick.root, secondary)

@@ -72,7 +72,7 @@ from georep.source.inotify import (
     walk_subtree,
 )
 from georep.transport.channel import Channel
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import NO_LANES, Lanes, Options, Sender
 
 #: Wait this long between looks while something is pending (deadlines, pairing).
 POLL_S = 0.02
@@ -123,7 +123,7 @@ class TreeDaemon(Reporter):
     """Keeps one secondary in sync with one plain directory tree."""
 
     def __init__(self, root: bytes, secondary: str, state: SessionState, store: IdStore, open_channel: Any,
-                 *, verbose: bool = False, lanes: int = 0) -> None:
+                 *, verbose: bool = False, lanes: Lanes = NO_LANES) -> None:
         self.root = os.path.abspath(root)
         self.lanes = lanes
         self.secondary = secondary
@@ -833,7 +833,7 @@ def _source_root(source: bytes) -> bytes:
 
 
 async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
-                          verbose: bool = False, lanes: int = 0) -> int:
+                          verbose: bool = False, lanes: Lanes = NO_LANES) -> int:
     """Follow the plain directory ``source`` into ``secondary`` until SIGTERM (exit 0)."""
 
     root = _source_root(source)

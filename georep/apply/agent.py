@@ -815,6 +815,9 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                     scope = msg.scope
                     continue
                 assert scope is not None  # the session admits nothing else before Hello
+                if isinstance(msg, m.Ping):
+                    out += session.send(m.Pong(msg.token))
+                    continue
                 if applier is None and stager is None:
                     if isinstance(msg, m.Lane):
                         stager = Stager(root)

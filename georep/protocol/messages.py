@@ -184,6 +184,14 @@ class Adopt:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """Sender → agent: answer `Pong` with the same token at once (the sender measures the round trip)."""
+
+    KIND: ClassVar[int] = 28
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -245,6 +253,14 @@ class Staged:
 
 
 @dataclass(frozen=True, slots=True)
+class Pong:
+    """Agent → sender: the answer to `Ping`."""
+
+    KIND: ClassVar[int] = 44
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -267,11 +283,13 @@ Message = (
     | DataAbort
     | Lane
     | Adopt
+    | Ping
     | Finish
     | Bye
     | Results
     | Finished
     | Staged
+    | Pong
     | ErrorMsg
 )
 
@@ -288,16 +306,18 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DataAbort,
     Lane,
     Adopt,
+    Ping,
     Finish,
     Bye,
     Results,
     Finished,
     Staged,
+    Pong,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Lane, Adopt, Finish, Bye}
+    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, Lane, Adopt, Ping, Finish, Bye}
 )
-FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, Staged, ErrorMsg})
+FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, Staged, Pong, ErrorMsg})

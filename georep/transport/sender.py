@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Entry, Problem, Summary
@@ -37,10 +37,26 @@ from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
 
+T = TypeVar("T")
+
 #: Frames are queued and written to the transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
 #: Files up to this size travel whole inside a Blobs frame.
 SMALL_FILE = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Lanes:
+    """How many data lanes (`georep.transport.lanes`) to open, and when."""
+
+    count: int = 0
+    #: open them only if the round trip measured after the handshake is at least this (seconds);
+    #: on a short path one channel is not window-bound and lanes only cost processes
+    min_rtt: float = 0.0
+
+
+#: No data lanes: everything on the main channel.
+NO_LANES = Lanes()
 
 
 @dataclass(slots=True)
@@ -48,8 +64,8 @@ class Options:
     window: int = 4096
     mirror: bool = True
     allow_mass_delete: bool = False
-    #: data lanes (extra channels for file data) to open at the first data request
-    lanes: int = 0
+    #: data lanes (extra channels for file data), opened at the first data request
+    lanes: Lanes = NO_LANES
 
 
 def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -99,6 +115,9 @@ class Sender:
         self._out = bytearray()
         self.lanes: list[Lane] = []
         self._lanes_opened = False
+        #: the round trip to the agent measured after the handshake (None: not measured)
+        self.rtt: float | None = None
+        self._pong: asyncio.Future[int] | None = None
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -117,6 +136,18 @@ class Sender:
         if not self._ready.is_set():
             ready.cancel()
             await self._raise_failure()
+        if self.opts.lanes.count and self.opts.lanes.min_rtt > 0:
+            self.rtt = await self.round_trip()
+
+    async def round_trip(self) -> float:
+        """Seconds for a Ping to come back as Pong (the agent answers at once, ahead of any work)."""
+
+        self._pong = asyncio.get_running_loop().create_future()
+        t0 = time.monotonic()
+        self._send(m.Ping(1))
+        self._flush()
+        await self._await(self._pong)
+        return time.monotonic() - t0
 
     def _with_reader(self, fut: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
         """``fut`` and the reader task: waiting on both notices a dead agent at once."""
@@ -183,6 +214,10 @@ class Sender:
             if self.finished.done():
                 raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
+        elif isinstance(msg, m.Pong):
+            if self._pong is None or self._pong.done():
+                raise ProtocolError("Pong without a Ping")
+            self._pong.set_result(msg.token)
         elif isinstance(msg, m.ErrorMsg):
             raise agent_error(msg)
         else:
@@ -348,7 +383,7 @@ class Sender:
         await self.chan.wait()
         self.summary.bytes_wire = self.bytes_wire
 
-    async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
+    async def _await(self, fut: asyncio.Future[T]) -> T:
         assert self._reader is not None
         await asyncio.wait(self._with_reader(fut), return_when=asyncio.FIRST_COMPLETED)
         if fut.done():
@@ -387,9 +422,10 @@ class Sender:
     async def _send_data(self) -> None:
         """Send the data of every item the agent asked for, packing small files."""
 
-        if self.opts.lanes and not self._lanes_opened:
+        if self.opts.lanes.count and not self._lanes_opened:
             self._lanes_opened = True
-            self.lanes = await open_lanes(self.chan, self, self.opts.lanes)
+            if self.rtt is None or self.rtt >= self.opts.lanes.min_rtt:
+                self.lanes = await open_lanes(self.chan, self, self.opts.lanes.count)
         blobs: list[m.SmallFile] = []
         packed = 0
         while self.need:

@@ -46,6 +46,8 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Lane: st.builds(m.Lane),
     m.Adopt: st.builds(m.Adopt, u64, names, u64, i64),
     m.Staged: st.builds(m.Staged, u64, names),
+    m.Ping: st.builds(m.Ping, u64),
+    m.Pong: st.builds(m.Pong, u64),
     m.Finish: st.builds(m.Finish, st.booleans(), u64, st.booleans()),
     m.Bye: st.just(m.Bye()),
     m.Results: st.builds(m.Results, st.lists(results, max_size=5)),

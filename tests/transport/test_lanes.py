@@ -19,7 +19,7 @@ from georep.protocol import messages as m
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
 from georep.transport.channel import PipeChannel, local_agent_argv
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import Lanes, Options, Sender
 from georep.transport.ssh import SshTarget, open_ssh
 
 MIB = 1 << 20
@@ -31,7 +31,7 @@ def _tree(root: Path) -> None:
         (root / f"big{i}.bin").write_bytes(os.urandom(3 * MIB + i))
 
 
-async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: int) -> Sender:
+async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: Lanes) -> Sender:
     store = IdStore(state, os.fsencode(src))
     try:
         crawler = Crawler(os.fsencode(src), store)
@@ -61,7 +61,7 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     async def ssh() -> object:
         return await open_ssh(target, sshd.remote_command, known_hosts=sshd.known_hosts, identities=[sshd.identity])
 
-    sender = asyncio.run(_oneshot(ssh, src, state, lanes=3))
+    sender = asyncio.run(_oneshot(ssh, src, state, Lanes(3)))
     assert sender.summary.problems == []
     assert diff(snapshot(src), snapshot(dst)) == []
     assert len(sender.lanes) == 3
@@ -70,6 +70,33 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     assert sum(carried) > 9 * MIB  # the three big files went through lanes
     assert sender.chan.bytes_written < sum(carried) / 4  # the main channel carried names, not data
     assert _staging(dst) == []
+
+
+@pytest.mark.ssh
+@pytest.mark.parametrize(("rtt_ms", "opened"), [(0, 0), (40, 2)])
+def test_by_default_lanes_open_only_on_a_long_round_trip(sshd: Sshd, tmp_path: Path, rtt_ms: int,
+                                                         opened: int) -> None:
+    """Measured with Ping/Pong after the handshake, through a userspace proxy adding the delay."""
+
+    from bench.proxy import Link, WanProxy
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    proxy = WanProxy(sshd.port, Link(rtt=rtt_ms / 1000)).start()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
+    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
+
+    async def ssh() -> object:
+        return await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
+
+    try:
+        sender = asyncio.run(_oneshot(ssh, src, state, Lanes(2, min_rtt=0.010)))
+    finally:
+        proxy.stop()
+    assert sender.rtt is not None and sender.rtt >= rtt_ms / 1000
+    assert len(sender.lanes) == opened
+    assert diff(snapshot(src), snapshot(dst)) == []
 
 
 def test_lanes_over_pipes_and_a_rerun_needs_none(tmp_path: Path) -> None:
@@ -102,7 +129,7 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
         chan = await PipeChannel.start(argv)
         store = IdStore(state, os.fsencode(src))
         crawler = Crawler(os.fsencode(src), store)
-        sender = Sender(chan, Options(lanes=2))
+        sender = Sender(chan, Options(lanes=Lanes(2)))
         await sender.handshake()
 
         async def kill_a_lane() -> None:
@@ -118,6 +145,8 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
         finally:
             killer.cancel()
             sender.kill()
+            for ch in [sender.chan, *(lane.chan for lane in sender.lanes)]:
+                await asyncio.wait_for(ch.wait(), 20)  # reaped before the loop closes
             store.close()
 
     asyncio.run(killing())
