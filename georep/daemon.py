@@ -130,7 +130,7 @@ class BrickDaemon(Reporter):
             await self._follow(journal, sender)
             await sender.close()
         except BaseException:
-            sender.kill()
+            await sender.abort()
             raise
         finally:
             journal.close()

@@ -212,7 +212,7 @@ class TreeDaemon(Reporter):
                 rescan = await self._follow(sender)
             await sender.close()
         except BaseException:
-            sender.kill()
+            await sender.abort()
             raise
         finally:
             self._report(sender, [])

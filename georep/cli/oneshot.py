@@ -92,7 +92,7 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
             await sender.handshake()
             summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
         except BaseException:
-            sender.kill()
+            await sender.abort()
             raise
         summary.problems[:0] = crawler.problems
         return summary, crawler

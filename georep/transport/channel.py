@@ -100,6 +100,16 @@ class PipeChannel:
         if self._proc.returncode is None:
             self._proc.kill()
 
+    async def reap(self) -> None:
+        """After a failure: the agent is gone (killed if need be) and its pipes are closed."""
+
+        self.kill()
+        assert self._proc.stdout is not None
+        while await self._proc.stdout.read(1 << 20):
+            pass  # to EOF: then the transport closes itself
+        await self._proc.wait()
+        await self._err_task
+
 
 def local_agent_argv(root: str) -> list[str]:
     """The same agent the remote side runs, started from this interpreter."""

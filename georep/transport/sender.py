@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -293,14 +294,21 @@ class Sender:
 
         return self.chan.bytes_written + sum(lane.chan.bytes_written for lane in self.lanes)
 
-    def kill(self) -> None:
-        """Abandon the session at once: the main channel and every lane."""
+    async def abort(self) -> None:
+        """Abandon the session at once: the main channel and every lane, their processes reaped.
 
+        Reaping inside the event loop matters: a pipe transport still open when the loop
+        closes prints a traceback at exit, after the clean error message.
+        """
+
+        chans = [lane.chan for lane in self.lanes] + [self.chan]
         for lane in self.lanes:
             lane.kill()
-        kill = getattr(self.chan, "kill", None)
-        if kill is not None:
-            kill()
+        for chan in chans:
+            reap = getattr(chan, "reap", None)
+            if reap is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reap(), 10)
 
     # -- data lanes (georep.transport.lanes) ---------------------------------------------
 

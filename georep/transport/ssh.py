@@ -136,6 +136,12 @@ class SshChannel:
     def kill(self) -> None:
         self._conn.abort()
 
+    async def reap(self) -> None:
+        """After a failure: the connection (every session on it) is gone."""
+
+        self._conn.abort()
+        await self._conn.wait_closed()
+
 
 async def open_ssh(
     target: SshTarget,

@@ -41,7 +41,7 @@ async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: Lanes) -
             await sender.handshake()
             await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
         except BaseException:
-            sender.kill()
+            await sender.abort()
             raise
         return sender
     finally:
@@ -144,9 +144,7 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
             assert "lane" in err.value.message
         finally:
             killer.cancel()
-            sender.kill()
-            for ch in [sender.chan, *(lane.chan for lane in sender.lanes)]:
-                await asyncio.wait_for(ch.wait(), 20)  # reaped before the loop closes
+            await sender.abort()
             store.close()
 
     asyncio.run(killing())
