@@ -136,6 +136,8 @@ class Lane:
     def kill(self) -> None:
         for task in (self.reader, self.writer):
             if task is not None:
+                if task.done() and not task.cancelled():
+                    task.exception()  # seen: the session's failure is reported once, by the sender
                 task.cancel()
         kill = getattr(self.chan, "kill", None)
         if kill is not None:

@@ -304,6 +304,10 @@ class Sender:
         chans = [lane.chan for lane in self.lanes] + [self.chan]
         for lane in self.lanes:
             lane.kill()
+        if self._reader is not None:  # its failure was reported already (or is moot now)
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
         for chan in chans:
             reap = getattr(chan, "reap", None)
             if reap is not None:
