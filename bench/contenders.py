@@ -28,8 +28,10 @@ from bench.measure import Measured, run_measured
 from bench.proxy import WanProxy
 
 PYTHON = sys.executable
-#: What the remote shell runs to start the agent: this interpreter, which has georep installed.
-REMOTE_COMMAND = f"{PYTHON} -m georep"
+#: This checkout: both ends run its georep, not whatever copy is installed.
+CHECKOUT = Path(__file__).resolve().parent.parent
+#: What the remote shell runs to start the agent: this interpreter on this checkout.
+REMOTE_COMMAND = f"env PYTHONPATH={shlex.quote(str(CHECKOUT))} {PYTHON} -m georep"
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ from georep.source.changelog import DataRecord, MetaRecord, Record
 from georep.source.crawl import Crawler, SourceEntry, make_entry
 from georep.source.identity import IdStore
 from georep.transport.channel import Channel
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import NO_LANES, Lanes, Options, Sender
 
 #: How often the live journal is polled when nothing arrives (reads at EOF are cheap).
 POLL_S = 0.02
@@ -82,8 +82,9 @@ class BrickDaemon(Reporter):
 
     def __init__(self, brick: Brick, secondary: str, state: SessionState, store: IdStore,
                  open_channel: Any, *, mirror_crawl: bool = True, verbose: bool = False,
-                 reconcile_s: float = 86400.0) -> None:
+                 reconcile_s: float = 86400.0, lanes: Lanes = NO_LANES) -> None:
         self.brick = brick
+        self.lanes = lanes
         self.secondary = secondary
         self.state = state
         self.store = store
@@ -118,7 +119,7 @@ class BrickDaemon(Reporter):
         position = Position.from_json(saved) if saved else None
         journal = BrickJournal(self.brick, position)
         chan: Channel = await self.open_channel()
-        sender = Sender(chan, Options(mirror=self.mirror_crawl), scope=self.scope)
+        sender = Sender(chan, Options(mirror=self.mirror_crawl, lanes=self.lanes), scope=self.scope)
         try:
             await sender.handshake()
             if position is None:
@@ -129,9 +130,7 @@ class BrickDaemon(Reporter):
             await self._follow(journal, sender)
             await sender.close()
         except BaseException:
-            kill = getattr(chan, "kill", None)
-            if kill is not None:
-                kill()
+            await sender.abort()
             raise
         finally:
             journal.close()
@@ -406,13 +405,14 @@ def _describe(op: Any) -> str:
 
 
 async def run_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
-                     verbose: bool = False, reconcile_s: float = 86400.0) -> int:
+                     verbose: bool = False, reconcile_s: float = 86400.0, lanes: Lanes = NO_LANES) -> int:
     brick = Brick(source)
     brick.check_changelogs()
     state = SessionState(state_dir, brick.root, secondary)
     state.lock()
     store = IdStore(state_dir, brick.root)
-    daemon = BrickDaemon(brick, secondary, state, store, open_channel, verbose=verbose, reconcile_s=reconcile_s)
+    daemon = BrickDaemon(brick, secondary, state, store, open_channel, verbose=verbose, reconcile_s=reconcile_s,
+                         lanes=lanes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop.set)

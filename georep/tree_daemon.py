@@ -72,7 +72,7 @@ from georep.source.inotify import (
     walk_subtree,
 )
 from georep.transport.channel import Channel
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import NO_LANES, Lanes, Options, Sender
 
 #: Wait this long between looks while something is pending (deadlines, pairing).
 POLL_S = 0.02
@@ -123,8 +123,9 @@ class TreeDaemon(Reporter):
     """Keeps one secondary in sync with one plain directory tree."""
 
     def __init__(self, root: bytes, secondary: str, state: SessionState, store: IdStore, open_channel: Any,
-                 *, verbose: bool = False) -> None:
+                 *, verbose: bool = False, lanes: Lanes = NO_LANES) -> None:
         self.root = os.path.abspath(root)
+        self.lanes = lanes
         self.secondary = secondary
         self.state = state
         self.store = store
@@ -168,7 +169,7 @@ class TreeDaemon(Reporter):
         items, data, wire = self._base
         self.counters.items = items + s.entries
         self.counters.bytes_data = data + s.bytes_data
-        self.counters.bytes_wire = wire + sender.chan.bytes_written
+        self.counters.bytes_wire = wire + sender.bytes_wire
         for p in [*problems, *s.problems, *self.watcher.problems]:
             log(f"problem: {p.render()}")
         s.problems.clear()
@@ -203,7 +204,7 @@ class TreeDaemon(Reporter):
         """One agent session: a mirror crawl, then live batches; returns why a rescan is due."""
 
         chan: Channel = await self.open_channel()
-        sender = Sender(chan, Options(mirror=True), scope="")
+        sender = Sender(chan, Options(mirror=True, lanes=self.lanes), scope="")
         try:
             await sender.handshake()
             rescan: str | None = None
@@ -211,9 +212,7 @@ class TreeDaemon(Reporter):
                 rescan = await self._follow(sender)
             await sender.close()
         except BaseException:
-            kill = getattr(chan, "kill", None)
-            if kill is not None:
-                kill()
+            await sender.abort()
             raise
         finally:
             self._report(sender, [])
@@ -834,7 +833,7 @@ def _source_root(source: bytes) -> bytes:
 
 
 async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_channel: Any,
-                          verbose: bool = False) -> int:
+                          verbose: bool = False, lanes: Lanes = NO_LANES) -> int:
     """Follow the plain directory ``source`` into ``secondary`` until SIGTERM (exit 0)."""
 
     root = _source_root(source)
@@ -842,7 +841,7 @@ async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_c
     state = SessionState(state_dir, root, secondary)
     state.lock()
     store = IdStore(state_dir, root)
-    daemon = TreeDaemon(root, secondary, state, store, open_channel, verbose=verbose)
+    daemon = TreeDaemon(root, secondary, state, store, open_channel, verbose=verbose, lanes=lanes)
     for sig in (signal.SIGTERM, signal.SIGINT):
         daemon.loop.add_signal_handler(sig, daemon.stop.set)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import georep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -120,8 +123,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     host_pub = " ".join((d / "host_ed25519.pub").read_text().split()[:2])
     known = d / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    # the remote shell runs this same interpreter, which has georep installed
-    remote = f"{sys.executable} -m georep"
+    # the remote shell runs this same interpreter on this same checkout (not whatever
+    # copy of georep happens to be installed), so both ends are the code under test
+    checkout = Path(georep.__file__).resolve().parent.parent
+    remote = f"env PYTHONPATH={shlex.quote(str(checkout))} {sys.executable} -m georep"
     try:
         yield Sshd(port, host_pub, known, d / "id_ed25519", remote, log)
     finally:

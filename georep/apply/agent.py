@@ -46,6 +46,7 @@ import xxhash
 
 from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index, Obj
+from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
 from georep.errors import (
     DiskFull,
     GeorepError,
@@ -61,7 +62,6 @@ from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session, State
 
-STATE_DIR = b".georep"
 ANY_HOLDER = m.ANY_HOLDER
 
 
@@ -252,6 +252,8 @@ class Applier:
                 return self._item(msg.seq, self._data_end, msg)
             if isinstance(msg, m.Blobs):
                 return [r for f in msg.files for r in self._item(f.seq, self._small_file, f)]
+            if isinstance(msg, m.Adopt):
+                return self._item(msg.seq, self._adopt_staged, msg)
             if isinstance(msg, m.DataAbort):
                 self._drop_receiving(msg.seq)
                 self.pending.pop(msg.seq, None)
@@ -693,6 +695,23 @@ class Applier:
             os.pwrite(rec.fd, data, off)
         return self._finish_file(rec, f.digest, f.mtime_ns)
 
+    def _adopt_staged(self, msg: m.Adopt) -> int:
+        """Publish what a data lane staged for this item (its digest was checked there)."""
+
+        e = self._take_pending(msg.seq)
+        if not LANE_FILE.fullmatch(msg.name):
+            raise ProtocolError("Adopt names a file that no data lane makes")
+        try:
+            fd = os.open(msg.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self.staging_fd)
+        except FileNotFoundError:
+            raise ItemFailed("the data lane's staged file is gone; not published") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != msg.size:
+            os.close(fd)
+            os.unlink(msg.name, dir_fd=self.staging_fd)
+            raise ItemFailed("the data lane's staged file is not as the lane left it; not published")
+        return self._seal(Receiving(e, fd, msg.name, msg.size), msg.mtime_ns)
+
     def _finish_file(self, rec: Receiving, digest: bytes, mtime_ns: int) -> int:
         try:
             if rec.digest.finish(rec.size) != digest:
@@ -707,6 +726,16 @@ class Applier:
 
         try:
             os.ftruncate(rec.fd, rec.size)
+        except BaseException:
+            os.close(rec.fd)
+            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+            raise
+        return self._seal(rec, mtime_ns)
+
+    def _seal(self, rec: Receiving, mtime_ns: int) -> int:
+        """Give a complete file in staging its metadata, then publish it."""
+
+        try:
             meta = _meta(rec.entry, mtime_ns)
             fsops.apply_meta_fd(rec.fd, meta, self.privileged)
             ino = os.fstat(rec.fd).st_ino
@@ -953,6 +982,8 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
     """
 
     applier: Applier | None = None
+    stager: Stager | None = None
+    scope: str | None = None  # from Hello; the session's role is known at its first message
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
     _widen_pipe(in_fd)
@@ -966,15 +997,36 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                 session.end_of_stream()
                 return 0
             results: list[m.Result] = []
+            staged: list[m.Staged] = []
             for msg in session.receive(data):
                 if isinstance(msg, m.Hello):
                     out += session.answer_hello(msg)
                     if session.state is State.CLOSED:
                         _write_all(out_fd, out)
                         return 25
-                    applier = Applier(root, scope=msg.scope)
+                    scope = msg.scope
                     continue
-                assert applier is not None  # the session admits nothing else before Hello
+                assert scope is not None  # the session admits nothing else before Hello
+                if isinstance(msg, m.Ping):
+                    out += session.send(m.Pong(msg.token))
+                    continue
+                if applier is None and stager is None:
+                    if isinstance(msg, m.Lane):
+                        stager = Stager(root)
+                        continue
+                    applier = Applier(root, scope=scope)
+                if stager is not None:
+                    if isinstance(msg, m.Bye):
+                        out += _lane_answers(session, results, staged)
+                        _write_all(out_fd, out)
+                        return 0
+                    for answer in stager.handle(msg):
+                        if isinstance(answer, m.Staged):
+                            staged.append(answer)
+                        else:
+                            results.append(answer)
+                    continue
+                assert applier is not None
                 if isinstance(msg, m.Bye):
                     _answers(session, applier, results, out)
                     applier.index.commit()
@@ -994,15 +1046,32 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
             if applier is not None and (results or applier.outbox):
                 applier.index.commit()
                 _answers(session, applier, results, out)
+            elif stager is not None:
+                out += _lane_answers(session, results, staged)
     except (sqlite3.OperationalError, GeorepError) as exc:
         # staging is cleaned before the sender hears of the error: it may end this process at once
         if applier is not None:
             applier.discard_incoming()
+        if stager is not None:
+            stager.discard_incoming()
         err = _index_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
         return serve_error(session, out, out_fd, err)
     finally:
         if applier is not None:
             applier.close()
+        if stager is not None:
+            stager.close()
+
+
+def _lane_answers(session: Session, results: list[m.Result], staged: list[m.Staged]) -> bytes:
+    """A lane's answers: each Staged, then the failures in one Results."""
+
+    out = b"".join(session.send(s) for s in staged)
+    if results:
+        out += session.send(m.Results(results))
+    staged.clear()
+    results.clear()
+    return out
 
 
 def _answers(session: Session, applier: Applier, results: list[m.Result], out: bytearray) -> None:

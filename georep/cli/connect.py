@@ -9,6 +9,7 @@ from pathlib import Path
 
 from georep.errors import UsageError
 from georep.transport.channel import Channel, PipeChannel, local_agent_argv
+from georep.transport.sender import NO_LANES, Lanes
 from georep.transport.ssh import SshTarget, open_ssh
 
 
@@ -17,6 +18,29 @@ def add_secondary_options(p: argparse.ArgumentParser) -> None:
                    help="command that starts the agent on the secondary host (default: georep-sync)")
     p.add_argument("--known-hosts", type=Path, default=None, help="known_hosts file (default ~/.ssh/known_hosts)")
     p.add_argument("-i", "--identity", type=Path, action="append", default=None, help="SSH private key to offer")
+    p.add_argument("--lanes", type=int, default=None, metavar="N",
+                   help=f"extra SSH channels for file data, each with its own window (default: {SSH_LANES} over "
+                        f"SSH when the round trip is {LANES_MIN_RTT * 1000:g} ms or more, else none)")
+
+
+#: Data lanes over SSH by default: OpenSSH grants each channel a 2 MiB window, so one
+#: channel moves at most 2 MiB per round trip (13 MB/s at 150 ms); four lift that to ~50.
+SSH_LANES = 4
+#: Below this round trip one channel is not window-bound: lanes would only cost processes
+#: (measured on loopback: 6 % slower with four lanes).
+LANES_MIN_RTT = 0.010
+
+
+def lane_policy(args: argparse.Namespace) -> Lanes:
+    """``--lanes N``: always N; by default 4 over SSH on a long round trip, none locally."""
+
+    if args.lanes is not None:
+        if not 0 <= args.lanes <= 16:
+            raise UsageError(f"--lanes {args.lanes} is out of range", hint="use 0 (no lanes) to 16")
+        return Lanes(int(args.lanes))
+    if str(args.secondary).startswith("ssh://"):
+        return Lanes(SSH_LANES, min_rtt=LANES_MIN_RTT)
+    return NO_LANES
 
 
 def channel_opener(args: argparse.Namespace) -> Callable[[], Awaitable[Channel]]:

@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from georep.cli.connect import add_secondary_options, channel_opener
+from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SourceMissing, UsageError
 from georep.source.crawl import is_brick
 from georep.source.identity import default_state_dir
@@ -50,7 +50,8 @@ def run(argv: list[str]) -> int:
         from georep.daemon import run_daemon
 
         return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
-                                      args.reconcile_every))
+                                      args.reconcile_every, lane_policy(args)))
     from georep.tree_daemon import run_tree_daemon
 
-    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose))
+    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
+                                       lane_policy(args)))

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from georep import __version__
-from georep.cli.connect import add_secondary_options, channel_opener
+from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SyncIncomplete, UsageError
 from georep.model import Summary
 from georep.source.crawl import Crawler
@@ -87,14 +87,12 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
     try:
         crawler = Crawler(source, store)
         chan = await channel_opener(args)()
+        sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress)
         try:
-            sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete), progress)
             await sender.handshake()
             summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
         except BaseException:
-            kill = getattr(chan, "kill", None)
-            if kill is not None:
-                kill()
+            await sender.abort()
             raise
         summary.problems[:0] = crawler.problems
         return summary, crawler

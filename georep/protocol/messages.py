@@ -1,4 +1,4 @@
-"""The wire message set, version 2 (documented field by field in docs/PROTOCOL.md).
+"""The wire message set, version 3 (documented field by field in docs/PROTOCOL.md).
 
 Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
 the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
@@ -166,6 +166,46 @@ class DeltaBegin:
 
 
 @dataclass(frozen=True, slots=True)
+class Lane:
+    """Sender → agent, first message after the handshake: this session is a data lane.
+
+    A lane stages file data for the sender's main session on the same secondary and
+    nothing else: it accepts only DataBegin/DataChunk/DataEnd, Blobs and DataAbort (for
+    any ``seq``; the main session asked for the data), writes each file to the agent's
+    staging directory, checks its digest, and answers `Staged` (or a FAILED Result).  The
+    main session then publishes it on `Adopt`.  Several lanes on one SSH connection each
+    have their own channel window, so a long round trip no longer caps the data rate at
+    one window per round trip.
+    """
+
+    KIND: ClassVar[int] = 26
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Sender → agent (main session): the data asked for ``seq`` waits in staging as ``name``.
+
+    ``name`` is what a lane's `Staged` answered; the agent checks it is one of its own
+    staging files (a plain file, one link, ``size`` bytes), applies the entry's metadata
+    with ``mtime_ns`` and publishes it with one rename, like the end of a direct transfer.
+    """
+
+    KIND: ClassVar[int] = 27
+    seq: int
+    name: bytes
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Sender → agent: answer `Pong` with the same token at once (the sender measures the round trip)."""
+
+    KIND: ClassVar[int] = 28
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -235,6 +275,23 @@ class BlockSums:
 
 
 @dataclass(frozen=True, slots=True)
+class Staged:
+    """Lane → sender: the data of ``seq`` arrived whole, its digest matched, it waits as ``name``."""
+
+    KIND: ClassVar[int] = 43
+    seq: int
+    name: bytes  # in the agent's staging directory
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Agent → sender: the answer to `Ping`."""
+
+    KIND: ClassVar[int] = 44
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -256,11 +313,16 @@ Message = (
     | Blobs
     | DataAbort
     | DeltaBegin
+    | Lane
+    | Adopt
+    | Ping
     | Finish
     | Bye
     | Results
     | Finished
     | BlockSums
+    | Staged
+    | Pong
     | ErrorMsg
 )
 
@@ -276,16 +338,22 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Blobs,
     DataAbort,
     DeltaBegin,
+    Lane,
+    Adopt,
+    Ping,
     Finish,
     Bye,
     Results,
     Finished,
     BlockSums,
+    Staged,
+    Pong,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Finish, Bye}
+    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Lane, Adopt, Ping,
+     Finish, Bye}
 )
-FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, BlockSums, ErrorMsg})
+FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, BlockSums, Staged, Pong, ErrorMsg})

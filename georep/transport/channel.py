@@ -38,8 +38,9 @@ class Channel(Protocol):
 class PipeChannel:
     """The agent as a local child process speaking on its stdin/stdout."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
         self._proc = proc
+        self._argv = argv
         self._stderr = bytearray()
         self.bytes_written = 0
         assert proc.stderr is not None
@@ -54,7 +55,12 @@ class PipeChannel:
             stderr=asyncio.subprocess.PIPE,
             limit=4 << 20,
         )
-        return cls(proc)
+        return cls(proc, argv)
+
+    async def sibling(self) -> PipeChannel:
+        """One more agent like this one (a data lane, `georep.transport.lanes`)."""
+
+        return await PipeChannel.start(self._argv)
 
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         while True:
@@ -93,6 +99,16 @@ class PipeChannel:
     def kill(self) -> None:
         if self._proc.returncode is None:
             self._proc.kill()
+
+    async def reap(self) -> None:
+        """After a failure: the agent is gone (killed if need be) and its pipes are closed."""
+
+        self.kill()
+        assert self._proc.stdout is not None
+        while await self._proc.stdout.read(1 << 20):
+            pass  # to EOF: then the transport closes itself
+        await self._proc.wait()
+        await self._err_task
 
 
 def local_agent_argv(root: str) -> list[str]:

@@ -31,9 +31,8 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from georep import errors
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Entry, Problem, Summary
 from georep.protocol import messages as m
@@ -43,6 +42,9 @@ from georep.protocol.framing import CHUNK_SIZE, chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
+from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
+
+T = TypeVar("T")
 
 #: Frames are queued and written to the transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
@@ -50,11 +52,27 @@ WRITE_BATCH = 64 * 1024
 SMALL_FILE = 256 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Lanes:
+    """How many data lanes (`georep.transport.lanes`) to open, and when."""
+
+    count: int = 0
+    #: open them only if the round trip measured after the handshake is at least this (seconds);
+    #: on a short path one channel is not window-bound and lanes only cost processes
+    min_rtt: float = 0.0
+
+
+#: No data lanes: everything on the main channel.
+NO_LANES = Lanes()
+
+
 @dataclass(slots=True)
 class Options:
     window: int = 4096
     mirror: bool = True
     allow_mass_delete: bool = False
+    #: data lanes (extra channels for file data), opened at the first data request
+    lanes: Lanes = NO_LANES
 
 
 def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -113,6 +131,11 @@ class Sender:
         self._last_progress = 0.0
         self._out = bytearray()
         self._agent_ended_session = False  # an ErrorMsg came: the agent is exiting
+        self.lanes: list[Lane] = []
+        self._lanes_opened = False
+        #: the round trip to the agent measured after the handshake (None: not measured)
+        self.rtt: float | None = None
+        self._pong: asyncio.Future[int] | None = None
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -131,6 +154,18 @@ class Sender:
         if not self._ready.is_set():
             ready.cancel()
             await self._raise_failure()
+        if self.opts.lanes.count and self.opts.lanes.min_rtt > 0:
+            self.rtt = await self.round_trip()
+
+    async def round_trip(self) -> float:
+        """Seconds for a Ping to come back as Pong (the agent answers at once, ahead of any work)."""
+
+        self._pong = asyncio.get_running_loop().create_future()
+        t0 = time.monotonic()
+        self._send(m.Ping(1))
+        self._flush()
+        await self._await(self._pong)
+        return time.monotonic() - t0
 
     def _with_reader(self, fut: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
         """``fut`` and the reader task: waiting on both notices a dead agent at once."""
@@ -216,12 +251,13 @@ class Sender:
             if self.finished.done():
                 raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
+        elif isinstance(msg, m.Pong):
+            if self._pong is None or self._pong.done():
+                raise ProtocolError("Pong without a Ping")
+            self._pong.set_result(msg.token)
         elif isinstance(msg, m.ErrorMsg):
             self._agent_ended_session = True
-            cls = getattr(errors, msg.error, None)
-            if isinstance(cls, type) and issubclass(cls, GeorepError):
-                raise cls(f"secondary: {msg.message}", hint=msg.hint)
-            raise AgentFailed(f"secondary: {msg.message}", hint=msg.hint)
+            raise agent_error(msg)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} from the agent")
 
@@ -298,6 +334,46 @@ class Sender:
         if self._reader is not None and self._reader.done():
             exc = self._reader.exception() if not self._reader.cancelled() else None
             raise exc or ConnectionLost("the agent stopped answering")
+        for lane in self.lanes:
+            found = lane.failure()
+            if found is not None:
+                raise found
+
+    @property
+    def bytes_wire(self) -> int:
+        """Bytes written to the agent: the main channel and every lane."""
+
+        return self.chan.bytes_written + sum(lane.chan.bytes_written for lane in self.lanes)
+
+    async def abort(self) -> None:
+        """Abandon the session at once: the main channel and every lane, their processes reaped.
+
+        Reaping inside the event loop matters: a pipe transport still open when the loop
+        closes prints a traceback at exit, after the clean error message.
+        """
+
+        chans = [lane.chan for lane in self.lanes] + [self.chan]
+        for lane in self.lanes:
+            lane.kill()
+        if self._reader is not None:  # its failure was reported already (or is moot now)
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        for chan in chans:
+            reap = getattr(chan, "reap", None)
+            if reap is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reap(), 10)
+
+    # -- data lanes (georep.transport.lanes) ---------------------------------------------
+
+    def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None:
+        self._send(m.Adopt(seq, name, size, mtime_ns))
+        self._flush()
+
+    def lane_failed(self, seq: int, cause: str) -> None:
+        self._send(m.DataAbort(seq, cause))
+        self._flush()
 
     # -- the main loop -------------------------------------------------------------------
 
@@ -334,7 +410,7 @@ class Sender:
             await self._drain()
         if self._on_progress is not None and time.monotonic() - self._last_progress > 0.5:
             self._last_progress = time.monotonic()
-            self.summary.bytes_wire = self.chan.bytes_written
+            self.summary.bytes_wire = self.bytes_wire
             self._on_progress(self.summary)
 
     async def send_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
@@ -365,14 +441,16 @@ class Sender:
         return finished.deleted
 
     async def close(self) -> None:
+        for lane in self.lanes:  # every item was answered: nothing waits on a lane
+            await lane.close()
         self._send(m.Bye())
         self._flush()
         await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
-        self.summary.bytes_wire = self.chan.bytes_written
+        self.summary.bytes_wire = self.bytes_wire
 
-    async def _await(self, fut: asyncio.Future[m.Finished]) -> m.Finished:
+    async def _await(self, fut: asyncio.Future[T]) -> T:
         assert self._reader is not None
         await asyncio.wait(self._with_reader(fut), return_when=asyncio.FIRST_COMPLETED)
         if fut.done():
@@ -411,6 +489,10 @@ class Sender:
     async def _send_data(self) -> None:
         """Send the data of every item the agent asked for, packing small files."""
 
+        if self.opts.lanes.count and not self._lanes_opened:
+            self._lanes_opened = True
+            if self.rtt is None or self.rtt >= self.opts.lanes.min_rtt:
+                self.lanes = await open_lanes(self.chan, self, self.opts.lanes.count)
         blobs: list[m.SmallFile] = []
         packed = 0
         while self.need:
@@ -419,6 +501,9 @@ class Sender:
             assert isinstance(se, SourceEntry)
             sums = self.sums.pop(seq, None)
             again = seq in self._delta_sent  # the delta did not verify: now the whole file
+            if self.lanes and sums is None and not again:  # a delta needs the main session's copy
+                await least_busy(self.lanes).put(seq, se)
+                continue
             try:
                 fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:

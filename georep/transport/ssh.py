@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncssh
 
-from georep.errors import HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
+from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
 from georep.transport.channel import STDERR_KEEP
 
 #: Fastest first on this hardware (measured: aes128-gcm ≈ 527 MB/s on loopback).
@@ -76,9 +76,12 @@ def _known_hosts(path: Path) -> asyncssh.SSHKnownHosts:
 class SshChannel:
     """A `georep.transport.channel.Channel` over an asyncssh session."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess[bytes]) -> None:
+    def __init__(self, conn: asyncssh.SSHClientConnection, proc: asyncssh.SSHClientProcess[bytes], command: str,
+                 *, owns_connection: bool = True) -> None:
         self._conn = conn
         self._proc = proc
+        self._command = command
+        self._owns = owns_connection
         self._stderr = bytearray()
         self.bytes_written = 0
         self._err_task = asyncio.get_running_loop().create_task(self._collect())
@@ -109,15 +112,35 @@ class SshChannel:
         await self._proc.wait_closed()
         await self._err_task
         status = self._proc.exit_status
-        self._conn.close()
-        await self._conn.wait_closed()
+        if self._owns:
+            self._conn.close()
+            await self._conn.wait_closed()
         return status
+
+    async def sibling(self) -> SshChannel:
+        """One more agent session on the same connection (a data lane): its own channel window."""
+
+        try:
+            proc: asyncssh.SSHClientProcess[bytes] = await self._conn.create_process(self._command, encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise ConnectionLost(
+                f"the secondary refused one more SSH session for a data lane: {reason}",
+                hint="raise MaxSessions in the secondary's sshd_config, or pass --lanes 0",
+            ) from None
+        return SshChannel(self._conn, proc, self._command, owns_connection=False)
 
     def stderr_text(self) -> str:
         return self._stderr.decode("utf-8", "replace")
 
     def kill(self) -> None:
         self._conn.abort()
+
+    async def reap(self) -> None:
+        """After a failure: the connection (every session on it) is gone."""
+
+        self._conn.abort()
+        await self._conn.wait_closed()
 
 
 async def open_ssh(
@@ -150,9 +173,9 @@ async def open_ssh(
     except (TimeoutError, OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         raise SshUnreachable(f"cannot connect to {target.display}: {reason}") from None
-    argv = [*shlex.split(remote_command), "agent", target.path]
-    proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(shlex.join(argv), encoding=None)
-    return SshChannel(conn, proc)
+    command = shlex.join([*shlex.split(remote_command), "agent", target.path])
+    proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(command, encoding=None)
+    return SshChannel(conn, proc, command)
 
 
 async def _host_key_error(target: SshTarget, known: asyncssh.SSHKnownHosts, kh_path: Path) -> Exception:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from test_agent_hostile import RawAgent, _data_msgs, entry, oid
+from rawagent import RawAgent, entry, oid
+from rawagent import data_msgs as _data_msgs
 
 from georep.model import ROOT_ID, Kind
 from georep.protocol import messages as m

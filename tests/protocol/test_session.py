@@ -30,6 +30,11 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.ErrorMsg: m.ErrorMsg("AgentFailed", "x", "y"),
     m.DeltaBegin: m.DeltaBegin(1, 5),
     m.BlockSums: m.BlockSums(1, 1 << 20, 5, b"s" * 16),
+    m.Lane: m.Lane(),
+    m.Adopt: m.Adopt(1, b"tmp-1-L1", 5, 0),
+    m.Ping: m.Ping(7),
+    m.Staged: m.Staged(1, b"tmp-1-L1"),
+    m.Pong: m.Pong(7),
 }
 
 
@@ -37,12 +42,13 @@ def test_samples_cover_every_message() -> None:
     assert set(SAMPLES) == set(m.ALL_MESSAGES)
 
 
-def test_a_v1_peer_is_refused() -> None:
-    """v2 added block deltas: a v1 sender gets AgentVersionMismatch, not a half-understood session."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_an_older_peer_is_refused(old: int) -> None:
+    """v2 added block deltas, v3 data lanes: an older sender is refused, not half understood."""
 
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
     agent = Session(Role.AGENT)
-    hello = agent.receive(MAGIC + encode(m.Hello(1, "georep-sync 0.0", "")))[0]
+    hello = agent.receive(MAGIC + encode(m.Hello(old, "georep-sync 0.0", "")))[0]
     assert isinstance(hello, m.Hello)
     reply = agent.answer_hello(hello)
     assert agent.state is State.CLOSED and b"AgentVersionMismatch" in reply

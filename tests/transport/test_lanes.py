@@ -1,0 +1,251 @@
+"""Data lanes: file data over extra channels, published by the main session, nothing partial ever seen."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import Sshd, run_cli
+from rawagent import RawAgent, entry, oid
+from rawagent import data_msgs as _data_msgs
+from treecmp import build_fidelity_tree, diff, snapshot
+
+from georep.errors import GeorepError
+from georep.model import ROOT_ID, Kind
+from georep.protocol import messages as m
+from georep.source.crawl import Crawler
+from georep.source.identity import IdStore
+from georep.transport.channel import PipeChannel, local_agent_argv
+from georep.transport.sender import Lanes, Options, Sender
+from georep.transport.ssh import SshTarget, open_ssh
+
+MIB = 1 << 20
+
+
+def _tree(root: Path) -> None:
+    build_fidelity_tree(root, files=300)
+    for i in range(3):
+        (root / f"big{i}.bin").write_bytes(os.urandom(3 * MIB + i))
+
+
+async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: Lanes) -> Sender:
+    store = IdStore(state, os.fsencode(src))
+    try:
+        crawler = Crawler(os.fsencode(src), store)
+        chan = await chan_factory()  # type: ignore[operator]
+        sender = Sender(chan, Options(lanes=lanes))
+        try:
+            await sender.handshake()
+            await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+        except BaseException:
+            await sender.abort()
+            raise
+        return sender
+    finally:
+        store.close()
+
+
+def _staging(dst: Path) -> list[str]:
+    return os.listdir(dst / ".georep" / "staging")
+
+
+@pytest.mark.ssh
+def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    target = SshTarget.parse(sshd.url(dst))
+
+    async def ssh() -> object:
+        return await open_ssh(target, sshd.remote_command, known_hosts=sshd.known_hosts, identities=[sshd.identity])
+
+    sender = asyncio.run(_oneshot(ssh, src, state, Lanes(3)))
+    assert sender.summary.problems == []
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert len(sender.lanes) == 3
+    carried = [lane.chan.bytes_written for lane in sender.lanes]
+    assert all(n > 16 * 1024 for n in carried), carried  # every lane took a share
+    assert sum(carried) > 9 * MIB  # the three big files went through lanes
+    assert sender.chan.bytes_written < sum(carried) / 4  # the main channel carried names, not data
+    assert _staging(dst) == []
+
+
+@pytest.mark.ssh
+@pytest.mark.parametrize(("rtt_ms", "opened"), [(0, 0), (40, 2)])
+def test_by_default_lanes_open_only_on_a_long_round_trip(sshd: Sshd, tmp_path: Path, rtt_ms: int,
+                                                         opened: int) -> None:
+    """Measured with Ping/Pong after the handshake, through a userspace proxy adding the delay."""
+
+    from bench.proxy import Link, WanProxy
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    proxy = WanProxy(sshd.port, Link(rtt=rtt_ms / 1000)).start()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
+    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
+
+    async def ssh() -> object:
+        return await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
+
+    try:
+        sender = asyncio.run(_oneshot(ssh, src, state, Lanes(2, min_rtt=0.010)))
+    finally:
+        proxy.stop()
+    assert sender.rtt is not None and sender.rtt >= rtt_ms / 1000
+    assert len(sender.lanes) == opened
+    assert diff(snapshot(src), snapshot(dst)) == []
+
+
+def test_lanes_over_pipes_and_a_rerun_needs_none(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2", "--json")
+    assert r.code == 0, r.stderr
+    assert diff(snapshot(src), snapshot(dst)) == []
+    again = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2", "--json")
+    assert again.code == 0, again.stderr
+    assert again.summary["bytes_data"] == 0
+    assert _staging(dst) == []
+
+
+def test_with_lanes_a_changed_large_file_still_goes_as_a_delta(tmp_path: Path) -> None:
+    """The basis is the main session's: BlockSums/DeltaBegin stay there, new files go through lanes."""
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    assert run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2").code == 0
+    with open(src / "big0.bin", "ab") as f:
+        f.write(os.urandom(MIB))
+    (src / "new.bin").write_bytes(os.urandom(2 * MIB))
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2", "--json")
+    assert r.code == 0, r.stderr
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert r.summary["bytes_matched"] >= 3 * MIB  # big0 as it was: copied from its old copy
+    assert r.summary["bytes_data"] <= 1 * MIB + 2 * MIB  # the appended MiB and new.bin
+    assert _staging(dst) == []
+
+
+def test_bad_lane_count_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    r = run_cli("--oneshot", tmp_path / "src", tmp_path / "dst", "--state-dir", tmp_path / "st", "--lanes", "99")
+    assert r.code == 2, r.stderr
+    assert "--lanes 99" in r.stderr and "hint:" in r.stderr
+
+
+def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(8 * MIB))
+    argv = local_agent_argv(str(dst))
+
+    async def killing() -> None:
+        chan = await PipeChannel.start(argv)
+        store = IdStore(state, os.fsencode(src))
+        crawler = Crawler(os.fsencode(src), store)
+        sender = Sender(chan, Options(lanes=Lanes(2)))
+        await sender.handshake()
+
+        async def kill_a_lane() -> None:
+            while not sender.lanes or sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
+                await asyncio.sleep(0.005)
+            os.kill(sender.lanes[0].chan._proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+
+        killer = asyncio.get_running_loop().create_task(kill_a_lane())
+        try:
+            with pytest.raises(GeorepError) as err:
+                await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+            assert "lane" in err.value.message
+        finally:
+            killer.cancel()
+            await sender.abort()
+            store.close()
+
+    asyncio.run(killing())
+    published = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != ".georep"}
+    assert len(published) < 12
+    for name, data in published.items():  # what a reader sees is whole, never a prefix
+        assert data == (src / name).read_bytes(), name
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2")
+    assert r.code == 0, r.stderr
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert _staging(dst) == []  # the dead lane's file was removed by the next agent
+
+
+# -- the agent's side, message by message ------------------------------------------------
+
+
+def _next(agent: RawAgent) -> m.Message:
+    while not agent.inbox:
+        assert agent._pump(), "agent closed its output"
+    return agent.inbox.pop(0)
+
+
+def _lane_and_main(root: Path) -> tuple[RawAgent, RawAgent]:
+    main = RawAgent(root)
+    assert main.one(entry(1, oid(90), ROOT_ID, b"f", Kind.FILE, 5)).status == m.NEED  # makes staging
+    lane = RawAgent(root)
+    lane.send(m.Lane())
+    return main, lane
+
+
+def test_a_staged_file_is_published_only_on_adopt(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, lane = _lane_and_main(root)
+    lane.send(*_data_msgs(1, b"hello"))
+    staged = _next(lane)
+    assert isinstance(staged, m.Staged) and staged.seq == 1
+    assert not (root / "f").exists()  # staged, not published
+    assert main.one(m.Adopt(1, staged.name, 5, 1_000_000_000)).status == m.DONE
+    assert (root / "f").read_bytes() == b"hello"
+    assert lane.finish() == 0 and main.finish() == 0
+    assert _staging(root) == []
+
+
+def test_a_lane_checks_the_digest(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, lane = _lane_and_main(root)
+    lane.send(*_data_msgs(1, b"hello", b"\0" * 16))
+    r = _next(lane)
+    assert isinstance(r, m.Results) and r.items[0].status == m.FAILED and "digest" in r.items[0].cause
+    assert _staging(root) == []
+    assert lane.finish() == 0 and main.finish() == 0
+    assert not (root / "f").exists()
+
+
+@pytest.mark.parametrize("name", [b"../../x", b"tmp-1-L2/../../f", b"index.db", b"tmp-1-2", b""])
+def test_adopt_accepts_only_lane_file_names(tmp_path: Path, name: bytes) -> None:
+    root = tmp_path / "root"
+    main, lane = _lane_and_main(root)
+    lane.finish()
+    main.send(m.Adopt(1, name, 5, 0))
+    err = _next(main)
+    assert isinstance(err, m.ErrorMsg) and err.error == "ProtocolError", err
+    assert main.proc.wait(timeout=20) == 28
+    assert not (root / "f").exists()
+
+
+def test_adopt_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, lane = _lane_and_main(root)
+    lane.finish()
+    (tmp_path / "secret").write_text("hello")
+    os.symlink(tmp_path / "secret", root / ".georep" / "staging" / "tmp-1-L7")
+    r = main.one(m.Adopt(1, b"tmp-1-L7", 5, 0))
+    assert r.status == m.FAILED
+    assert not (root / "f").exists()
+    assert main.finish() == 0
+
+
+def test_a_lane_takes_only_data(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, lane = _lane_and_main(root)
+    lane.send(entry(2, oid(91), ROOT_ID, b"g", Kind.FILE, 1))
+    err = _next(lane)
+    assert isinstance(err, m.ErrorMsg) and err.error == "ProtocolError"
+    assert lane.proc.wait(timeout=20) == 28
+    assert main.finish() == 0
+    assert not (root / "g").exists()
