@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 
 from georep.model import Problem
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
+from georep.protocol.framing import CHUNK_SIZE
 from georep.source.crawl import SourceEntry
 
 #: Files up to this size travel whole inside a Blobs frame.
@@ -70,6 +72,25 @@ def read_small(seq: int, fd: int, st0: os.stat_result, mtime: int) -> tuple[m.Sm
         extents.append([off, data])
         carried += len(data)
     return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), mtime), carried
+
+
+def read_chunks(fd: int, size: int, digest: ExtentDigest) -> Iterator[tuple[int, bytes]]:
+    """(offset, data) of the file in pieces of at most one chunk, holes skipped, each fed to ``digest``.
+
+    A short read (the file shrank while being read) ends that data region; `unstable`
+    then reports the file.
+    """
+
+    for off, length in file_extents(fd, size):
+        end = off + length
+        pos = off
+        while pos < end:
+            data = os.pread(fd, min(CHUNK_SIZE, end - pos), pos)
+            if not data:
+                break
+            digest.update(pos, data)
+            yield pos, data
+            pos += len(data)
 
 
 def unstable(fd: int, st0: os.stat_result, se: SourceEntry) -> Problem | None:

@@ -40,7 +40,7 @@ from georep.protocol.framing import CHUNK_SIZE, chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
-from georep.transport.filedata import SMALL_FILE, file_extents, publish_mtime, read_small, unstable
+from georep.transport.filedata import SMALL_FILE, publish_mtime, read_chunks, read_small, unstable
 
 #: Items waiting in one lane's queue (their data is read only when the writer gets to them).
 QUEUE = 256
@@ -243,23 +243,15 @@ class Lane:
     async def _stream(self, seq: int, fd: int, size: int, mtime: int) -> None:
         self._send(m.DataBegin(seq, size))
         digest = ExtentDigest()
-        for off, length in file_extents(fd, size):
-            end = off + length
-            pos = off
-            while pos < end:
-                data = os.pread(fd, min(CHUNK_SIZE, end - pos), pos)
-                if not data:
-                    break  # shrank while reading: the stability check reports it
-                digest.update(pos, data)
-                self._write(chunk_header(seq, pos, len(data)))  # then the data as is: no copy into a frame
-                self._flush()
-                try:
-                    self.chan.write(data)
-                except OSError as exc:
-                    raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
-                self.owner.summary.bytes_data += len(data)
-                pos += len(data)
-                await self._drain()
+        for pos, data in read_chunks(fd, size, digest):
+            self._write(chunk_header(seq, pos, len(data)))  # then the data as is: no copy into a frame
+            self._flush()
+            try:
+                self.chan.write(data)
+            except OSError as exc:
+                raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
+            self.owner.summary.bytes_data += len(data)
+            await self._drain()
         self._send(m.DataEnd(seq, digest.finish(size), mtime))
 
     def _give_up(self, seq: int, cause: str) -> None:

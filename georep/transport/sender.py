@@ -42,14 +42,13 @@ from georep.protocol.framing import CHUNK_SIZE, chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
+from georep.transport.filedata import SMALL_FILE, file_extents, publish_mtime, read_chunks, read_small, unstable
 from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
 
 T = TypeVar("T")
 
 #: Frames are queued and written to the transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
-#: Files up to this size travel whole inside a Blobs frame.
-SMALL_FILE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,31 +72,6 @@ class Options:
     allow_mass_delete: bool = False
     #: data lanes (extra channels for file data), opened at the first data request
     lanes: Lanes = NO_LANES
-
-
-def file_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the data regions of a file: holes are skipped (SEEK_DATA/SEEK_HOLE)."""
-
-    if size == 0:
-        return []
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == 6:  # ENXIO: no data after pos, the rest is a hole
-                    break
-                raise
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if start >= size:
-                break
-            out.append((start, end - start))
-            pos = end
-    except OSError:
-        return [(0, size)]  # the filesystem cannot tell: send it all
-    return out
 
 
 def _dense(fd: int, size: int) -> bool:
@@ -511,7 +485,7 @@ class Sender:
                 continue
             try:
                 st0 = os.fstat(fd)
-                mtime = self._publish_mtime(se, st0)
+                mtime = publish_mtime(se, st0)
                 if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
                     if blobs:
                         self._send(m.Blobs(blobs))
@@ -519,7 +493,9 @@ class Sender:
                     self._delta_sent.add(seq)
                     await self._delta(seq, fd, st0, mtime, sums)
                 elif st0.st_size <= SMALL_FILE:
-                    blobs.append(self._small(seq, fd, st0, mtime))
+                    small, carried = read_small(seq, fd, st0, mtime)
+                    self.summary.bytes_data += carried
+                    blobs.append(small)
                     packed += st0.st_size
                     if packed >= CHUNK_SIZE:
                         self._send(m.Blobs(blobs))
@@ -530,7 +506,9 @@ class Sender:
                         self._send(m.Blobs(blobs))
                         blobs, packed = [], 0
                     await self._large(seq, fd, st0, mtime)
-                self._check_stable(fd, st0, se)
+                problem = unstable(fd, st0, se)
+                if problem is not None:
+                    self.summary.problems.append(problem)
                 if not again:
                     self.summary.files += 1
             except OSError as exc:
@@ -541,45 +519,14 @@ class Sender:
             self._send(m.Blobs(blobs))
         await self._drain()
 
-    @staticmethod
-    def _publish_mtime(se: SourceEntry, st0: os.stat_result) -> int:
-        """The mtime to give the copy: the listed one while the file is as listed.
-
-        A file changed since it was listed gets the mtime it has now; on a brick that is
-        the brick's own and differs from the volume's, so the next pass sees a change and
-        sends it again — never the other way round (a stale copy that looks current).
-        """
-
-        if (st0.st_size, st0.st_mtime_ns) == (se.entry.size, se.stat_mtime_ns):
-            return se.entry.meta.mtime_ns
-        return st0.st_mtime_ns
-
-    def _small(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> m.SmallFile:
-        digest = ExtentDigest()
-        extents: list[list[int | bytes]] = []
-        for off, length in file_extents(fd, st0.st_size):
-            data = os.pread(fd, length, off)
-            digest.update(off, data)
-            extents.append([off, data])
-            self.summary.bytes_data += len(data)
-        return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), mtime)
-
     async def _large(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> None:
         size = st0.st_size
         self._send(m.DataBegin(seq, size))
         digest = ExtentDigest()
-        for off, length in file_extents(fd, size):
-            end = off + length
-            pos = off
-            while pos < end:
-                data = os.pread(fd, min(CHUNK_SIZE, end - pos), pos)
-                if not data:
-                    break  # shrank while reading: the stability check reports it
-                digest.update(pos, data)
-                self._write_chunk(seq, pos, data)
-                self.summary.bytes_data += len(data)
-                pos += len(data)
-                await self._drain()
+        for pos, data in read_chunks(fd, size, digest):
+            self._write_chunk(seq, pos, data)
+            self.summary.bytes_data += len(data)
+            await self._drain()
         self._send(m.DataEnd(seq, digest.finish(size), mtime))
 
     async def _delta(self, seq: int, fd: int, st0: os.stat_result, mtime: int, sums: m.BlockSums) -> None:
@@ -599,13 +546,6 @@ class Sender:
         self.summary.bytes_data += enc.sent
         self.summary.bytes_matched += enc.matched
         self._send(m.DataEnd(seq, enc.finish(), mtime))
-
-    def _check_stable(self, fd: int, st0: os.stat_result, se: SourceEntry) -> None:
-        st1 = os.fstat(fd)
-        if (st1.st_size, st1.st_mtime_ns) != (st0.st_size, st0.st_mtime_ns):
-            self.summary.problems.append(
-                Problem(se.path, "changed while being read; the next run sends it again", "changed")
-            )
 
     @staticmethod
     def _entry_msg(seq: int, e: Entry) -> m.EntryMsg:
