@@ -74,6 +74,30 @@ def read_small(seq: int, fd: int, st0: os.stat_result, mtime: int) -> tuple[m.Sm
     return m.SmallFile(seq, st0.st_size, extents, digest.finish(st0.st_size), mtime), carried
 
 
+class BlobPacker:
+    """Small files gathered into `Blobs` frames of about one chunk each."""
+
+    def __init__(self) -> None:
+        self._files: list[m.SmallFile] = []
+        self._size = 0
+
+    def add(self, small: m.SmallFile) -> m.Blobs | None:
+        """Take one more file; a full frame to send, if this one filled it."""
+
+        self._files.append(small)
+        self._size += small.size
+        return self.take() if self._size >= CHUNK_SIZE else None
+
+    def take(self) -> m.Blobs | None:
+        """What is gathered, as one frame (None if nothing is)."""
+
+        if not self._files:
+            return None
+        out = m.Blobs(self._files)
+        self._files, self._size = [], 0
+        return out
+
+
 def read_chunks(fd: int, size: int, digest: ExtentDigest) -> Iterator[tuple[int, bytes]]:
     """(offset, data) of the file in pieces of at most one chunk, holes skipped, each fed to ``digest``.
 

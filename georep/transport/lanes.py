@@ -36,11 +36,11 @@ from georep.errors import AgentFailed, ConnectionLost, GeorepError, ProtocolErro
 from georep.model import Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
-from georep.protocol.framing import CHUNK_SIZE, chunk_header
+from georep.protocol.framing import chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
-from georep.transport.filedata import SMALL_FILE, publish_mtime, read_chunks, read_small, unstable
+from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, read_chunks, read_small, unstable
 
 #: Items waiting in one lane's queue (their data is read only when the writer gets to them).
 QUEUE = 256
@@ -199,8 +199,7 @@ class Lane:
             jobs = [await self.queue.get()]
             while not self.queue.empty() and len(jobs) < 64:
                 jobs.append(self.queue.get_nowait())
-            blobs: list[m.SmallFile] = []
-            packed = 0
+            packer = BlobPacker()
             for seq, se in jobs:
                 try:
                     fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -214,16 +213,12 @@ class Lane:
                     if st0.st_size <= SMALL_FILE:
                         small, carried = read_small(seq, fd, st0, mtime)
                         self.owner.summary.bytes_data += carried
-                        blobs.append(small)
-                        packed += st0.st_size
-                        if packed >= CHUNK_SIZE:
-                            self._send(m.Blobs(blobs))
-                            blobs, packed = [], 0
+                        if (full := packer.add(small)) is not None:
+                            self._send(full)
                             await self._drain()
                     else:
-                        if blobs:
-                            self._send(m.Blobs(blobs))
-                            blobs, packed = [], 0
+                        if (rest := packer.take()) is not None:
+                            self._send(rest)
                         await self._stream(seq, fd, st0.st_size, mtime)
                     problem = unstable(fd, st0, se)
                     if problem is not None:
@@ -236,8 +231,8 @@ class Lane:
                         self._give_up(seq, f"cannot read on the source: {exc.strerror}")
                 finally:
                     os.close(fd)
-            if blobs:
-                self._send(m.Blobs(blobs))
+            if (rest := packer.take()) is not None:
+                self._send(rest)
             await self._drain()
 
     async def _stream(self, seq: int, fd: int, size: int, mtime: int) -> None:

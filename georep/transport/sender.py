@@ -42,7 +42,15 @@ from georep.protocol.framing import CHUNK_SIZE, chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
-from georep.transport.filedata import SMALL_FILE, file_extents, publish_mtime, read_chunks, read_small, unstable
+from georep.transport.filedata import (
+    SMALL_FILE,
+    BlobPacker,
+    file_extents,
+    publish_mtime,
+    read_chunks,
+    read_small,
+    unstable,
+)
 from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
 
 T = TypeVar("T")
@@ -467,8 +475,7 @@ class Sender:
             self._lanes_opened = True
             if self.rtt is None or self.rtt >= self.opts.lanes.min_rtt:
                 self.lanes = await open_lanes(self.chan, self, self.opts.lanes.count)
-        blobs: list[m.SmallFile] = []
-        packed = 0
+        packer = BlobPacker()
         while self.need:
             seq = self.need.popleft()
             se = self.inflight[seq]
@@ -487,24 +494,19 @@ class Sender:
                 st0 = os.fstat(fd)
                 mtime = publish_mtime(se, st0)
                 if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
-                    if blobs:
-                        self._send(m.Blobs(blobs))
-                        blobs, packed = [], 0
+                    if (rest := packer.take()) is not None:
+                        self._send(rest)
                     self._delta_sent.add(seq)
                     await self._delta(seq, fd, st0, mtime, sums)
                 elif st0.st_size <= SMALL_FILE:
                     small, carried = read_small(seq, fd, st0, mtime)
                     self.summary.bytes_data += carried
-                    blobs.append(small)
-                    packed += st0.st_size
-                    if packed >= CHUNK_SIZE:
-                        self._send(m.Blobs(blobs))
-                        blobs, packed = [], 0
+                    if (full := packer.add(small)) is not None:
+                        self._send(full)
                         await self._drain()
                 else:
-                    if blobs:
-                        self._send(m.Blobs(blobs))
-                        blobs, packed = [], 0
+                    if (rest := packer.take()) is not None:
+                        self._send(rest)
                     await self._large(seq, fd, st0, mtime)
                 problem = unstable(fd, st0, se)
                 if problem is not None:
@@ -515,8 +517,8 @@ class Sender:
                 self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
             finally:
                 os.close(fd)
-        if blobs:
-            self._send(m.Blobs(blobs))
+        if (rest := packer.take()) is not None:
+            self._send(rest)
         await self._drain()
 
     async def _large(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> None:
