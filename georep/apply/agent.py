@@ -211,6 +211,7 @@ class Applier:
         #: messages other than Results to send (BlockSums), in order
         self.outbox: list[m.Message] = []
         self._tmp = itertools.count()
+        self._tmp_prefix = b"tmp-%d-" % os.getpid()  # the pid: a dead agent's leftovers are known as such
         #: directories whose mode/mtime must be set again once nothing more changes inside
         self.dirty_dirs: set[bytes] = set()
         self._clean_staging_tmp()
@@ -532,9 +533,16 @@ class Applier:
         return e
 
     def _open_tmp(self, e: m.EntryMsg, size: int) -> Receiving:
+        """A new file in staging (a 0700 directory), made with the entry's permission bits.
+
+        Made with the final bits (the umask permitting), a file usually needs no fchmod
+        once written; setuid/setgid/sticky bits are only ever set by fchmod, at the end.
+        """
+
         tmp = self._tmp_name()
         fd = os.open(
-            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.staging_fd
+            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, (e.mode & 0o777) | 0o600,
+            dir_fd=self.staging_fd,
         )
         return Receiving(e, fd, tmp, size)
 
@@ -681,7 +689,7 @@ class Applier:
             self.pending[msg.seq] = rec.entry  # no basis any more: only a whole file is accepted now
             return m.NEED
         self._close_basis(rec)
-        return self._install(rec, msg.mtime_ns)
+        return self._seal(rec, msg.mtime_ns)
 
     def _small_file(self, f: m.SmallFile) -> int:
         e = self._take_pending(f.seq)
@@ -719,31 +727,21 @@ class Applier:
         except BaseException:
             self._discard_receiving(rec)
             raise
-        return self._install(rec, mtime_ns)
-
-    def _install(self, rec: Receiving, mtime_ns: int) -> int:
-        """A verified file in staging: final length, metadata, then one rename publishes it."""
-
-        try:
-            os.ftruncate(rec.fd, rec.size)
-        except BaseException:
-            os.close(rec.fd)
-            os.unlink(rec.tmp, dir_fd=self.staging_fd)
-            raise
         return self._seal(rec, mtime_ns)
 
     def _seal(self, rec: Receiving, mtime_ns: int) -> int:
-        """Give a complete file in staging its metadata, then publish it."""
+        """Give a complete file in staging its final length and metadata, then publish it."""
 
         try:
-            meta = _meta(rec.entry, mtime_ns)
-            fsops.apply_meta_fd(rec.fd, meta, self.privileged)
-            ino = os.fstat(rec.fd).st_ino
+            st = os.fstat(rec.fd)
+            if st.st_size != rec.size:  # a trailing hole (or a longer basis copy): cut or extend
+                os.ftruncate(rec.fd, rec.size)
+            fsops.apply_meta_fd(rec.fd, _meta(rec.entry, mtime_ns), self.privileged, fresh=st)
         except BaseException:
             self._discard_receiving(rec)
             raise
         os.close(rec.fd)
-        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, ino)
+        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, st.st_ino)
         return m.DONE
 
     def _drop_receiving(self, seq: int) -> None:
@@ -958,7 +956,7 @@ class Applier:
             raise ItemFailed("refused parent: the staging area")
 
     def _tmp_name(self) -> bytes:
-        return b"tmp-" + str(os.getpid()).encode() + b"-" + str(next(self._tmp)).encode()
+        return self._tmp_prefix + str(next(self._tmp)).encode()
 
     def _clean_staging_tmp(self) -> None:
         """Remove temporary files of agents that died (others may share this root)."""

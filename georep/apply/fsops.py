@@ -67,16 +67,16 @@ def remove_at(dir_fd: int, name: bytes) -> None:
 
 
 def set_xattrs(target: int | str, wanted: tuple[tuple[bytes, bytes], ...], privileged: bool,
-               follow: bool = True) -> None:
-    """Make the replicable xattrs of ``target`` exactly ``wanted``."""
+               follow: bool = True, fresh: bool = False) -> None:
+    """Make the replicable xattrs of ``target`` exactly ``wanted`` (``fresh``: it has none yet)."""
 
-    try:
-        have = {os.fsencode(k) for k in os.listxattr(target, follow_symlinks=follow)}
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EPERM):
-            have = set()
-        else:
-            raise
+    have: set[bytes] = set()
+    if not fresh:
+        try:
+            have = {os.fsencode(k) for k in os.listxattr(target, follow_symlinks=follow)}
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                raise
     want_keys = set()
     for key, value in wanted:
         if not replicable_xattr(key, privileged):
@@ -88,13 +88,21 @@ def set_xattrs(target: int | str, wanted: tuple[tuple[bytes, bytes], ...], privi
             os.removexattr(target, key, follow_symlinks=follow)
 
 
-def apply_meta_fd(fd: int, meta: Meta, privileged: bool, times: bool = True) -> None:
-    """Owner, xattrs, mode and (optionally) mtime of an open file or directory."""
+def apply_meta_fd(fd: int, meta: Meta, privileged: bool, times: bool = True,
+                  fresh: os.stat_result | None = None) -> None:
+    """Owner, xattrs, mode and (optionally) mtime of an open file or directory.
 
-    if privileged:
+    ``fresh``: the object was just made in staging and this is its stat; what it has
+    already (owner, mode, no xattrs) is not set again — three syscalls fewer per new file.
+    """
+
+    chowned = False
+    if privileged and (fresh is None or (fresh.st_uid, fresh.st_gid) != (meta.uid, meta.gid)):
         os.fchown(fd, meta.uid, meta.gid)
-    set_xattrs(fd, meta.xattrs, privileged)
-    os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid
+        chowned = True
+    set_xattrs(fd, meta.xattrs, privileged, fresh=fresh is not None)
+    if fresh is None or chowned or stat.S_IMODE(fresh.st_mode) != meta.mode:
+        os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid
     if times:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
