@@ -18,6 +18,7 @@ row the agent checks the inode it recorded (see `georep.apply.agent`).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,36 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NUL
 """
 
 
+#: Seconds a statement waits for another agent's write transaction on the same root.
+BUSY_TIMEOUT = 60.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL (persistent: later opens find it so), waiting out other openers.
+
+    Several agents open one index when several brick daemons share a secondary.  Changing
+    the journal mode needs the file to itself, and SQLite does not call its busy handler
+    for that: an agent starting beside another one got "database is locked" at once.  So
+    the switch is retried here, for as long as any other statement would wait.
+    """
+
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        else:
+            if str(mode).lower() == "wal":
+                return
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError("database is locked (switching it to WAL)")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 @dataclass(frozen=True, slots=True)
 class Obj:
     id: bytes
@@ -70,8 +101,8 @@ class Index:
     def __init__(self, path: Path, scope: str = "") -> None:
         #: the source this session speaks for: a mirror sweep removes only its own names
         self.scope = scope
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        _use_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._in_tx = False

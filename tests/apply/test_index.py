@@ -1,0 +1,50 @@
+"""The agent's index when several agents share one secondary root (one daemon per brick)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+from georep.apply.index import Index
+
+
+def _open_and_write(path: str, barrier: Any, n: int, out: Any) -> None:
+    barrier.wait()  # every process opens the fresh file at the same moment
+    try:
+        idx = Index(Path(path), scope=f"brick:{os.getpid()}")
+        for _ in range(n):
+            idx.put_name(os.urandom(16), b"name", os.urandom(16))
+        idx.close()
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        out.put(repr(exc))
+        return
+    out.put("")
+
+
+def test_agents_opening_a_fresh_index_together_all_succeed(tmp_path: Path) -> None:
+    """Switching a new index to WAL raced: SQLite does not wait on its busy handler for it.
+
+    Seen in CI as a brick daemon going faulty with "database is locked" when two daemons of a
+    distributed volume started together.  Each round starts three agents on a new file.
+    """
+
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    rows = 0
+    for rnd in range(30):
+        path = tmp_path / f"index-{rnd}.db"
+        barrier, out = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_write, args=(str(path), barrier, 50, out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        failures += [r for r in (out.get(timeout=120) for _ in procs) if r]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        idx = Index(path)
+        rows += idx.count_names()
+        idx.close()
+    assert failures == []
+    assert rows == 30 * 3 * 50
