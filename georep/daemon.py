@@ -387,9 +387,7 @@ class BrickDaemon(Reporter):
         s = sender.summary
         self.status.counters.items = s.entries
         self.status.counters.bytes_data = s.bytes_data
-        for p in [*problems, *s.problems]:
-            log(f"problem: {p.render()}")
-        s.problems.clear()
+        self.log_findings(s, problems)
 
 
 def _describe(op: Any) -> str:

@@ -144,6 +144,8 @@ class Summary:
     deleted: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    #: what went less well than it could without making the replica wrong (shown, exit 0)
+    warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -156,4 +158,5 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "errors": len(self.problems),
             "problems": [p.render() for p in self.problems[:100]],
+            "warnings": self.warnings[:100],
         }

@@ -19,6 +19,7 @@ from typing import Any
 from georep import __version__
 from georep.batch.checkpoint import SessionState
 from georep.errors import GeorepError
+from georep.model import Problem, Summary
 
 #: Reconnection back-off: the first wait, and the longest.
 BACKOFF_FIRST_S = 1.0
@@ -97,6 +98,17 @@ class Reporter:
 
     def _refresh_status(self) -> None:
         """Counters read from elsewhere just before the status file is written."""
+
+    @staticmethod
+    def log_findings(summary: Summary, problems: list[Problem]) -> None:
+        """Log the problems and warnings gathered since the last call, then forget them."""
+
+        for p in [*problems, *summary.problems]:
+            log(f"problem: {p.render()}")
+        for w in summary.warnings:
+            log(f"warning: {w}")
+        summary.problems.clear()
+        summary.warnings.clear()
 
     def error(self, exc: GeorepError) -> None:
         self.status.counters.errors += 1

@@ -170,9 +170,7 @@ class TreeDaemon(Reporter):
         self.counters.items = items + s.entries
         self.counters.bytes_data = data + s.bytes_data
         self.counters.bytes_wire = wire + sender.bytes_wire
-        for p in [*problems, *s.problems, *self.watcher.problems]:
-            log(f"problem: {p.render()}")
-        s.problems.clear()
+        self.log_findings(s, [*problems, *self.watcher.problems])
         self.watcher.problems.clear()
 
     # -- sessions -----------------------------------------------------------------------

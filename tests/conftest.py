@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -80,13 +81,12 @@ def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    """A real OpenSSH server on 127.0.0.1 with a temporary host key and authorized_keys."""
+@contextlib.contextmanager
+def running_sshd(d: Path, extra_config: str = "") -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 with a temporary host key and authorized_keys under ``d``."""
 
     if not os.path.exists(SSHD):
         pytest.fail("OpenSSH sshd is not installed (apt-get install openssh-server); .ci/run installs it")
-    d = tmp_path_factory.mktemp("sshd")
     os.chmod(d, 0o755)
     _keygen(d / "host_ed25519")
     _keygen(d / "id_ed25519")
@@ -99,7 +99,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n"
             f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\nLogLevel VERBOSE\nMaxStartups 50\n"
+            "PermitRootLogin prohibit-password\nLogLevel VERBOSE\nMaxStartups 50\n" + extra_config
         )
         log = d / "sshd.log"
         with open(log, "ab") as logf:
@@ -132,3 +132,11 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 (sshd's defaults: MaxSessions 10)."""
+
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

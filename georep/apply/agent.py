@@ -1006,7 +1006,10 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                     continue
                 assert scope is not None  # the session admits nothing else before Hello
                 if isinstance(msg, m.Ping):
+                    # at once, not after the entries read with it: the sender times this
                     out += session.send(m.Pong(msg.token))
+                    _write_all(out_fd, out)
+                    out.clear()
                     continue
                 if applier is None and stager is None:
                     if isinstance(msg, m.Lane):
@@ -1091,7 +1094,7 @@ def _index_error(exc: sqlite3.OperationalError) -> GeorepError:
 def serve_error(session: Session, out: bytearray, out_fd: int, exc: GeorepError) -> int:
     """Tell the sender why the session ends (as an ErrorMsg), then exit with the error's code."""
 
-    if session.state is not State.CLOSED:
+    if session.can_send:
         out += session.send(m.ErrorMsg(type(exc).__name__, exc.message, exc.hint_text))
     with contextlib.suppress(OSError):
         _write_all(out_fd, out)

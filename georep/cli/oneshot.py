@@ -112,6 +112,8 @@ def run(argv: list[str]) -> int:
             progress.done()
     if args.json:
         print(json.dumps(summary.as_json()))
+    for w in summary.warnings:
+        print(f"georep-sync: warning: {w}", file=sys.stderr)
     for p in summary.problems[:50]:
         print(f"georep-sync: {p.render()}", file=sys.stderr)
     rate = summary.bytes_data / summary.seconds if summary.seconds else 0.0

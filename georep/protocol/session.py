@@ -12,12 +12,15 @@ Version-skew policy: both ends must speak the same ``PROTOCOL_VERSION``; there i
 negotiation.  A release that changes the message set bumps the version, and the
 operator upgrades both sides (the error says so).  This keeps every decoder exact.
 
-States (per side)::
+States (per side, of what the peer may still send)::
 
     MAGIC ──magic──▶ HANDSHAKE ──Hello/HelloOk──▶ READY ──Bye / ErrorMsg──▶ CLOSED
 
 In READY a message that the peer's role may not send (`FROM_SENDER` / `FROM_AGENT`) is a
-`ProtocolError`, as is anything at all after CLOSED.  No sockets, no clock: bytes in,
+`ProtocolError`, as is anything at all after CLOSED.  The two directions close apart:
+the sender may say ``Bye`` right behind its last request and still read the answers
+(`can_send` turns false, `state` stays READY), and an agent that received ``Bye`` still
+answers what came before it.  ``ErrorMsg`` closes both.  No sockets, no clock: bytes in,
 messages out; messages in, bytes out.
 """
 
@@ -66,6 +69,13 @@ class Session:
         self._decoder = FrameDecoder(max_frame)
         self._head = b""
         self._allowed = m.FROM_SENDER if role is Role.AGENT else m.FROM_AGENT
+        self._can_send = True
+
+    @property
+    def can_send(self) -> bool:
+        """False once this side said Bye or an ErrorMsg was sent or received."""
+
+        return self._can_send
 
     # -- outgoing -----------------------------------------------------------------
 
@@ -77,9 +87,11 @@ class Session:
         return MAGIC
 
     def send(self, msg: m.Message) -> bytes:
-        if self.state is State.CLOSED:
+        if not self._can_send:
             raise ProtocolError("session already closed")
         if isinstance(msg, m.Bye | m.ErrorMsg):
+            self._can_send = False
+        if isinstance(msg, m.ErrorMsg):
             self.state = State.CLOSED
         return encode(msg)
 
@@ -111,6 +123,7 @@ class Session:
 
         if hello.version != PROTOCOL_VERSION:
             self.state = State.CLOSED
+            self._can_send = False
             err = AgentVersionMismatch(
                 f"the sender speaks protocol v{hello.version} ({hello.software}), "
                 f"this agent speaks v{PROTOCOL_VERSION} ({SOFTWARE})"
@@ -138,6 +151,7 @@ class Session:
             raise ProtocolError(f"{type(msg).__name__} after the session closed")
         if isinstance(msg, m.ErrorMsg):
             self.state = State.CLOSED
+            self._can_send = False
             return msg
         if self.state is State.HANDSHAKE:
             if self.role is Role.AGENT and isinstance(msg, m.Hello):

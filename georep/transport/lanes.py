@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from georep import errors
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, ProtocolError
@@ -37,7 +38,7 @@ from georep.model import Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import chunk_header
-from georep.protocol.session import Role, Session, State
+from georep.protocol.session import Role, Session
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, read_chunks, read_small, unstable
@@ -46,8 +47,6 @@ from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, rea
 QUEUE = 256
 #: Frames are written to a lane's transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
-#: How long a new lane's agent may take to answer the handshake.
-HANDSHAKE_S = 60.0
 
 
 class LaneOwner(Protocol):
@@ -84,25 +83,25 @@ class Lane:
         self._sizes: dict[int, int] = {}  # seq → bytes counted in outstanding
         self._sent: dict[int, tuple[int, int]] = {}  # seq → (size, mtime) as sent
         self._out = bytearray()
-        self._ready = asyncio.Event()
         self._closing = False
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Say Hello and Lane, and start carrying data at once.
+
+        The handshake is not waited for: a lane's agent is the main session's (same host, same
+        command, same version, whose handshake already succeeded), so data may follow Hello
+        in the same flight and the lane carries its first file a round trip sooner.  Should
+        the agent refuse all the same, its ErrorMsg or exit fails the session through the
+        reader, like any lane that breaks.
+        """
+
         loop = asyncio.get_running_loop()
         self.reader = loop.create_task(self._read_loop())
         self.chan.write(self.session.initiate() + self.session.send(m.Lane()))
-        ready = loop.create_task(self._ready.wait())
-        done, _ = await asyncio.wait({ready, self.reader}, timeout=HANDSHAKE_S, return_when=asyncio.FIRST_COMPLETED)
-        if not self._ready.is_set():
-            ready.cancel()
-            self.kill()
-            if self.reader in done and self.reader.exception() is not None:
-                raise self.reader.exception()  # type: ignore[misc]
-            raise AgentFailed(f"data lane {self.name} did not answer the handshake within {HANDSHAKE_S:.0f}s")
         self.writer = loop.create_task(self._write_loop())
 
     def failure(self) -> BaseException | None:
@@ -169,8 +168,6 @@ class Lane:
                     raise ConnectionLost(f"data lane {self.name} closed mid-session{tail}")
                 for msg in self.session.receive(data):
                     self._on_message(msg)
-                if self.session.state is State.READY:
-                    self._ready.set()
         finally:
             self.owner.changed.set()
 
@@ -285,20 +282,12 @@ def least_busy(lanes: list[Lane]) -> Lane:
     return min(lanes, key=lambda lane: (lane.outstanding, lane.queue.qsize()))
 
 
-async def open_lanes(chan: Channel, owner: LaneOwner, count: int) -> list[Lane]:
-    """Up to ``count`` lanes beside ``chan`` (fewer if the channel cannot make siblings)."""
+async def open_lane(sibling: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str) -> Lane:
+    """One more lane: a sibling channel of the main one, its agent's handshake done.
 
-    sibling: Any = getattr(chan, "sibling", None)
-    if sibling is None or count <= 0:
-        return []
-    lanes: list[Lane] = []
-    try:
-        for i in range(count):
-            lane = Lane(await sibling(), owner, f"#{i + 1}")
-            lanes.append(lane)
-        await asyncio.gather(*(lane.start() for lane in lanes))
-    except BaseException:
-        for lane in lanes:
-            lane.kill()
-        raise
-    return lanes
+    Raises if the channel cannot be opened (the main session goes on without the lane).
+    """
+
+    lane = Lane(await sibling(), owner, name)
+    lane.start()
+    return lane

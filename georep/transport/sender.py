@@ -51,7 +51,7 @@ from georep.transport.filedata import (
     read_small,
     unstable,
 )
-from georep.transport.lanes import Lane, agent_error, least_busy, open_lanes
+from georep.transport.lanes import Lane, agent_error, least_busy, open_lane
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ NO_LANES = Lanes()
 
 @dataclass(slots=True)
 class Options:
-    window: int = 4096
+    window: int = 16384
     mirror: bool = True
     allow_mass_delete: bool = False
     #: data lanes (extra channels for file data), opened at the first data request
@@ -114,10 +114,12 @@ class Sender:
         self._out = bytearray()
         self._agent_ended_session = False  # an ErrorMsg came: the agent is exiting
         self.lanes: list[Lane] = []
-        self._lanes_opened = False
-        #: the round trip to the agent measured after the handshake (None: not measured)
+        self._lanes_task: asyncio.Task[None] | None = None
+        #: the round trip to the agent, measured with a Ping after the handshake (None: not measured)
         self.rtt: float | None = None
         self._pong: asyncio.Future[int] | None = None
+        self._ping_at = 0.0
+        self._long_link = False  # the Pong took longer than the lanes' threshold
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -136,18 +138,29 @@ class Sender:
         if not self._ready.is_set():
             ready.cancel()
             await self._raise_failure()
-        if self.opts.lanes.count and self.opts.lanes.min_rtt > 0:
-            self.rtt = await self.round_trip()
+        if self._can_open_lanes():
+            if self.opts.lanes.min_rtt > 0:
+                await self._probe_round_trip(self.opts.lanes.min_rtt)
+            self._maybe_open_lanes()
 
-    async def round_trip(self) -> float:
-        """Seconds for a Ping to come back as Pong (the agent answers at once, ahead of any work)."""
+    async def _probe_round_trip(self, threshold: float) -> None:
+        """Ping the agent and wait for the Pong, but never longer than ``threshold``.
 
-        self._pong = asyncio.get_running_loop().create_future()
-        t0 = time.monotonic()
+        All that is decided here is whether the round trip reaches ``threshold``, so waiting
+        longer would only delay the run: on a long link the lanes start opening after
+        ``threshold`` seconds, and `rtt` is filled in when the Pong arrives.  (Measured while
+        entries stream instead, the Pong would be read late whenever the sender is busy,
+        and every link would look long.)
+        """
+
+        loop = asyncio.get_running_loop()
+        self._pong = loop.create_future()
+        self._ping_at = time.monotonic()
         self._send(m.Ping(1))
         self._flush()
-        await self._await(self._pong)
-        return time.monotonic() - t0
+        await asyncio.wait(self._with_reader(self._pong), timeout=threshold, return_when=asyncio.FIRST_COMPLETED)
+        self._check()
+        self._long_link = not self._pong.done()
 
     def _with_reader(self, fut: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
         """``fut`` and the reader task: waiting on both notices a dead agent at once."""
@@ -194,8 +207,8 @@ class Sender:
             self.changed.set()
 
     async def _agent_ended(self) -> None:
-        if self.finished.done() and self.session.state is State.CLOSED:
-            return
+        if self.finished.done() and not self.session.can_send:
+            return  # we said Bye: the agent answered everything and exited
         try:
             code = await asyncio.wait_for(self.chan.wait(), 10)
         except TimeoutError:
@@ -237,6 +250,7 @@ class Sender:
             if self._pong is None or self._pong.done():
                 raise ProtocolError("Pong without a Ping")
             self._pong.set_result(msg.token)
+            self.rtt = time.monotonic() - self._ping_at
         elif isinstance(msg, m.ErrorMsg):
             self._agent_ended_session = True
             raise agent_error(msg)
@@ -334,6 +348,7 @@ class Sender:
         closes prints a traceback at exit, after the clean error message.
         """
 
+        await self._stop_opening_lanes()
         chans = [lane.chan for lane in self.lanes] + [self.chan]
         for lane in self.lanes:
             lane.kill()
@@ -348,6 +363,57 @@ class Sender:
                     await asyncio.wait_for(reap(), 10)
 
     # -- data lanes (georep.transport.lanes) ---------------------------------------------
+
+    def _can_open_lanes(self) -> bool:
+        return self.opts.lanes.count > 0 and getattr(self.chan, "sibling", None) is not None
+
+    def _maybe_open_lanes(self) -> None:
+        """Open the lanes in the background, right after the handshake, if the round trip calls for them.
+
+        Nothing waits for them: file data goes over the main session until a lane is ready,
+        and each lane takes its share as soon as its own handshake is done.  Opened one after
+        the other at the first data request, they cost nine round trips with every transfer
+        stalled (1.4 s at 150 ms).  Opened before the agent asked for anything, they are
+        sometimes not needed (a rerun with nothing to copy): closing them costs no round trip
+        of its own, it overlaps the end of the run.
+        """
+
+        pol = self.opts.lanes
+        if self._lanes_task is not None or not self._can_open_lanes():
+            return
+        if pol.min_rtt > 0 and not self._long_link:
+            return
+        self._lanes_task = asyncio.get_running_loop().create_task(self._open_lanes(pol.count))
+
+    async def _open_lanes(self, count: int) -> None:
+        sibling = self.chan.sibling  # type: ignore[attr-defined]
+
+        async def one(i: int) -> None:
+            lane = await open_lane(sibling, self, f"#{i + 1}")
+            self.lanes.append(lane)
+            self.changed.set()
+
+        results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for exc in failed:
+            if not isinstance(exc, Exception):
+                raise exc  # cancelled: the session is being torn down
+        if failed:
+            first = failed[0]
+            why = first.message if isinstance(first, GeorepError) else (str(first) or type(first).__name__)
+            hint = f"; hint: {first.hint_text}" if isinstance(first, GeorepError) and first.hint_text else ""
+            self.summary.warnings.append(
+                f"{len(failed)} of {count} data lanes could not be opened ({why}); file data went over "
+                f"{len(self.lanes)} lane(s) and the main session{hint}"
+            )
+
+    async def _stop_opening_lanes(self) -> None:
+        task, self._lanes_task = self._lanes_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await task
 
     def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None:
         self._send(m.Adopt(seq, name, size, mtime_ns))
@@ -372,11 +438,21 @@ class Sender:
                 for oid, parent, name, path in page:
                     await self.send_link(oid, parent, name, path)
             await self.settle()
-            self.summary.deleted += await self.finish(self.opts.mirror, source_entries())
+            # nothing more goes to a lane: they close while the agent sweeps, and Bye rides
+            # behind Finish, so the end of a run costs one round trip, not one per channel
+            await self._stop_opening_lanes()
+            lanes_closed = asyncio.ensure_future(self._close_lanes())
+            try:
+                self.summary.deleted += await self.finish(self.opts.mirror, source_entries(), bye=True)
+            except BaseException:
+                lanes_closed.cancel()
+                raise
         except GeorepError:
             await self._reap()
             raise
-        await self.close()
+        await self._close_main(bye_sent=True)
+        await lanes_closed
+        self.summary.bytes_wire = self.bytes_wire
         self.summary.seconds = time.monotonic() - t0
         return self.summary
 
@@ -412,25 +488,40 @@ class Sender:
 
         await self._drain_all()
 
-    async def finish(self, mirror: bool, source_entries: int) -> int:
-        """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs."""
+    async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False) -> int:
+        """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs.
+
+        ``bye``: this is the session's last request; Bye goes right behind Finish, so the agent
+        answers Finished and exits in the same round trip (then call `close` with ``bye_sent``).
+        """
 
         await self._drain_all()
         self.finished = asyncio.get_running_loop().create_future()
         self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
+        if bye:
+            self._send(m.Bye())
         await self._drain()
         finished = await self._await(self.finished)
         return finished.deleted
 
-    async def close(self) -> None:
-        for lane in self.lanes:  # every item was answered: nothing waits on a lane
-            await lane.close()
-        self._send(m.Bye())
+    async def close(self, *, bye_sent: bool = False) -> None:
+        """End the session once every item was answered: the lanes and the main session at once."""
+
+        await self._stop_opening_lanes()
+        await asyncio.gather(self._close_lanes(), self._close_main(bye_sent))
+        self.summary.bytes_wire = self.bytes_wire
+
+    async def _close_lanes(self) -> None:
+        # every item was answered: nothing waits on a lane
+        await asyncio.gather(*(lane.close() for lane in self.lanes))
+
+    async def _close_main(self, bye_sent: bool) -> None:
+        if not bye_sent:
+            self._send(m.Bye())
         self._flush()
         await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
-        self.summary.bytes_wire = self.bytes_wire
 
     async def _await(self, fut: asyncio.Future[T]) -> T:
         assert self._reader is not None
@@ -471,10 +562,6 @@ class Sender:
     async def _send_data(self) -> None:
         """Send the data of every item the agent asked for, packing small files."""
 
-        if self.opts.lanes.count and not self._lanes_opened:
-            self._lanes_opened = True
-            if self.rtt is None or self.rtt >= self.opts.lanes.min_rtt:
-                self.lanes = await open_lanes(self.chan, self, self.opts.lanes.count)
         packer = BlobPacker()
         while self.need:
             seq = self.need.popleft()

@@ -134,7 +134,12 @@ class SshChannel:
         return self._stderr.decode("utf-8", "replace")
 
     def kill(self) -> None:
-        self._conn.abort()
+        """End this session at once: a lane's own channel, or the main one's whole connection."""
+
+        if self._owns:
+            self._conn.abort()
+        else:
+            self._proc.close()
 
     async def reap(self) -> None:
         """After a failure: the connection (every session on it) is gone."""

@@ -42,11 +42,11 @@ def test_samples_cover_every_message() -> None:
     assert set(SAMPLES) == set(m.ALL_MESSAGES)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 def test_an_older_peer_is_refused(old: int) -> None:
-    """v2 added block deltas, v3 data lanes: an older sender is refused, not half understood."""
+    """v2 added block deltas, v3 data lanes, v4 Bye behind Finish: an older sender is refused, not half understood."""
 
-    assert PROTOCOL_VERSION == 3
+    assert PROTOCOL_VERSION == 4
     agent = Session(Role.AGENT)
     hello = agent.receive(MAGIC + encode(m.Hello(old, "georep-sync 0.0", "")))[0]
     assert isinstance(hello, m.Hello)
@@ -137,3 +137,27 @@ def test_any_bytes_after_magic_only_raise_protocol_errors(noise: bytes, step: in
         agent.end_of_stream()
     except ProtocolError:
         pass
+
+
+def test_bye_closes_one_direction_only() -> None:
+    """Bye may ride right behind the last request: the answers to what came before it still flow."""
+
+    sender, agent = connected()
+    wire = sender.send(m.Finish(True, 1, False)) + sender.send(m.Bye())
+    assert not sender.can_send
+    with pytest.raises(ProtocolError, match="already closed"):
+        sender.send(SAMPLES[m.EntryMsg])
+    assert agent.receive(wire) == [m.Finish(True, 1, False), m.Bye()]
+    assert agent.state is State.CLOSED and agent.can_send  # nothing more comes in; answers still go out
+    answers = agent.send(m.Results([])) + agent.send(m.Finished(0))
+    assert sender.receive(answers) == [m.Results([]), m.Finished(0)]
+    assert sender.state is State.READY
+
+
+def test_an_error_closes_both_directions() -> None:
+    sender, agent = connected()
+    sender.receive(agent.send(SAMPLES[m.ErrorMsg]))
+    assert not agent.can_send and not sender.can_send
+    assert sender.state is State.CLOSED
+    with pytest.raises(ProtocolError):
+        sender.send(SAMPLES[m.EntryMsg])

@@ -249,3 +249,25 @@ def test_a_lane_takes_only_data(tmp_path: Path) -> None:
     assert lane.proc.wait(timeout=20) == 28
     assert main.finish() == 0
     assert not (root / "g").exists()
+
+
+@pytest.mark.ssh
+def test_lanes_the_secondary_refuses_are_a_warning_not_a_failure(tmp_path: Path) -> None:
+    """sshd's MaxSessions caps the sessions of one connection: the run goes on with fewer lanes and says so."""
+
+    from conftest import running_sshd
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    (tmp_path / "sshd").mkdir()
+    with running_sshd(tmp_path / "sshd", "MaxSessions 3\n") as server:
+        r = run_cli("--oneshot", src, server.url(dst), "--state-dir", state, *server.ssh_args(), "--lanes", "4",
+                    "--json")
+    assert r.code == 0, r.stderr
+    assert diff(snapshot(src), snapshot(dst)) == []
+    warnings = r.summary["warnings"]
+    assert isinstance(warnings, list) and len(warnings) == 1, r.stderr
+    assert warnings[0].startswith("2 of 4 data lanes could not be opened")
+    assert "over 2 lane(s) and the main session" in warnings[0] and "MaxSessions" in warnings[0]
+    assert "georep-sync: warning: 2 of 4 data lanes" in r.stderr
+    assert _staging(dst) == []
