@@ -92,10 +92,10 @@ class ChangelogsOff(GeorepError):
 
 
 class DaemonRunning(GeorepError):
-    """Another daemon already serves this source and secondary."""
+    """Another run (a daemon, or a --oneshot) already serves this source and secondary with this state."""
 
     exit_code = 9
-    hint = "stop the other daemon first (see 'georep-sync status'), or use another --state-dir"
+    hint = "stop the other run first (see 'georep-sync status' for daemons), or use another --state-dir"
 
 
 # -- secondary / transport ---------------------------------------------------------

@@ -142,6 +142,8 @@ class Summary:
     bytes_wire: int = 0  # bytes written to the transport (framing and metadata included)
     bytes_matched: int = 0  # bytes of changed files the secondary copied from its old copy (delta)
     deleted: int = 0
+    #: entries a rerun did not send: the secondary holds them as they are (`georep.batch.record`)
+    unchanged: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
     #: what went less well than it could without making the replica wrong (shown, exit 0)
@@ -155,6 +157,7 @@ class Summary:
             "bytes_wire": self.bytes_wire,
             "bytes_matched": self.bytes_matched,
             "deleted": self.deleted,
+            "unchanged": self.unchanged,
             "seconds": round(self.seconds, 3),
             "errors": len(self.problems),
             "problems": [p.render() for p in self.problems[:100]],

@@ -17,14 +17,14 @@ from georep.protocol.session import Role, Session, State
 class RawAgent:
     """The real `georep-sync agent` over a pipe, driven message by message."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, scope: str = "") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-bb", "-m", "georep", "agent", str(root)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        self.session = Session(Role.SENDER)
+        self.session = Session(Role.SENDER, scope=scope)
         self.inbox: list[m.Message] = []
         self.raw(self.session.initiate())
         while self.session.state is not State.READY:

@@ -53,7 +53,19 @@ def test_quick_run_produces_the_table(tmp_path: Path) -> None:
             assert sender > 0 and receiver > 0, row
             assert row["replica equal"] == "yes", row
     check_plain_directory_live(r.stdout)
+    check_targets(r.stdout)
     assert list(tmp_path.iterdir()) == [], "the work directory was not cleaned up"
+
+
+def check_targets(out: str) -> None:
+    """Every tuning target the quick run has rows for is decided, met or not (no speed asserted here)."""
+
+    targets = {row["target (issue 6)"].split(":")[0]: row for row in _rows(out, "target (issue 6)")}
+    assert {"large", "small", "renames", "appends", "touch-few on small with the daemon", "scale"} <= targets.keys(), (
+        sorted(targets))
+    for row in targets.values():
+        assert row["verdict"] in ("met", "**not met**"), row
+        assert any(ch.isdigit() for ch in row["measured in this run"]), row
 
 
 def _wire(row: dict[str, str]) -> tuple[float, float]:

@@ -190,13 +190,8 @@ class Applier:
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            st = fsops.lstat_at(self.root_fd, STATE_DIR)
-            if st is None:
-                os.mkdir(STATE_DIR, 0o700, dir_fd=self.root_fd)
-            self.state_fd = fsops.open_dir_at(self.root_fd, STATE_DIR)
-            if fsops.lstat_at(self.state_fd, b"staging") is None:
-                os.mkdir(b"staging", 0o700, dir_fd=self.state_fd)
-            self.staging_fd = fsops.open_dir_at(self.state_fd, b"staging")
+            self.state_fd = fsops.make_dir_at(self.root_fd, STATE_DIR)
+            self.staging_fd = fsops.make_dir_at(self.state_fd, b"staging")
             self.index = Index(root / ".georep" / "index.db", scope)
         except OSError as exc:
             raise SecondaryNotWritable(f"secondary root {root} cannot be used: {exc.strerror}") from None
@@ -204,6 +199,8 @@ class Applier:
         if self.index.obj(ROOT_ID) is None:
             self.index.put_obj(ROOT_ID, Kind.DIR, 0, root_st.st_mtime_ns, root_st.st_mode & 0o7777, root_st.st_ino)
         self.dirs = DirCache(self.index, self.root_fd, self.staging_fd)
+        #: this session's place among the scope's writers (for Resume and Seal)
+        self.claim = self.index.start_session(_alive)
         self.pending: dict[int, m.EntryMsg] = {}
         self.receiving: dict[int, Receiving] = {}
         #: items answered with BlockSums: the basis the delta will be applied to
@@ -241,6 +238,8 @@ class Applier:
                 return self._item(msg.seq, self._entry, msg)
             if isinstance(msg, m.LinkMsg):
                 return self._item(msg.seq, self._link, msg)
+            if isinstance(msg, m.MoveMsg):
+                return self._item(msg.seq, self._move, msg)
             if isinstance(msg, m.RemoveMsg):
                 return self._item(msg.seq, self._remove, msg)
             if isinstance(msg, m.DataBegin):
@@ -309,26 +308,7 @@ class Applier:
         if obj is not None and obj.kind is not kind:
             self._set_aside_all(e.id)  # same id, new type: the old object is stale
             obj = None
-        here = False
-        if obj is not None:
-            names = self.index.names_of(e.id)
-            if any(p == e.parent and n == e.name for p, n, _ in names):
-                here = True
-            else:
-                src = self._movable_name(names)
-                if src is not None:
-                    sfd = self.dirs.fd(src[0])
-                    if src[0] != STAGING_ID:
-                        self.dirty_dirs.add(src[0])
-                    src_st = fsops.lstat_at(sfd, src[1])
-                    if src_st is not None and src_st.st_ino == obj.ino:
-                        self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
-                        fsops.rename_at(sfd, src[1], pfd, e.name)
-                        self.index.move_name(src, (e.parent, e.name), e.id)
-                        self.dirty_dirs.add(e.parent)
-                        here = True
-                    else:
-                        self._discard(sfd, *src, src_st)  # an outdated copy: it must not outlive its name
+        here = obj is not None and self._place_by_id(e.id, obj, e.parent, e.name, pfd)
         if here and obj is not None:
             st = fsops.lstat_at(pfd, e.name)
             if st is None or st.st_ino != obj.ino or Kind.from_mode(st.st_mode) is not kind:
@@ -337,6 +317,46 @@ class Applier:
                 self.index.touch(e.parent, e.name)
                 return self._refresh(e, kind, pfd, st)
         return self._create(e, kind, pfd)
+
+    def _place_by_id(self, oid: bytes, obj: Obj, parent: bytes, name: bytes, pfd: int) -> bool:
+        """Make ``parent/name`` a name of ``oid`` by renaming one it has; whether it now is one."""
+
+        names = self.index.names_of(oid)
+        if any(p == parent and n == name for p, n, _ in names):
+            return True
+        src = self._movable_name(names)
+        if src is None:
+            return False
+        sfd = self.dirs.fd(src[0])
+        if src[0] != STAGING_ID:
+            self.dirty_dirs.add(src[0])
+        src_st = fsops.lstat_at(sfd, src[1])
+        if src_st is None or src_st.st_ino != obj.ino:
+            self._discard(sfd, *src, src_st)  # an outdated copy: it must not outlive its name
+            return False
+        self._make_room(pfd, parent, name, keep=oid, replace_ok=False)
+        fsops.rename_at(sfd, src[1], pfd, name)
+        self.index.move_name(src, (parent, name), oid)
+        self.dirty_dirs.add(parent)
+        return True
+
+    def _move(self, msg: m.MoveMsg) -> int:
+        """A rename by id alone (`MoveMsg`): NEED asks for the whole entry when it cannot be done."""
+
+        self._check_name(msg.parent, msg.name)
+        if len(msg.id) != 16 or msg.id in (ROOT_ID, STAGING_ID):
+            raise ProtocolError("invalid object id in a move")
+        obj = self.index.obj(msg.id)
+        if obj is None:
+            return m.NEED
+        pfd = self.dirs.fd(msg.parent)
+        if self._place_by_id(msg.id, obj, msg.parent, msg.name, pfd):
+            st = fsops.lstat_at(pfd, msg.name)
+            if st is not None and st.st_ino == obj.ino and Kind.from_mode(st.st_mode) is obj.kind:
+                self.index.touch(msg.parent, msg.name)
+                return m.DONE
+            self.index.drop_name(msg.parent, msg.name)  # the index drifted from the disk
+        return m.NEED
 
     def _movable_name(self, names: list[tuple[bytes, bytes, int]]) -> tuple[bytes, bytes] | None:
         """Which existing name of an object to rename: one set aside, else one not confirmed now."""
@@ -895,7 +915,7 @@ class Applier:
                     fsops.remove_at(pfd, name)
                     self.dirs.clear()
                     deleted += 1
-                if obj is not None and obj.kind is Kind.DIR:
+                if obj is not None and obj.kind is Kind.DIR and not self._named_elsewhere(oid, parent, name):
                     self.index.drop_subtree(oid)
                     self.dirty_dirs.discard(oid)
                 self.index.drop_name(parent, name)
@@ -907,6 +927,16 @@ class Applier:
                 print(f"georep agent: cannot remove a stale entry: {exc}", file=sys.stderr)
                 self.index.drop_name(parent, name)
         return deleted
+
+    def _named_elsewhere(self, oid: bytes, parent: bytes, name: bytes) -> bool:
+        """Whether ``oid`` has a name besides ``parent/name``.
+
+        A set-aside copy can share its id with a live object: an inode number reused on a
+        plain tree gives a new directory the id of the file that was set aside for it.
+        Sweeping that copy must not take the directory's contents out of the index.
+        """
+
+        return any((p, n) != (parent, name) for p, n, _g in self.index.names_of(oid))
 
     def _settle_dirs(self) -> None:
         """Directory modes and mtimes, once nothing more is created inside them."""
@@ -930,8 +960,21 @@ class Applier:
             with contextlib.suppress(OSError):
                 self._drop_receiving(seq)
 
+    def resume(self, msg: m.Resume) -> m.Resumed:
+        """Whether the sender's record is still the truth: its token is the last one issued."""
+
+        return m.Resumed(msg.token == self.claim.token != b"")
+
+    def seal(self) -> m.Sealed:
+        try:
+            return m.Sealed(self.index.seal(self.claim, _alive))
+        except OSError as exc:
+            raise self._fatal(exc) from None
+
     def close(self) -> None:
         self.discard_incoming()
+        with contextlib.suppress(sqlite3.Error):  # a dead writer's row is dropped by the next session
+            self.index.end_session()
         self.index.close()
         self.dirs.clear()
         for fd in (self.staging_fd, self.state_fd, self.root_fd):
@@ -1033,10 +1076,12 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                     applier.index.commit()
                     _write_all(out_fd, out)
                     return 0
-                if isinstance(msg, m.Finish):
-                    _answers(session, applier, results, out)
+                if isinstance(msg, m.Finish | m.Seal):
+                    _answers(session, applier, results, out)  # every earlier item is answered first
                     results = []
-                    out += session.send(applier.finish(msg))
+                    out += session.send(applier.finish(msg) if isinstance(msg, m.Finish) else applier.seal())
+                elif isinstance(msg, m.Resume):
+                    out += session.send(applier.resume(msg))
                 else:
                     results.extend(applier.handle(msg))
                     if applier.outbox:

@@ -10,6 +10,7 @@ the secondary is treated as a name, never as a path to walk through.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -27,6 +28,18 @@ def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
 
 def open_dir_at(dir_fd: int, name: bytes) -> int:
     return os.open(name, O_DIR, dir_fd=dir_fd)
+
+
+def make_dir_at(dir_fd: int, name: bytes) -> int:
+    """Open directory ``name`` (mode 0700 if it has to be made), never following a symlink.
+
+    Several agents may start on one root at once (a daemon per brick, data lanes): whoever
+    makes it first wins and the others open it.
+    """
+
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    return open_dir_at(dir_fd, name)
 
 
 def rename_at(src_fd: int, src: bytes, dst_fd: int, dst: bytes) -> None:

@@ -17,9 +17,10 @@ row the agent checks the inode it recorded (see `georep.apply.agent`).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS names (
 CREATE INDEX IF NOT EXISTS names_by_id ON names (id);
 CREATE INDEX IF NOT EXISTS names_by_gen ON names (gen);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS scopes (scope TEXT PRIMARY KEY, epoch INTEGER NOT NULL, token BLOB);
+CREATE TABLE IF NOT EXISTS writers (pid INTEGER PRIMARY KEY, scope TEXT NOT NULL);
 """
 
 
@@ -81,6 +84,15 @@ def _use_wal(db: sqlite3.Connection) -> None:
             raise sqlite3.OperationalError("database is locked (switching it to WAL)")
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClaim:
+    """What a session learnt of its scope when it started (see `Index.start_session`)."""
+
+    epoch: int
+    token: bytes  # the token issued before this session (now withdrawn), b"" if none
+    overlapped: bool  # another writer of the scope was running when this one started
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,54 @@ class Index:
         self.commit()
         self.gen = gen
         return gen
+
+    # -- sessions of a scope, and the tokens that let a sender trust its record ----------
+    #
+    # A sender that keeps a record of what it sent (georep.batch.record) may skip, on its
+    # next run, everything unchanged since: but only if nothing else wrote this scope in
+    # between.  Every session of a scope bumps the scope's epoch and withdraws its token
+    # when it starts; at the end the agent issues a new token only to a session that no
+    # other one overlapped (none still running when it started, none started since).
+
+    def start_session(self, alive: Callable[[int], bool]) -> SessionClaim:
+        """Register this process as a writer of the scope; returns what `seal` needs."""
+
+        self.begin()
+        row = self._db.execute("SELECT epoch, token FROM scopes WHERE scope=?", (self.scope,)).fetchone()
+        epoch = (row[0] if row else 0) + 1
+        token = bytes(row[1]) if row and row[1] is not None else b""
+        self._db.execute("INSERT OR REPLACE INTO scopes(scope, epoch, token) VALUES (?,?,NULL)", (self.scope, epoch))
+        others = self._other_writers(alive)
+        self._db.execute("INSERT OR REPLACE INTO writers(pid, scope) VALUES (?,?)", (os.getpid(), self.scope))
+        self.commit()
+        return SessionClaim(epoch, token, overlapped=bool(others))
+
+    def _other_writers(self, alive: Callable[[int], bool]) -> list[int]:
+        rows = self._db.execute("SELECT pid FROM writers WHERE scope=? AND pid != ?", (self.scope, os.getpid()))
+        live = []
+        for (pid,) in rows.fetchall():
+            if alive(pid):
+                live.append(pid)
+            else:
+                self._db.execute("DELETE FROM writers WHERE pid=?", (pid,))
+        return live
+
+    def seal(self, claim: SessionClaim, alive: Callable[[int], bool]) -> bytes:
+        """A new token for this scope if no other session overlapped this one, else b""."""
+
+        self.begin()
+        row = self._db.execute("SELECT epoch FROM scopes WHERE scope=?", (self.scope,)).fetchone()
+        token = b""
+        if not claim.overlapped and row is not None and row[0] == claim.epoch and not self._other_writers(alive):
+            token = os.urandom(16)
+            self._db.execute("UPDATE scopes SET token=? WHERE scope=?", (token, self.scope))
+        self.commit()
+        return token
+
+    def end_session(self) -> None:
+        self.begin()
+        self._db.execute("DELETE FROM writers WHERE pid=?", (os.getpid(),))
+        self.commit()
 
     # -- transactions: many small writes are grouped; commit() makes them durable ----
 

@@ -50,17 +50,16 @@ class Stager:
         try:
             root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                state_fd = fsops.open_dir_at(root_fd, STATE_DIR)
+                state_fd = fsops.make_dir_at(root_fd, STATE_DIR)  # a lane may start before its main session
                 try:
-                    self.staging_fd = fsops.open_dir_at(state_fd, b"staging")
+                    self.staging_fd = fsops.make_dir_at(state_fd, b"staging")
                 finally:
                     os.close(state_fd)
             finally:
                 os.close(root_fd)
         except OSError as exc:
             raise SecondaryNotWritable(
-                f"a data lane found no staging directory under {root}: {exc.strerror}",
-                hint="a lane is opened after its main session; upgrade both ends to the same release",
+                f"a data lane cannot use the staging directory under {root}: {exc.strerror}",
             ) from None
         self.receiving: dict[int, _Incoming] = {}
         self._prefix = b"tmp-%d-L" % os.getpid()

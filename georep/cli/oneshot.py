@@ -8,15 +8,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from georep import __version__
+from georep.batch.ledger import Ledger, Rerun
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
-from georep.errors import SyncIncomplete, UsageError
+from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
 from georep.model import Summary
-from georep.source.crawl import Crawler
+from georep.source.crawl import Crawler, SourceEntry
 from georep.source.identity import IdStore, default_state_dir
-from georep.transport.sender import Options, Sender
+from georep.transport.sender import Item, Options, Sender
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_secondary_options(p)
     p.add_argument("--allow-mass-delete", action="store_true",
                    help="let an empty source empty the secondary (refused by default)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare every entry with the secondary, as a first run does, instead of sending only what "
+                        "changed since the last run")
     p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress display even on a terminal")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -81,16 +86,36 @@ class Progress:
         sys.stderr.flush()
 
 
+def _secondary_key(secondary: str) -> str:
+    return secondary if secondary.startswith("ssh://") else os.path.abspath(secondary)
+
+
 async def replicate(args: argparse.Namespace, progress: Progress | None) -> tuple[Summary, Crawler]:
+    """One run: a rerun sends only what changed since the last one, when the agent still vouches for it."""
+
     source = args.source_abs
-    store = IdStore(args.state_dir or default_state_dir(), source)
+    state_dir = args.state_dir or default_state_dir()
+    store = IdStore(state_dir, source)
+    ledger: Ledger | None = None
     try:
+        ledger = Ledger(state_dir, source, _secondary_key(args.secondary), scope="")
         crawler = Crawler(source, store)
         chan = await channel_opener(args)()
-        sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress)
+        sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress,
+                        on_done=_recorder(ledger))
         try:
-            await sender.handshake()
-            summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+            await sender.handshake(resume=b"" if args.verify else ledger.token)
+            if sender.resumed:
+                rerun = Rerun(ledger)
+                crawler.observer = rerun
+                summary = await sender.run(rerun.changed(iter(crawler)), _filtered_links(store, rerun),
+                                           lambda: crawler.count, seal=True,
+                                           removals=lambda: _guarded(rerun.removals(), crawler, args))
+                summary.unchanged = rerun.skipped
+            else:
+                ledger.forget()
+                summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count, seal=True)
+            ledger.seal(sender.sealed)
         except BaseException:
             await sender.abort()
             raise
@@ -98,6 +123,47 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
         return summary, crawler
     finally:
         store.close()
+        if ledger is not None:
+            ledger.close()
+
+
+def _recorder(ledger: Ledger) -> Callable[[Item], None]:
+    """What the agent confirmed goes into the ledger."""
+
+    def done(item: Item) -> None:
+        if isinstance(item, SourceEntry):
+            ledger.entry_done(item.entry)
+        elif item.op == "link":
+            ledger.link_done(item.oid, item.parent, item.name)
+        else:
+            ledger.remove_done(item.oid, item.parent, item.name)
+
+    return done
+
+
+def _filtered_links(store: IdStore, rerun: Rerun) -> Callable[[], list[tuple[bytes, bytes, bytes, bytes]]]:
+    def links() -> list[tuple[bytes, bytes, bytes, bytes]]:
+        while page := store.deferred_links():
+            if kept := rerun.links(page):
+                return kept
+        return []
+
+    return links
+
+
+def _guarded(removals: Iterator[tuple[bytes, bytes, bytes, bytes]], crawler: Crawler, args: argparse.Namespace
+             ) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
+    """The removals, unless the source looks unmounted (no entry at all) and the secondary is not empty."""
+
+    first = next(removals, None)
+    if first is None:
+        return
+    if crawler.count == 0 and not args.allow_mass_delete:
+        raise SourceLooksUnmounted(
+            "the source has no entries but the secondary holds what earlier runs sent: refusing to delete it"
+        )
+    yield first
+    yield from removals
 
 
 def run(argv: list[str]) -> int:
@@ -118,8 +184,9 @@ def run(argv: list[str]) -> int:
         print(f"georep-sync: {p.render()}", file=sys.stderr)
     rate = summary.bytes_data / summary.seconds if summary.seconds else 0.0
     matched = f" (+{_human(summary.bytes_matched)} unchanged, not sent)" if summary.bytes_matched else ""
+    unchanged = f" ({summary.unchanged} more unchanged since the last run)" if summary.unchanged else ""
     print(
-        f"georep-sync: {summary.entries} entries, {summary.files} files sent, "
+        f"georep-sync: {summary.entries} entries{unchanged}, {summary.files} files sent, "
         f"{_human(summary.bytes_data)} data{matched}, {_human(summary.bytes_wire)} on the wire, "
         f"{summary.deleted} deleted, {len(summary.problems)} errors in {summary.seconds:.2f}s "
         f"({_human(rate)}/s)",

@@ -142,6 +142,8 @@ _CHECKS: dict[type[Any], Callable[[Any], str | None]] = {
     m.DataChunk: _chunk_problem,
     m.DeltaBegin: _nonnegative("size"),
     m.BlockSums: lambda msg: sums_problem(msg.block_size, msg.basis_size, msg.sums, CHUNK_SIZE),
+    m.Resume: lambda msg: None if len(msg.token) == 16 else "a resume token is 16 bytes",
+    m.Sealed: lambda msg: None if len(msg.token) in (0, 16) else "a seal token is 16 bytes or none",
 }
 
 

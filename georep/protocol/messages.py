@@ -1,4 +1,4 @@
-"""The wire message set, version 3 (documented field by field in docs/PROTOCOL.md).
+"""The wire message set, version 4 (documented field by field in docs/PROTOCOL.md).
 
 Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
 the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
@@ -69,6 +69,23 @@ class LinkMsg:
     """Make ``parent/name`` one more hard link of ``id`` (already placed this session)."""
 
     KIND: ClassVar[int] = 11
+    seq: int
+    id: bytes
+    parent: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MoveMsg:
+    """Object ``id``, which the agent holds with the metadata last sent, is now at ``parent/name``.
+
+    A rename the sender knows changed nothing else (its ledger says so): 60-odd bytes
+    instead of a whole EntryMsg.  DONE once one of the object's names was renamed there
+    (or it was there); NEED when the agent cannot (it does not hold the object, or its
+    copy is gone): the sender then sends the whole EntryMsg as a new item.
+    """
+
+    KIND: ClassVar[int] = 13
     seq: int
     id: bytes
     parent: bytes
@@ -206,6 +223,29 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """Sender → agent, right after Hello: "my record of what you hold was sealed as ``token``".
+
+    Answered with `Resumed`.  When the token is the one the agent issued and no other
+    session wrote this scope since, the sender sends only what changed since then (its
+    record says what the secondary holds) and removes what is gone by name.
+    """
+
+    KIND: ClassVar[int] = 29
+    token: bytes  # 16 bytes from an earlier `Sealed`
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """Sender → agent, after a Finish: "vouch that this scope holds what I sent and nothing else wrote it".
+
+    Answered with `Sealed`.  Sent only after a mirror Finish or in a resumed session.
+    """
+
+    KIND: ClassVar[int] = 32
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -292,6 +332,22 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """Agent → sender, the answer to `Resume`: whether the sender's record may be trusted."""
+
+    KIND: ClassVar[int] = 45
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """Agent → sender, the answer to `Seal`: a token for the next `Resume`, or b"" if it cannot vouch."""
+
+    KIND: ClassVar[int] = 46
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -306,6 +362,7 @@ Message = (
     | HelloOk
     | EntryMsg
     | LinkMsg
+    | MoveMsg
     | RemoveMsg
     | DataBegin
     | DataChunk
@@ -316,6 +373,8 @@ Message = (
     | Lane
     | Adopt
     | Ping
+    | Resume
+    | Seal
     | Finish
     | Bye
     | Results
@@ -323,6 +382,8 @@ Message = (
     | BlockSums
     | Staged
     | Pong
+    | Resumed
+    | Sealed
     | ErrorMsg
 )
 
@@ -331,6 +392,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     HelloOk,
     EntryMsg,
     LinkMsg,
+    MoveMsg,
     RemoveMsg,
     DataBegin,
     DataChunk,
@@ -341,6 +403,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Lane,
     Adopt,
     Ping,
+    Resume,
+    Seal,
     Finish,
     Bye,
     Results,
@@ -348,12 +412,16 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     BlockSums,
     Staged,
     Pong,
+    Resumed,
+    Sealed,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Lane, Adopt, Ping,
-     Finish, Bye}
+    {EntryMsg, LinkMsg, MoveMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Lane, Adopt,
+     Ping, Resume, Seal, Finish, Bye}
 )
-FROM_AGENT: frozenset[type[Message]] = frozenset({Results, Finished, BlockSums, Staged, Pong, ErrorMsg})
+FROM_AGENT: frozenset[type[Message]] = frozenset(
+    {Results, Finished, BlockSums, Staged, Pong, Resumed, Sealed, ErrorMsg}
+)

@@ -19,6 +19,7 @@ import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from georep.errors import SourceMissing
 from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, replicable_xattr
@@ -114,10 +115,21 @@ def make_entry(oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_
     )
 
 
+class ListingObserver(Protocol):
+    """Told what each directory listing held (`georep.batch.record` finds removals with it)."""
+
+    def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
+        """A further name of a hard-linked inode, listed but not yielded (it is sent as a link)."""
+
+    def listed(self, did: bytes, path: bytes, count: int, complete: bool) -> None:
+        """Directory ``did`` at ``path`` is listed: ``count`` replicable names (all of them if ``complete``)."""
+
+
 class Crawler:
     """Yields `SourceEntry` for every replicable object below ``root`` (root first)."""
 
-    def __init__(self, root: bytes, store: IdStore, privileged: bool | None = None) -> None:
+    def __init__(self, root: bytes, store: IdStore, privileged: bool | None = None,
+                 observer: ListingObserver | None = None) -> None:
         if not os.path.isdir(root):
             raise SourceMissing(f"source {os.fsdecode(root)} does not exist or is not a directory")
         self.root = os.path.abspath(root)
@@ -126,6 +138,7 @@ class Crawler:
         self.brick = is_brick(self.root)
         self.problems: list[Problem] = []
         self.count = 0
+        self.observer = observer
         store.new_crawl()
 
     def _id(self, path: bytes, st: os.stat_result) -> bytes | None:
@@ -158,18 +171,21 @@ class Crawler:
         root_entry = self.entry_for(ROOT_ID, ROOT_ID, b"", self.root, st)
         assert root_entry is not None
         yield SourceEntry(root_entry, self.root, st.st_mtime_ns)
-        stack: list[tuple[bytes, bytes, Iterator[os.DirEntry[bytes]]]] = []
+        stack: list[_Listing] = []
         self._push(stack, ROOT_ID, self.root)
         while stack:
-            pid, ppath, it = stack[-1]
+            top = stack[-1]
+            pid, ppath = top.id, top.path
             try:
-                de = next(it)
+                de = next(top.it)
             except StopIteration:
                 stack.pop()
+                self._listed(top, complete=True)
                 continue
             except OSError as exc:
                 self.problems.append(Problem(ppath, f"cannot list directory: {exc.strerror}"))
                 stack.pop()
+                self._listed(top, complete=False)
                 continue
             name = de.name
             path = de.path
@@ -189,17 +205,35 @@ class Crawler:
             if entry is None:
                 continue
             self.count += 1
+            top.count += 1
             if entry.kind is not Kind.DIR and entry.nlink > 1 and not self.store.first_sighting(oid):
                 self.store.defer_link(oid, pid, name, path)
+                if self.observer is not None:
+                    self.observer.deferred(oid, pid, name)
                 continue
             yield SourceEntry(entry, path, st.st_mtime_ns)
             if entry.kind is Kind.DIR:
                 self._push(stack, oid, path)
 
-    def _push(self, stack: list[tuple[bytes, bytes, Iterator[os.DirEntry[bytes]]]], oid: bytes, path: bytes) -> None:
+    def _listed(self, listing: _Listing, complete: bool) -> None:
+        if self.observer is not None:
+            self.observer.listed(listing.id, listing.path, listing.count, complete)
+
+    def _push(self, stack: list[_Listing], oid: bytes, path: bytes) -> None:
         try:
             it = os.scandir(path)
         except OSError as exc:
             self.problems.append(Problem(path, f"cannot list directory: {exc.strerror}"))
+            self._listed(_Listing(oid, path, iter(())), complete=False)
             return
-        stack.append((oid, path, iter(it)))
+        stack.append(_Listing(oid, path, iter(it)))
+
+
+@dataclass(slots=True)
+class _Listing:
+    """A directory being listed: its id, its path, the open listing and how many names it gave."""
+
+    id: bytes
+    path: bytes
+    it: Iterator[os.DirEntry[bytes]]
+    count: int = 0

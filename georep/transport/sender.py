@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from georep.batch.ledger import Moved
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Entry, Problem, Summary
 from georep.protocol import messages as m
@@ -73,6 +74,21 @@ class Lanes:
 NO_LANES = Lanes()
 
 
+@dataclass(frozen=True, slots=True)
+class NameOp:
+    """A Link or Remove item in flight: what it does to which name (for the record and for messages)."""
+
+    op: str  # "link" or "remove"
+    oid: bytes
+    parent: bytes
+    name: bytes
+    path: bytes
+
+
+#: What an item in flight is: an entry (perhaps awaiting its data), or a name operation.
+Item = SourceEntry | NameOp
+
+
 @dataclass(slots=True)
 class Options:
     window: int = 16384
@@ -92,12 +108,22 @@ class Sender:
     """Drives one session over a `Channel`."""
 
     def __init__(self, chan: Channel, opts: Options, on_progress: Callable[[Summary], None] | None = None,
-                 scope: str = "") -> None:
+                 scope: str = "", on_done: Callable[[Item], None] | None = None) -> None:
         self.chan = chan
         self.opts = opts
         self.session = Session(Role.SENDER, scope=scope)
         self.summary = Summary()
-        self.inflight: dict[int, SourceEntry | tuple[bytes, bytes]] = {}
+        self.inflight: dict[int, Item] = {}
+        #: items sent as a rename by id (MoveMsg): NEED for one of them asks for the whole entry
+        self._moves: set[int] = set()
+        #: told of every item the agent answered DONE (the sender's record, `georep.batch.record`)
+        self.on_done = on_done
+        #: whether the agent accepted the Resume token (None: none was presented)
+        self.resumed: bool | None = None
+        self._resumed: asyncio.Future[bool] | None = None
+        #: the agent's token vouching for this session, once sealed (b"": it could not vouch)
+        self.sealed = b""
+        self._sealed: asyncio.Future[bytes] | None = None
         self.need: collections.deque[int] = collections.deque()
         #: items the agent answered with block sums of its copy (a delta may be sent)
         self.sums: dict[int, m.BlockSums] = {}
@@ -123,12 +149,20 @@ class Sender:
 
     # -- session lifecycle -------------------------------------------------------------
 
-    async def handshake(self) -> None:
+    async def handshake(self, resume: bytes = b"") -> None:
+        """Hello (and ``resume``, a token from an earlier `seal`, in the same flight) until the agent is ready.
+
+        With a token, `resumed` says afterwards whether the agent still vouches for it.
+        """
+
         # the reader first: an agent that refuses at once (root not writable, wrong
         # version) explains itself on its output even if our first write finds it gone
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         try:
             self._write(self.session.initiate())
+            if resume:
+                self._resumed = asyncio.get_running_loop().create_future()
+                self._send(m.Resume(resume))
             await self._drain()
         except ConnectionLost:
             await asyncio.wait({self._reader}, timeout=10)
@@ -138,6 +172,8 @@ class Sender:
         if not self._ready.is_set():
             ready.cancel()
             await self._raise_failure()
+        if self._resumed is not None:
+            self.resumed = await self._await(self._resumed)
         if self._can_open_lanes():
             if self.opts.lanes.min_rtt > 0:
                 await self._probe_round_trip(self.opts.lanes.min_rtt)
@@ -228,13 +264,24 @@ class Sender:
                 if item is None:
                     raise ProtocolError(f"result for unknown item {r.seq}")
                 if r.status == m.NEED:
+                    if r.seq in self._moves:  # the agent cannot rename it by id: the whole entry
+                        self._moves.discard(r.seq)
+                        del self.inflight[r.seq]
+                        assert isinstance(item, SourceEntry)
+                        self._queue_entry(item)
+                        continue
                     self.need.append(r.seq)
                     continue
                 del self.inflight[r.seq]
                 self._delta_sent.discard(r.seq)
+                self._moves.discard(r.seq)
                 if r.status == m.FAILED:
-                    path = item.path if isinstance(item, SourceEntry) else item[1]
-                    self.summary.problems.append(Problem(path, r.cause, "agent"))
+                    self.summary.problems.append(Problem(item.path, r.cause, "agent"))
+                else:
+                    if isinstance(item, NameOp) and item.op == "remove":
+                        self.summary.deleted += 1
+                    if self.on_done is not None:
+                        self.on_done(item)
             self.changed.set()
         elif isinstance(msg, m.BlockSums):
             if not isinstance(self.inflight.get(msg.seq), SourceEntry) or msg.seq in self.sums:
@@ -246,6 +293,14 @@ class Sender:
             if self.finished.done():
                 raise ProtocolError("Finished without a Finish")
             self.finished.set_result(msg)
+        elif isinstance(msg, m.Resumed):
+            if self._resumed is None or self._resumed.done():
+                raise ProtocolError("Resumed without a Resume")
+            self._resumed.set_result(msg.valid)
+        elif isinstance(msg, m.Sealed):
+            if self._sealed is None or self._sealed.done():
+                raise ProtocolError("Sealed without a Seal")
+            self._sealed.set_result(msg.token)
         elif isinstance(msg, m.Pong):
             if self._pong is None or self._pong.done():
                 raise ProtocolError("Pong without a Ping")
@@ -425,25 +480,41 @@ class Sender:
 
     # -- the main loop -------------------------------------------------------------------
 
-    async def run(self, entries: Iterable[SourceEntry], links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]],
-                  source_entries: Callable[[], int]) -> Summary:
-        """A full copy (``--oneshot``): every entry, then hard links, then the mirror sweep."""
+    async def run(self, entries: Iterable[SourceEntry | Moved],
+                  links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]], source_entries: Callable[[], int], *,
+                  removals: Callable[[], Iterable[tuple[bytes, bytes, bytes, bytes]]] | None = None,
+                  seal: bool = False) -> Summary:
+        """A copy (``--oneshot``): entries, then hard links, then what the source no longer has.
+
+        Without ``removals`` the agent's mirror sweep (``Options.mirror``) removes every name
+        not confirmed in this session; with it (a rerun that sent only changes), the names
+        it lists are removed one by one.  ``seal``: ask the agent for a token vouching for
+        what this session did (`sealed`), for the next run's `handshake`.
+        """
 
         t0 = time.monotonic()
         try:
             for se in entries:
-                await self.send_entry(se)
+                if isinstance(se, Moved):
+                    await self.send_move(se.se)
+                else:
+                    await self.send_entry(se)
             await self.settle()  # every inode exists before its extra names are linked
             while page := links():
                 for oid, parent, name, path in page:
                     await self.send_link(oid, parent, name, path)
             await self.settle()
+            if removals is not None:
+                for oid, parent, name, path in removals():
+                    await self.send_remove(oid, parent, name, path)
+                await self.settle()
             # nothing more goes to a lane: they close while the agent sweeps, and Bye rides
             # behind Finish, so the end of a run costs one round trip, not one per channel
             await self._stop_opening_lanes()
             lanes_closed = asyncio.ensure_future(self._close_lanes())
             try:
-                self.summary.deleted += await self.finish(self.opts.mirror, source_entries(), bye=True)
+                self.summary.deleted += await self.finish(self.opts.mirror and removals is None, source_entries(),
+                                                          bye=True, seal=seal)
             except BaseException:
                 lanes_closed.cancel()
                 raise
@@ -460,10 +531,7 @@ class Sender:
 
     async def send_entry(self, se: SourceEntry) -> None:
         await self._room_for_one()
-        self._seq += 1
-        self.inflight[self._seq] = se
-        self._send(self._entry_msg(self._seq, se.entry))
-        self.summary.entries += 1
+        self._queue_entry(se)
         if not self._out:  # a batch of frames just went to the transport: let it drain
             await self._drain()
         if self._on_progress is not None and time.monotonic() - self._last_progress > 0.5:
@@ -471,16 +539,33 @@ class Sender:
             self.summary.bytes_wire = self.bytes_wire
             self._on_progress(self.summary)
 
+    def _queue_entry(self, se: SourceEntry) -> None:
+        self._seq += 1
+        self.inflight[self._seq] = se
+        self._send(self._entry_msg(self._seq, se.entry))
+        self.summary.entries += 1
+
+    async def send_move(self, se: SourceEntry) -> None:
+        """``se`` changed nothing but its name since the agent confirmed it: a rename by id."""
+
+        await self._room_for_one()
+        self._seq += 1
+        self.inflight[self._seq] = se
+        self._moves.add(self._seq)
+        e = se.entry
+        self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
+        self.summary.entries += 1
+
     async def send_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
         await self._room_for_one()
         self._seq += 1
-        self.inflight[self._seq] = (oid, path)
+        self.inflight[self._seq] = NameOp("link", oid, parent, name, path)
         self._send(m.LinkMsg(self._seq, oid, parent, name))
 
     async def send_remove(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
         await self._room_for_one()
         self._seq += 1
-        self.inflight[self._seq] = (oid, path)
+        self.inflight[self._seq] = NameOp("remove", oid, parent, name, path)
         self._send(m.RemoveMsg(self._seq, oid, parent, name))
 
     async def settle(self) -> None:
@@ -488,20 +573,27 @@ class Sender:
 
         await self._drain_all()
 
-    async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False) -> int:
+    async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False, seal: bool = False) -> int:
         """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs.
 
-        ``bye``: this is the session's last request; Bye goes right behind Finish, so the agent
-        answers Finished and exits in the same round trip (then call `close` with ``bye_sent``).
+        ``seal``: then ask for a token vouching for this session (`sealed`).  ``bye``: this is
+        the session's last request; Bye goes right behind, so the agent answers and exits in
+        the same round trip (then call `close` with ``bye_sent``).
         """
 
         await self._drain_all()
-        self.finished = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
         self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
+        if seal:
+            self._sealed = loop.create_future()
+            self._send(m.Seal())
         if bye:
             self._send(m.Bye())
         await self._drain()
         finished = await self._await(self.finished)
+        if self._sealed is not None:
+            self.sealed = await self._await(self._sealed)
         return finished.deleted
 
     async def close(self, *, bye_sent: bool = False) -> None:

@@ -40,3 +40,31 @@ def test_a_renamed_object_whose_old_name_holds_an_outdated_copy_leaves_nothing_b
     assert sorted(p.name for p in root.iterdir() if p.name != ".georep") == ["c"]
     assert (root / "c").read_bytes() == b"hello!"
     assert os.listdir(root / ".georep" / "staging") == []
+
+
+def test_an_id_reused_by_a_directory_keeps_its_contents_when_the_old_file_is_swept(tmp_path: Path) -> None:
+    """A plain tree's inode number reused: the new directory gets the id of the file it replaced.
+
+    The file is set aside in staging and swept at Finish; the sweep once took the directory's
+    children out of the index and left its mtime unsettled (seen as a flaky rerun test).
+    """
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    x, inside = oid(80), oid(81)
+    assert agent.one(entry(1, x, ROOT_ID, b"f", Kind.FILE, 5)).status == m.NEED
+    agent.send(*_data_msgs(1, b"hello"))
+    assert agent.results(1)[0].status == m.DONE
+    assert agent.one(entry(2, x, ROOT_ID, b"f", Kind.DIR)).status == m.DONE  # same id, now a directory
+    assert agent.one(entry(3, inside, x, b"inside", Kind.FILE, 2)).status == m.NEED
+    agent.send(*_data_msgs(3, b"in"))
+    assert agent.results(1)[0].status == m.DONE
+    agent.send(m.Finish(False, 2, False))
+    while not any(isinstance(msg, m.Finished) for msg in agent.inbox):
+        agent._pump()
+    agent.inbox.clear()
+    assert os.stat(root / "f").st_mtime_ns == 1_000_000_000  # settled like any directory
+    assert agent.one(entry(4, inside, x, b"inside", Kind.FILE, 2)).status == m.DONE  # still known: no data
+    assert agent.finish() == 0
+    assert (root / "f" / "inside").read_bytes() == b"in"
+    assert os.listdir(root / ".georep" / "staging") == []

@@ -45,6 +45,7 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         m.EntryMsg, u64, ids, ids, names, st.integers(1, 7), u64, u64, u64, i64, xattrs, u64, names, u64
     ),
     m.LinkMsg: st.builds(m.LinkMsg, u64, ids, ids, names),
+    m.MoveMsg: st.builds(m.MoveMsg, u64, ids, ids, names),
     m.RemoveMsg: st.builds(m.RemoveMsg, u64, ids, ids, names),
     m.DataBegin: st.builds(m.DataBegin, u64, u64),
     m.DataChunk: st.builds(m.DataChunk, u64, u64, st.binary(max_size=2000)),
@@ -56,6 +57,10 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Staged: st.builds(m.Staged, u64, names),
     m.Ping: st.builds(m.Ping, u64),
     m.Pong: st.builds(m.Pong, u64),
+    m.Resume: st.builds(m.Resume, ids),
+    m.Resumed: st.builds(m.Resumed, st.booleans()),
+    m.Seal: st.just(m.Seal()),
+    m.Sealed: st.builds(m.Sealed, st.one_of(st.just(b""), ids)),
     m.Finish: st.builds(m.Finish, st.booleans(), u64, st.booleans()),
     m.Bye: st.just(m.Bye()),
     m.Results: st.builds(m.Results, st.lists(results, max_size=5)),

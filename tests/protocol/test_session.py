@@ -18,6 +18,7 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.HelloOk: m.HelloOk(PROTOCOL_VERSION, "t", False),
     m.EntryMsg: m.EntryMsg(1, b"i" * 16, b"p" * 16, b"n", 1, 0o644, 0, 0, 0, [], 0, b"", 0),
     m.LinkMsg: m.LinkMsg(1, b"i" * 16, b"p" * 16, b"n"),
+    m.MoveMsg: m.MoveMsg(1, b"i" * 16, b"p" * 16, b"n"),
     m.DataBegin: m.DataBegin(1, 0),
     m.DataChunk: m.DataChunk(1, 0, b""),
     m.DataEnd: m.DataEnd(1, b"d" * 16, 0),
@@ -35,6 +36,10 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.Ping: m.Ping(7),
     m.Staged: m.Staged(1, b"tmp-1-L1"),
     m.Pong: m.Pong(7),
+    m.Resume: m.Resume(b"t" * 16),
+    m.Resumed: m.Resumed(True),
+    m.Seal: m.Seal(),
+    m.Sealed: m.Sealed(b"t" * 16),
 }
 
 

@@ -1,0 +1,109 @@
+"""The sender's ledger on its own: verdicts, what DONE answers do to it, its cleanup and its lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from georep.batch.ledger import Ledger, Verdict, meta_digest
+from georep.errors import DaemonRunning
+from georep.model import ROOT_ID, Entry, Kind, Meta
+
+A, B, C, D = (bytes([i]) * 16 for i in range(1, 5))
+
+
+def entry(oid: bytes, parent: bytes, name: bytes, kind: Kind = Kind.FILE, *, size: int = 10, mode: int = 0o644,
+          mtime: int = 1, nlink: int = 1, xattrs: tuple[tuple[bytes, bytes], ...] = ()) -> Entry:
+    return Entry(oid, parent, name, kind, Meta(mode, 0, 0, mtime, xattrs), size=size, nlink=nlink)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    led = Ledger(tmp_path, b"/src", "ssh://h/dst", "")
+    yield led
+    led.close()
+
+
+def test_every_replicated_field_is_in_the_digest() -> None:
+    base = entry(A, ROOT_ID, b"f", xattrs=((b"user.a", b"1"),))
+    variants = [
+        entry(A, ROOT_ID, b"f", size=11, xattrs=((b"user.a", b"1"),)),
+        entry(A, ROOT_ID, b"f", mode=0o600, xattrs=((b"user.a", b"1"),)),
+        entry(A, ROOT_ID, b"f", mtime=2, xattrs=((b"user.a", b"1"),)),
+        entry(A, ROOT_ID, b"f", xattrs=((b"user.a", b"2"),)),
+        entry(A, ROOT_ID, b"f", xattrs=((b"user.a1", b""),)),
+        entry(A, ROOT_ID, b"f", Kind.FIFO, xattrs=((b"user.a", b"1"),)),
+        Entry(A, ROOT_ID, b"f", Kind.FILE, Meta(0o644, 7, 0, 1, ((b"user.a", b"1"),)), size=10),
+        Entry(A, ROOT_ID, b"f", Kind.SYMLINK, Meta(0o644, 0, 0, 1, ((b"user.a", b"1"),)), size=10, target=b"x"),
+    ]
+    digests = {meta_digest(v) for v in variants}
+    assert len(digests) == len(variants) and meta_digest(base) not in digests
+    assert meta_digest(entry(A, D, b"other name", xattrs=((b"user.a", b"1"),))) == meta_digest(base)
+
+
+def test_verdicts(ledger: Ledger) -> None:
+    f = entry(A, ROOT_ID, b"f")
+    assert ledger.verdict(f) is Verdict.NEW
+    ledger.entry_done(f)
+    assert ledger.verdict(f) is Verdict.SAME
+    assert ledger.verdict(entry(A, ROOT_ID, b"f", size=99)) is Verdict.CHANGED  # data or metadata changed
+    assert ledger.verdict(entry(B, ROOT_ID, b"f")) is Verdict.CHANGED  # another object at the name
+    assert ledger.verdict(entry(A, ROOT_ID, b"g")) is Verdict.MOVED  # only its name changed
+    assert ledger.verdict(entry(A, ROOT_ID, b"g", mode=0o600)) is Verdict.NEW  # renamed and changed: whole
+    assert ledger.verdict(entry(A, ROOT_ID, b"g", nlink=2)) is Verdict.NEW  # hard-linked: never a bare move
+    root = Entry(ROOT_ID, ROOT_ID, b"", Kind.DIR, Meta(0o755, 0, 0, 5, ()))
+    assert ledger.verdict(root) is Verdict.CHANGED
+    ledger.entry_done(root)
+    assert ledger.verdict(root) is Verdict.SAME
+    assert ledger.count(ROOT_ID) == 1  # the root has no name of its own
+
+
+def test_a_rename_forgets_the_old_name_but_a_hard_linked_object_keeps_them(ledger: Ledger) -> None:
+    ledger.entry_done(entry(A, ROOT_ID, b"old"))
+    ledger.entry_done(entry(A, ROOT_ID, b"new"))
+    assert list(ledger.names_in(ROOT_ID)) == [(b"new", A)]
+    ledger.entry_done(entry(B, ROOT_ID, b"h1", nlink=2))
+    ledger.link_done(B, ROOT_ID, b"h2")
+    ledger.entry_done(entry(B, ROOT_ID, b"h3", nlink=2))  # the agent may have moved either name
+    assert sorted(ledger.names_in(ROOT_ID)) == [(b"h1", B), (b"h2", B), (b"h3", B), (b"new", A)]
+    ledger.remove_done(B, ROOT_ID, b"h1")
+    ledger.remove_done(A, ROOT_ID, b"h2")  # not A's name: nothing happens
+    assert sorted(ledger.names_in(ROOT_ID)) == [(b"h2", B), (b"h3", B), (b"new", A)]
+
+
+def test_gc_forgets_unnamed_objects_and_what_was_below_a_removed_directory(ledger: Ledger) -> None:
+    ledger.entry_done(entry(D, ROOT_ID, b"dir", Kind.DIR))
+    ledger.entry_done(entry(A, D, b"sub", Kind.DIR))
+    ledger.entry_done(entry(B, A, b"deep"))
+    ledger.entry_done(entry(C, D, b"moved-out-later"))
+    ledger.entry_done(entry(C, ROOT_ID, b"moved-out"))  # C now lives at the top
+    ledger.remove_done(D, ROOT_ID, b"dir")
+    ledger.seal(b"t" * 16)
+    assert list(ledger.names_in(ROOT_ID)) == [(b"moved-out", C)]
+    assert list(ledger.names_in(D)) == [] and list(ledger.names_in(A)) == []
+    assert ledger.verdict(entry(B, A, b"deep")) is Verdict.NEW  # B is forgotten with its directory
+    assert ledger.verdict(entry(C, ROOT_ID, b"moved-out")) is Verdict.SAME
+    assert ledger.token == b"t" * 16
+
+
+def test_a_replaced_object_is_forgotten_once_nothing_names_it(ledger: Ledger) -> None:
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.entry_done(entry(B, ROOT_ID, b"f"))  # rsync's temp name renamed over f: a new object
+    ledger.seal(b"")
+    assert ledger.verdict(entry(A, ROOT_ID, b"elsewhere")) is Verdict.NEW
+    assert ledger.token == b""
+
+
+def test_forget_starts_over(ledger: Ledger) -> None:
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.seal(b"t" * 16)
+    ledger.forget()
+    assert ledger.token == b"" and ledger.count(ROOT_ID) == 0
+
+
+def test_two_runs_cannot_share_a_ledger(tmp_path: Path, ledger: Ledger) -> None:
+    with pytest.raises(DaemonRunning, match="another georep-sync run"):
+        Ledger(tmp_path, b"/src", "ssh://h/dst", "")
+    other = Ledger(tmp_path, b"/src", "ssh://h/other", "")  # another secondary: its own ledger
+    other.close()

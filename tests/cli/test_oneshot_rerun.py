@@ -1,0 +1,272 @@
+"""A rerun of `--oneshot` from the sender's ledger: only changes cross, and the replica stays exact.
+
+Every test runs the real CLI and the real agent (over a pipe; one over a real sshd) on real
+files, and compares the whole secondary with the source (`treecmp`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Sshd, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treecmp import HOSTILE_NAMES, build_fidelity_tree, diff, snapshot
+
+
+def oneshot(src: Path, dst: Path | str, state: Path, *extra: str) -> dict[str, object]:
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--json", *extra)
+    assert r.code == 0, r.stderr
+    return r.summary
+
+
+def equal(src: Path, dst: Path) -> None:
+    assert diff(snapshot(src), snapshot(dst)) == []
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+
+
+def test_nothing_changed_nothing_sent(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=200)
+    first = oneshot(src, dst, state)
+    again = oneshot(src, dst, state)
+    assert again["entries"] == 0 and again["unchanged"] == first["entries"]
+    assert again["bytes_wire"] < 200  # Hello, Resume, Finish, Seal, Bye
+    equal(src, dst)
+
+
+def test_every_kind_of_change_between_runs(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=300)
+    (src / "tree" / "a" / "b").mkdir(parents=True)
+    for i in range(50):
+        (src / "tree" / "a" / "b" / f"f{i}").write_bytes(os.urandom(500 + i))
+    (src / "gone-dir" / "x").mkdir(parents=True)
+    (src / "gone-dir" / "x" / "f").write_text("bye")
+    (src / "s1").write_text("one")
+    (src / "s2").write_text("two")
+    os.link(src / "s1", src / "s1-link")
+    (src / "links").mkdir()
+    os.link(src / "s2", src / "links" / "s2-link")
+    oneshot(src, dst, state)
+    equal(src, dst)
+    srcb = os.fsencode(src)
+    # renames: in place, across directories, onto an existing name, a swap, a directory
+    os.rename(src / "tree" / "a" / "b" / "f1", src / "tree" / "f1-moved")
+    os.rename(src / "tree" / "a" / "b" / "f2", src / "tree" / "a" / "b" / "f2-renamed")
+    os.rename(src / "tree" / "a" / "b" / "f3", src / "tree" / "a" / "b" / "f4")
+    os.rename(src / "tree" / "a" / "b" / "f5", src / "tmp-swap")
+    os.rename(src / "tree" / "a" / "b" / "f6", src / "tree" / "a" / "b" / "f5")
+    os.rename(src / "tmp-swap", src / "tree" / "a" / "b" / "f6")
+    os.rename(src / "tree" / "a", src / "a-top")
+    for n in HOSTILE_NAMES[:4]:  # names of any bytes, renamed
+        os.rename(os.path.join(srcb, b"dir", n), os.path.join(srcb, b"dir", n + b".r"))
+    # removals: a file, a whole directory, one name of a hard-linked pair
+    os.unlink(src / "a-top" / "b" / "f10")
+    shutil.rmtree(src / "gone-dir")
+    os.unlink(src / "s1")
+    # hard links: a new name for an existing file; one name moved away
+    os.link(src / "s2", src / "s2-second")
+    os.rename(src / "links" / "s2-link", src / "s2-link-moved")
+    # changes in place: data, mode, owner, xattr, mtime, symlink target, type
+    with open(src / "a-top" / "b" / "f11", "ab") as f:
+        f.write(b"more")
+    os.chmod(src / "a-top" / "b" / "f12", 0o600)
+    os.chown(src / "a-top" / "b" / "f13", 4321, 1234)
+    os.setxattr(src / "a-top" / "b" / "f14", "user.note", b"new")
+    os.utime(src / "a-top" / "b" / "f15", ns=(10**18, 10**18))
+    os.symlink("elsewhere", src / "a-top" / "sym")
+    oneshot(src, dst, state)
+    os.unlink(src / "a-top" / "sym")
+    os.symlink("changed", src / "a-top" / "sym")
+    os.unlink(src / "a-top" / "b" / "f16")
+    (src / "a-top" / "b" / "f16").mkdir()  # a file became a directory
+    (src / "a-top" / "b" / "f16" / "inside").write_text("x")
+    # the rsync pattern: new content under a temp name, renamed over the old name
+    (src / "a-top" / ".f17.Ab3dE9").write_bytes(b"replaced")
+    os.rename(src / "a-top" / ".f17.Ab3dE9", src / "a-top" / "b" / "f17")
+    s = oneshot(src, dst, state)
+    assert s["unchanged"] > 300  # a rerun from the ledger, not a full crawl
+    equal(src, dst)
+    assert os.stat(dst / "s2").st_ino == os.stat(dst / "s2-second").st_ino == os.stat(dst / "s2-link-moved").st_ino
+    assert not (dst / "links" / "s2-link").exists() and not (dst / "gone-dir").exists()
+    staging = dst / ".georep" / "staging"
+    assert list(staging.iterdir()) == []
+
+
+def test_renames_cost_a_move_each_and_no_data(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    for d in range(10):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(4000))
+    oneshot(src, dst, state)
+    for d in range(10):
+        for i in range(0, 100, 5):
+            os.rename(src / f"d{d}" / f"f{i}", src / f"d{(d + 1) % 10}" / f"moved-{d}-{i}")
+    s = oneshot(src, dst, state)
+    assert s["bytes_data"] == 0 and s["deleted"] == 0
+    # 200 renames and 10 directories (their mtimes): about 60 and 90 bytes each, and the session
+    assert s["bytes_wire"] < 200 * 70 + 10 * 100 + 200, s
+    equal(src, dst)
+
+
+def test_another_writer_in_between_means_a_full_run(dirs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A second sender (another state directory) wrote the secondary: the first one's ledger is stale."""
+
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=50)
+    oneshot(src, dst, state)
+    other = tmp_path / "other-src"
+    other.mkdir()
+    (other / "intruder").write_text("from another source")
+    oneshot(other, dst, tmp_path / "other-state")  # a mirror of `other`: everything of src goes
+    assert sorted(p.name for p in dst.iterdir() if p.name != ".georep") == ["intruder"]
+    s = oneshot(src, dst, state)
+    assert s["unchanged"] == 0  # the agent refused the token: every entry was sent again
+    equal(src, dst)
+    assert oneshot(src, dst, state)["entries"] == 0  # and the next rerun trusts the new ledger
+
+
+def test_a_run_killed_midway_is_followed_by_a_full_run(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    src.mkdir()
+    for i in range(3000):
+        (src / f"f{i}").write_bytes(os.urandom(2000))
+    oneshot(src, dst, state)
+    for i in range(0, 3000, 2):
+        os.rename(src / f"f{i}", src / f"g{i}")
+        (src / f"new{i}").write_bytes(os.urandom(30_000))
+    proc = subprocess.Popen([sys.executable, "-m", "georep", "--oneshot", str(src), str(dst), "--state-dir",
+                             str(state)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (dst / "g0").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the rerun has visibly started changing the secondary
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    s = oneshot(src, dst, state)
+    assert s["unchanged"] == 0  # the killed session held the scope: its token is gone
+    equal(src, dst)
+
+
+def test_verify_compares_every_entry_with_the_secondary(dirs: tuple[Path, Path, Path]) -> None:
+    """The ledger trusts the secondary; --verify looks at it, and restores what was lost there."""
+
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=50)
+    (src / "solo.bin").write_bytes(os.urandom(5000))
+    oneshot(src, dst, state)
+    (dst / "solo.bin").unlink()  # someone deleted a file on the secondary
+    trusting = oneshot(src, dst, state)
+    assert trusting["entries"] == 0
+    assert not (dst / "solo.bin").exists()  # the documented limit of a ledger rerun
+    verified = oneshot(src, dst, state, "--verify")
+    assert verified["unchanged"] == 0 and verified["files"] == 1 and verified["bytes_data"] == 5000
+    equal(src, dst)
+
+
+def test_an_emptied_source_is_refused_and_nothing_is_deleted(dirs: tuple[Path, Path, Path]) -> None:
+    src, dst, state = dirs
+    build_fidelity_tree(src, files=20)
+    oneshot(src, dst, state)
+    before = snapshot(dst)
+    hidden = src.parent / "hidden"
+    hidden.mkdir()
+    for p in src.iterdir():
+        os.rename(p, hidden / p.name)  # the source looks like an empty mount point
+    r = run_cli("--oneshot", src, dst, "--state-dir", state)
+    assert r.code == 4, r.stderr
+    assert "refusing to delete" in r.stderr and "hint:" in r.stderr
+    assert snapshot(dst) == before
+    assert oneshot(src, dst, state, "--allow-mass-delete")["deleted"] > 0
+    assert [p.name for p in dst.iterdir()] == [".georep"]
+
+
+@pytest.mark.ssh
+def test_over_ssh_a_rerun_sends_only_the_renames(sshd: Sshd, tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    build_fidelity_tree(src, files=100)
+    url = sshd.url(dst)
+    first = oneshot(src, url, state, *sshd.ssh_args())
+    os.rename(src / "dir", src / "dir-renamed")
+    s = oneshot(src, url, state, *sshd.ssh_args())
+    assert s["entries"] == 2 and s["bytes_data"] == 0  # the directory, and the root whose mtime moved
+    assert s["unchanged"] + s["entries"] == first["entries"]
+    equal(src, dst)
+
+
+OPS = ("write", "append", "rename", "move", "unlink", "mkdir", "rmtree", "rename-dir", "link", "chmod", "symlink")
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 10**6)), max_size=25), min_size=1,
+                max_size=4))
+def test_any_sequence_of_changes_and_reruns_converges(tmp_path: Path, rounds: list[list[tuple[str, int]]]) -> None:
+    """Random operations between reruns; after every rerun the secondary equals the source."""
+
+    base = tmp_path / f"case-{random.getrandbits(64):x}"
+    src, dst, state = base / "src", base / "dst", base / "state"
+    (src / "d").mkdir(parents=True)
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(100 + i))
+    oneshot(src, dst, state)
+    for ops in rounds:
+        for op, k in ops:
+            _apply(src, op, k)
+        oneshot(src, dst, state)
+        equal(src, dst)
+    shutil.rmtree(base)
+
+
+def _apply(src: Path, op: str, k: int) -> None:
+    """One filesystem operation chosen by ``op``, on objects picked by ``k``; a no-op when none fits."""
+
+    rng = random.Random(k)
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    dirs = sorted([src, *(p for p in src.rglob("*") if p.is_dir() and not p.is_symlink())])
+    pick = (lambda xs: xs[rng.randrange(len(xs))]) if files or dirs else None
+    new = f"n{k % 9973}"
+    where = pick(dirs) if pick else src
+    if op == "write":
+        (where / new).write_bytes(os.urandom(rng.randrange(1, 3000)))
+    elif op == "mkdir":
+        (where / new).mkdir(exist_ok=True)
+    elif op == "symlink" and not (where / new).exists():
+        os.symlink(f"target-{k}", where / new)
+    elif not files and op in ("append", "rename", "move", "unlink", "link", "chmod"):
+        return
+    elif op == "append":
+        with open(pick(files), "ab") as f:  # type: ignore[misc]
+            f.write(os.urandom(rng.randrange(1, 500)))
+    elif op in ("rename", "move"):
+        f = pick(files)  # type: ignore[misc]
+        dest = (f.parent if op == "rename" else where) / new
+        if not dest.is_dir():
+            os.rename(f, dest)
+    elif op == "unlink":
+        os.unlink(pick(files))  # type: ignore[misc]
+    elif op == "link" and not (where / new).exists():
+        os.link(pick(files), where / new)  # type: ignore[misc]
+    elif op == "chmod":
+        os.chmod(pick(files), rng.choice([0o600, 0o644, 0o755]))  # type: ignore[misc]
+    elif op in ("rmtree", "rename-dir") and len(dirs) > 1:
+        d = rng.choice(dirs[1:])
+        if op == "rmtree":
+            shutil.rmtree(d)
+        else:
+            dest = rng.choice([p for p in dirs if d not in (p, *p.parents)]) / new
+            if not dest.exists():
+                os.rename(d, dest)
