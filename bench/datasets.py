@@ -77,6 +77,9 @@ class Mutation:
     files: int
     bytes: int
     description: str
+    #: bytes of the files whose path changed (renamed, or below a renamed directory): what a
+    #: replicator that cannot follow renames sends again
+    renamed_bytes: int = 0
 
 
 def _awkward_name(rng: random.Random, i: int) -> bytes:
@@ -264,13 +267,16 @@ def mutate_renames(root: Path, *, fraction: float = 0.2, dir_renames: int = 10, 
     files = _files(rootb)
     dirs = sorted({os.path.dirname(p) for p in files} - {rootb})
     chosen = rng.sample(files, int(len(files) * fraction))
+    renamed_bytes = 0
     for n, path in enumerate(chosen):
+        renamed_bytes += os.lstat(path).st_size
         parent, name = os.path.split(path)
         if n % 2:
             parent = dirs[rng.randrange(len(dirs))]
         os.rename(path, os.path.join(parent, name[:200] + b" ~r%d" % n))
     leaves = [d for d in dirs if not any(e.is_dir() for e in os.scandir(d))]
     for n, d in enumerate(rng.sample(leaves, min(dir_renames, len(leaves)))):
+        renamed_bytes += sum(e.stat(follow_symlinks=False).st_size for e in os.scandir(d) if e.is_file())
         os.rename(d, d[:200] + b" moved %d" % n)
     files = _files(rootb)
     written = 0
@@ -289,6 +295,7 @@ def mutate_renames(root: Path, *, fraction: float = 0.2, dir_renames: int = 10, 
         bytes=written,
         description=(f"{len(chosen)} files renamed ({fraction:.0%}), {dir_renames} directories renamed, "
                      f"{rewrites} files replaced through a .NAME.XXXXXX temp name"),
+        renamed_bytes=renamed_bytes,
     )
 
 

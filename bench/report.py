@@ -53,13 +53,32 @@ def sync_table(res: Results) -> list[str]:
     return _table(header, rows)
 
 
-def rtt_table(res: Results) -> list[str]:
-    rtts = sorted({r.rtt_ms for r in res.sync if r.dataset == "small" and r.phase == "initial"})
+def _small_initial(res: Results) -> dict[str, dict[float, SyncRow]]:
     by: dict[str, dict[float, SyncRow]] = defaultdict(dict)
     for r in res.sync:
         if r.dataset == "small" and r.phase == "initial":
             by[r.contender][r.rtt_ms] = r
+    return by
+
+
+def after_setup(row: SyncRow, res: Results) -> float | None:
+    """files/s once the SSH connection stands: wall time less `ssh HOST true` at the same RTT."""
+
+    setup = res.ssh_setup.get(row.rtt_ms)
+    if setup is None or not row.files_s or row.wall <= setup:
+        return None
+    return row.files / (row.wall - setup)
+
+
+def rtt_table(res: Results) -> list[str]:
+    rtts = sorted({r.rtt_ms for r in res.sync if r.dataset == "small" and r.phase == "initial"})
+    by = _small_initial(res)
     rows = [[c] + [_f(by[c][t].files_s, 0) if t in by[c] else DASH for t in rtts] for c in by]
+    if res.ssh_setup:
+        rows.append(["`ssh HOST true` (connect, key exchange, auth, one session), s"]
+                    + [_f(res.ssh_setup.get(t), 2) for t in rtts])
+        rows += [[f"{c}, after that setup"] + [_f(after_setup(by[c][t], res), 0) if t in by[c] else DASH
+                                              for t in rtts] for c in by]
     return _table(["contender"] + [f"files/s at {t:g} ms" for t in rtts], rows)
 
 
@@ -127,6 +146,93 @@ def micro_table(res: Results) -> list[str]:
     return _table(["micro-benchmark (pytest-benchmark)", "mean ms per round", "rounds", "rate"], rows)
 
 
+def _verdict(ok: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: DASH}[ok]
+
+
+def targets_table(res: Results) -> list[str]:
+    """The issue's tuning targets, each decided from this run's rows (a target without its rows shows —)."""
+
+    ours, rsync = "georep-sync oneshot", RSYNC
+    rows: list[list[str]] = []
+
+    def sync(dataset: str, phase: str, rtt: float, contender: str = ours) -> SyncRow | None:
+        for r in res.sync:
+            if (r.dataset, r.phase, r.rtt_ms, r.contender) == (dataset, phase, rtt, contender) and r.ok:
+                return r
+        return None
+
+    main = min((r.rtt_ms for r in res.sync), default=0.0)
+    large = sync("large", "initial", main)
+    pipes = {b.name: b.mb_s for b in res.baseline if b.mb_s}
+    default_pipe = next((v for k, v in pipes.items() if "default cipher" in k), None)
+    gcm_pipe = next((v for k, v in pipes.items() if "aes128-gcm" in k), None)
+    if large and large.mb_s and default_pipe:
+        extra = f"; {100 * large.mb_s / gcm_pipe:.0f} % of the same pipe with aes128-gcm" if gcm_pipe else ""
+        rows.append(["large: ≥ 90 % of `cat file | ssh host 'cat > /dev/null'`",
+                     f"{large.mb_s:.1f} MB/s = {100 * large.mb_s / default_pipe:.0f} % of {default_pipe:.1f} MB/s"
+                     f" (OpenSSH's default cipher){extra}", _verdict(large.mb_s >= 0.9 * default_pipe)])
+    ours0, theirs0 = sync("small", "initial", main), sync("small", "initial", main, rsync)
+    if ours0 and theirs0 and ours0.files_s and theirs0.files_s:
+        rows.append(["small: ≥ rsync's files/s on loopback",
+                     f"{ours0.files_s:,.0f} vs {theirs0.files_s:,.0f} files/s",
+                     _verdict(ours0.files_s >= theirs0.files_s)])
+    far = max((r.rtt_ms for r in res.sync if r.dataset == "small" and r.phase == "initial"), default=main)
+    ours_far = sync("small", "initial", far)
+    if ours0 and ours_far and far > main and ours0.files_s and ours_far.files_s:
+        ratio = ours_far.files_s / ours0.files_s
+        a0, af = after_setup(ours0, res), after_setup(ours_far, res)
+        setup = (f"; once the SSH connection stands ({res.ssh_setup[far]:.2f} s at {far:g} ms): "
+                 f"{af:,.0f} vs {a0:,.0f} = {100 * af / a0:.0f} %") if a0 and af else ""
+        rows.append([f"small at {far:g} ms RTT: ≥ 70 % of its own {main:g} ms files/s",
+                     f"{ours_far.files_s:,.0f} vs {ours0.files_s:,.0f} files/s = {100 * ratio:.0f} % "
+                     f"(wall time, SSH connection included){setup}", _verdict(ratio >= 0.7)])
+    ren = sync("small", "renames", main)
+    renamed = res.renamed_bytes.get("renames")
+    if ren and renamed:
+        overhead = ren.wire_up + ren.wire_down - ren.data_bytes
+        rows.append(["renames: bytes on the wire < 1 % of the renamed files' data",
+                     f"{ren.wire_up + ren.wire_down:,} B on the wire less the {ren.data_bytes:,} B of new content "
+                     f"= {overhead:,} B, {100 * overhead / renamed:.2f} % of the {renamed:,} B renamed",
+                     _verdict(overhead < 0.01 * renamed)])
+    app = sync("large", "appends", main)
+    if app:
+        wire = app.wire_up + app.wire_down
+        rows.append(["appends: bytes on the wire < 2× the appended bytes",
+                     f"{wire:,} B for {app.data_bytes:,} B appended ({wire / app.data_bytes:.2f}×)",
+                     _verdict(wire < 2 * app.data_bytes)])
+    touch = next((lv for lv in res.live_tree if lv.measurement == "touch-few" and "daemon" in lv.contender), None)
+    if touch is not None:
+        done = touch.done_s
+        rows.append(["touch-few on small with the daemon: done < 1 s after the last write",
+                     DASH if done is None else f"{done * 1000:.0f} ms ({touch.complete} of {touch.files} complete)",
+                     _verdict(None if done is None else done < 1.0 and touch.complete == touch.files)])
+    crawls = [s for s in res.scale if s.tool.startswith("georep-sync crawl") and s.rate]
+    if crawls:
+        slowest = min(crawls, key=lambda s: s.rate or 0)
+        rows.append(["scale: crawl ≥ 50,000 entries/s",
+                     ", ".join(f"{s.rate:,.0f} ({s.tool.split('(')[-1].rstrip(')')})" for s in crawls),
+                     _verdict((slowest.rate or 0) >= 50_000)])
+    whole = sorted((s for s in res.scale if s.tool.startswith("georep-sync --oneshot") and s.exit_code == 0),
+                   key=lambda s: s.entries)
+    if len(whole) >= 2:
+        small_t, big_t = whole[0], whole[-1]
+
+        def flat(a: int | None, b: int | None) -> bool | None:
+            return None if a is None or b is None else b <= max(a * 1.2, a + 8 * 1024 * 1024)
+
+        ok = flat(small_t.rss, big_t.rss)
+        ok_agent = flat(small_t.rss_agent, big_t.rss_agent)
+        both = None if ok is None else ok and ok_agent is not False
+        rows.append([f"scale: peak RSS flat from {small_t.entries:,} to {big_t.entries:,} entries "
+                     "(here: at most +20 % or +8 MiB)",
+                     f"sender {_mib(small_t.rss)} → {_mib(big_t.rss)} MiB, agent {_mib(small_t.rss_agent or 0)} → "
+                     f"{_mib(big_t.rss_agent or 0)} MiB", _verdict(both)])
+    if not res.quick:
+        rows.append(["a full run fits in 15 minutes", f"{res.elapsed / 60:.1f} min", _verdict(res.elapsed <= 900)])
+    return _table(["target (issue 6)", "measured in this run", "verdict"], rows)
+
+
 def render(res: Results) -> str:
     kind = "quick run (CI smoke test of the harness; sizes reduced)" if res.quick else "full run"
     out = [
@@ -161,6 +267,9 @@ def render(res: Results) -> str:
     if res.mutations:
         out += ["", "Mutations (applied once to the source, then every contender replicates them):", ""]
         out += [f"- **{k}**: {v}" for k, v in res.mutations.items()]
+    targets = targets_table(res)
+    if targets[2:]:
+        out += ["", "## Tuning targets", "", "Each decided from the rows below, of this same run.", ""] + targets
     if res.sync:
         out += ["", "## Replication runs", ""] + sync_table(res)
         if any(r.rtt_ms for r in res.sync):

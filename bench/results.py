@@ -185,6 +185,9 @@ class Results:
     quick: bool
     datasets: list[DatasetInfo] = field(default_factory=list)
     mutations: dict[str, str] = field(default_factory=dict)  # phase -> description
+    renamed_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes of files whose path changed
+    #: RTT ms -> seconds of `ssh HOST true` through the proxy (connection, key exchange, auth, one session)
+    ssh_setup: dict[float, float] = field(default_factory=dict)
     sync: list[SyncRow] = field(default_factory=list)
     baseline: list[BaselineRow] = field(default_factory=list)
     live: list[LiveRow] = field(default_factory=list)

@@ -215,6 +215,15 @@ class Runner:
                      f"{m.wire.total / 1e6:.1f} MB wire, {'verified' if row.verified else 'NOT EQUAL'}"
                      + ("" if row.verified else f" ({'; '.join(problems)[:300]})"))
 
+    def measure_ssh_setup(self, rtt_ms: float) -> None:
+        """`ssh HOST true` through the proxy at ``rtt_ms``, best of three: what every SSH contender pays first."""
+
+        assert self.path is not None and self.proxy is not None
+        self.proxy.set_link(self.link(rtt_ms))
+        walls = [self.path.run([*self.path.ssh_argv(), "root@127.0.0.1", "true"]).wall for _ in range(3)]
+        self.results.ssh_setup[rtt_ms] = min(walls)
+        self.log(f"ssh setup @{rtt_ms:g}ms: {min(walls):.3f}s")
+
     def section_sync(self) -> None:
         p = self.plan
         main_rtt = p.rtts_ms[0]
@@ -226,6 +235,8 @@ class Runner:
         if "sync" in self.sections:
             self.sync_phase("small", "initial", total.bytes, total.files, main_rtt, "main")
         if "rtt" in self.sections:
+            for rtt in p.rtts_ms:
+                self.measure_ssh_setup(rtt)
             for rtt in p.rtts_ms[1:]:
                 self.sync_phase("small", "initial", total.bytes, total.files, rtt, f"rtt{rtt:g}")
         if "sync" not in self.sections:
@@ -240,6 +251,7 @@ class Runner:
         for phase, mutate in phases:
             mut = mutate()
             self.results.mutations[phase] = mut.description
+            self.results.renamed_bytes[phase] = mut.renamed_bytes
             self.sync_phase("small", phase, mut.bytes, mut.files, main_rtt, "main")
 
         large = self.generate("large", lambda r: datasets.make_large(r, files=p.large_files, size=p.large_size),
