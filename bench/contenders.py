@@ -88,10 +88,15 @@ class Rsync(Contender):
 CONTENDERS: tuple[Contender, ...] = (GeorepOneshot(), Rsync())
 
 
-def pipe_baseline(path: Path2Secondary, files: list[Path], cipher: str | None = None) -> Measured:
-    """``cat FILES | ssh HOST 'cat > /dev/null'`` through the proxy: the bulk ceiling of this path."""
+def pipe_baseline(path: Path2Secondary, files: list[Path], cipher: str | None = None, sink: Path | None = None
+                  ) -> Measured:
+    """``cat FILES | ssh HOST 'cat > /dev/null'`` through the proxy: the bulk ceiling of this path.
 
-    ssh = shlex.join([*path.ssh_argv(cipher), "root@127.0.0.1", "cat > /dev/null"])
+    With ``sink``, into that file instead: the ceiling once the secondary writes what it gets.
+    """
+
+    target = shlex.quote(str(sink)) if sink is not None else "/dev/null"
+    ssh = shlex.join([*path.ssh_argv(cipher), "root@127.0.0.1", f"cat > {target}"])
     cmd = f"cat {' '.join(shlex.quote(str(f)) for f in files)} | {ssh}"
     return path.run([cmd], shell=True)
 

@@ -281,6 +281,16 @@ class Runner:
             name = f"cat | ssh 'cat > /dev/null', {label}"
             self.results.baseline.append(BaselineRow(name, nbytes, m.wall, m.wire.total, m.exit_code))
             self.log(f"baseline {label}: {nbytes / 1e6 / m.wall:.1f} MB/s (exit {m.exit_code})")
+        # a replicator also writes what it receives: the same pipe into one file on the secondary's disk
+        sink = self.work / "dst" / "pipe-to-disk"
+        sink.mkdir(parents=True, exist_ok=True)
+        os.sync()
+        m = pipe_baseline(self.path, files, None, sink=sink / "all.bin")
+        label = "OpenSSH default cipher, into a file on the secondary's disk"
+        self.results.baseline.append(BaselineRow(f"cat | ssh 'cat > FILE', {label}", nbytes, m.wall, m.wire.total,
+                                                 m.exit_code))
+        self.log(f"baseline {label}: {nbytes / 1e6 / m.wall:.1f} MB/s (exit {m.exit_code})")
+        shutil.rmtree(sink, ignore_errors=True)
 
     # -- live -------------------------------------------------------------------------
 
