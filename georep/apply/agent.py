@@ -35,6 +35,7 @@ import errno
 import fcntl
 import itertools
 import os
+import select
 import sqlite3
 import stat
 import sys
@@ -176,6 +177,13 @@ class DirCache:
             os.close(old)
         self._put(oid, fd)
 
+    def rekey(self, old: bytes, new: bytes) -> None:
+        """The directory known as ``old`` is known as ``new`` now (its fd, if open, stays right)."""
+
+        fd = self._lru.pop(old, None)
+        if fd is not None:
+            self._put(new, fd)
+
     def clear(self) -> None:
         for fd in self._lru.values():
             os.close(fd)
@@ -306,8 +314,9 @@ class Applier:
         pfd = self.dirs.fd(e.parent)
         obj = self.index.obj(e.id)
         if obj is not None and obj.kind is not kind:
-            self._set_aside_all(e.id)  # same id, new type: the old object is stale
+            self._retire(e.id)  # same id, new type: the old object is stale
             obj = None
+            pfd = self.dirs.fd(e.parent)  # setting aside may have closed cached directory fds
         here = obj is not None and self._place_by_id(e.id, obj, e.parent, e.name, pfd)
         if here and obj is not None:
             st = fsops.lstat_at(pfd, e.name)
@@ -838,6 +847,26 @@ class Applier:
             self.dirs.clear()
         fsops.remove_at(self.staging_fd, junk)
 
+    def _retire(self, oid: bytes) -> None:
+        """Set aside the object ``oid`` names, under an id of its own: ``oid`` now means another object.
+
+        On a plain tree an inode number freed by a delete and reused by an object of another
+        type comes back with the old id.  The old object goes to staging (swept at Finish
+        unless claimed) and takes a fresh id with it, children included: a directory's
+        children stay reachable through it, so one of them the sender places elsewhere is
+        renamed out of it, and nothing below it is mistaken for a child of the new object.
+        """
+
+        self._set_aside_all(oid)
+        fresh = os.urandom(16)
+        while fresh in (ROOT_ID, STAGING_ID, ANY_HOLDER):  # pragma: no cover - astronomically unlikely
+            fresh = os.urandom(16)
+        self.index.reassign(oid, fresh)
+        self.dirs.rekey(oid, fresh)
+        if oid in self.dirty_dirs:
+            self.dirty_dirs.discard(oid)
+            self.dirty_dirs.add(fresh)
+
     def _set_aside_all(self, oid: bytes) -> None:
         obj = self.index.obj(oid)
         for p, n, _g in self.index.names_of(oid):
@@ -1033,6 +1062,8 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
         while True:
             _write_all(out_fd, out)
             out.clear()
+            if applier is not None and applier.index.in_transaction and not _readable(in_fd):
+                applier.index.commit()  # idle: never wait for the sender holding the index's write lock
             data = os.read(in_fd, 1 << 20)
             if not data:
                 session.end_of_stream()
@@ -1090,7 +1121,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                         _write_all(out_fd, out)
                         out.clear()
             if applier is not None and (results or applier.outbox):
-                applier.index.commit()
+                applier.index.commit_if_due()
                 _answers(session, applier, results, out)
             elif stager is not None:
                 out += _lane_answers(session, results, staged)
@@ -1155,6 +1186,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _readable(fd: int) -> bool:
+    """Whether a read of ``fd`` would return at once."""
+
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _has_holes(fd: int, size: int) -> bool:

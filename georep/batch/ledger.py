@@ -128,6 +128,9 @@ class Ledger:
             self.close()
             raise StateError(f"the ledger {self.path} cannot be used: {exc}") from None
         self._writes = 0
+        self._fresh = False
+        self._fresh_names: list[tuple[bytes, bytes, bytes]] = []
+        self._fresh_objects: list[tuple[bytes, int, bytes]] = []
 
     # -- trust ----------------------------------------------------------------------
 
@@ -144,10 +147,12 @@ class Ledger:
         for table in ("names", "objects", "about", "temp.dirty", "temp.orphans"):
             self._db.execute(f"DELETE FROM {table}")
         self.commit()
+        self._fresh = True
 
     def seal(self, token: bytes) -> None:
         """Everything this run did is recorded: keep it, with the agent's token for the next run."""
 
+        self._flush_fresh()
         self.gc()
         self._db.execute("INSERT OR REPLACE INTO about(key, value) VALUES ('token', ?)", (token or None,))
         self.commit()
@@ -174,6 +179,7 @@ class Ledger:
     # -- comparing a crawl with the ledger ------------------------------------------------
 
     def verdict(self, e: Entry) -> Verdict:
+        self._flush_fresh()
         if e.id == e.parent:  # the root: no name, only metadata
             root = self._db.execute("SELECT meta FROM objects WHERE id=?", (e.id,)).fetchone()
             return Verdict.SAME if root is not None and bytes(root[0]) == meta_digest(e) else Verdict.CHANGED
@@ -193,10 +199,12 @@ class Ledger:
     def holds(self, oid: bytes, parent: bytes, name: bytes) -> bool:
         """Whether ``parent/name`` is recorded as a name of ``oid``."""
 
+        self._flush_fresh()
         row = self._db.execute("SELECT id FROM names WHERE parent=? AND name=?", (parent, name)).fetchone()
         return row is not None and bytes(row[0]) == oid
 
     def count(self, parent: bytes) -> int:
+        self._flush_fresh()
         return int(self._db.execute("SELECT count(*) FROM names WHERE parent=?", (parent,)).fetchone()[0])
 
     def mark_dirty(self, did: bytes, path: bytes) -> None:
@@ -216,6 +224,7 @@ class Ledger:
     def names_in(self, parent: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(name, id) of every recorded name in ``parent``, in pages."""
 
+        self._flush_fresh()
         after = b""
         while rows := self._db.execute(
             "SELECT name, id FROM names WHERE parent=? AND name > ? ORDER BY name LIMIT 500", (parent, after)
@@ -234,6 +243,13 @@ class Ledger:
         recorded until the removal pass finds it gone from the source and removes it.
         """
 
+        if self._fresh:  # rebuilding after `forget`: every entry comes once, no rename to follow
+            if e.parent != e.id:
+                self._fresh_names.append((e.parent, e.name, e.id))
+            self._fresh_objects.append((e.id, int(e.kind), meta_digest(e)))
+            if len(self._fresh_objects) >= 2000:
+                self._flush_fresh()
+            return
         if e.id != e.parent and (e.kind is Kind.DIR or e.nlink <= 1):
             names = self._db.execute("SELECT parent, name FROM names WHERE id=? LIMIT 2", (e.id,)).fetchall()
             if len(names) == 1 and (bytes(names[0][0]), bytes(names[0][1])) != (e.parent, e.name):
@@ -247,7 +263,17 @@ class Ledger:
                          (e.id, int(e.kind), meta_digest(e)))
         self._wrote()
 
+    def _flush_fresh(self) -> None:
+        """The rows `entry_done` gathered while rebuilding, in two statements (not four per entry)."""
+
+        if self._fresh_objects or self._fresh_names:
+            self._db.executemany("INSERT OR REPLACE INTO names(parent, name, id) VALUES (?,?,?)", self._fresh_names)
+            self._db.executemany("INSERT OR REPLACE INTO objects(id, kind, meta) VALUES (?,?,?)", self._fresh_objects)
+            self._fresh_names, self._fresh_objects = [], []
+            self.commit()
+
     def link_done(self, oid: bytes, parent: bytes, name: bytes) -> None:
+        self._flush_fresh()
         old = self._db.execute("SELECT id FROM names WHERE parent=? AND name=?", (parent, name)).fetchone()
         if old is not None and bytes(old[0]) != oid:
             self._db.execute("INSERT OR IGNORE INTO temp.orphans(id) VALUES (?)", (old[0],))
@@ -257,6 +283,7 @@ class Ledger:
     def remove_done(self, oid: bytes, parent: bytes, name: bytes) -> None:
         """The secondary no longer holds ``parent/name`` as a name of ``oid``."""
 
+        self._flush_fresh()
         self._db.execute("DELETE FROM names WHERE parent=? AND name=? AND id=?", (parent, name, oid))
         self._db.execute("INSERT OR IGNORE INTO temp.orphans(id) VALUES (?)", (oid,))
         self._wrote()

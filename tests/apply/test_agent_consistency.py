@@ -68,3 +68,48 @@ def test_an_id_reused_by_a_directory_keeps_its_contents_when_the_old_file_is_swe
     assert agent.finish() == 0
     assert (root / "f" / "inside").read_bytes() == b"in"
     assert os.listdir(root / ".georep" / "staging") == []
+
+
+def test_a_directory_id_reused_by_a_symlink_still_lets_its_children_move_out(tmp_path: Path) -> None:
+    """rmtree of a directory, then a symlink and a file on the freed inode numbers (plain tree ids).
+
+    The symlink comes with the directory's id, the file with the id of a file that was inside
+    it.  The old directory is retired under an id of its own: the file is renamed out of it
+    (no data), and the rest of it is swept.  Found by the ledger's property test.
+    """
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    d, x = oid(90), oid(91)
+    assert agent.one(entry(1, d, ROOT_ID, b"dir", Kind.DIR)).status == m.DONE
+    assert agent.one(entry(2, x, d, b"inner", Kind.FILE, 5)).status == m.NEED
+    agent.send(*_data_msgs(2, b"hello"))
+    assert agent.results(1)[0].status == m.DONE
+    sym = m.EntryMsg(3, d, ROOT_ID, b"sym", int(Kind.SYMLINK), 0o777, 0, 0, 1_000_000_000, [], 0, b"target", 0)
+    assert agent.one(sym).status == m.DONE
+    assert agent.one(entry(4, x, ROOT_ID, b"moved", Kind.FILE, 5)).status == m.DONE  # renamed out, no data
+    agent.send(m.Finish(False, 2, False))
+    while not any(isinstance(msg, m.Finished) for msg in agent.inbox):
+        agent._pump()
+    agent.inbox.clear()
+    assert agent.finish() == 0
+    assert sorted(p.name for p in root.iterdir() if p.name != ".georep") == ["moved", "sym"]
+    assert os.readlink(root / "sym") == "target" and (root / "moved").read_bytes() == b"hello"
+    assert os.listdir(root / ".georep" / "staging") == []
+
+
+def test_a_file_id_reused_by_a_directory_in_a_subdirectory(tmp_path: Path) -> None:
+    """Retiring the old file must not close the directory fd the new entry is made in (EBADF)."""
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    d, x = oid(95), oid(96)
+    assert agent.one(entry(1, d, ROOT_ID, b"d", Kind.DIR)).status == m.DONE
+    assert agent.one(entry(2, x, d, b"f", Kind.FILE, 2)).status == m.NEED
+    agent.send(*_data_msgs(2, b"hi"))
+    assert agent.results(1)[0].status == m.DONE
+    r = agent.one(entry(3, x, d, b"n0", Kind.DIR))  # the file is gone, a directory has its inode
+    assert (r.status, r.cause) == (m.DONE, "")
+    assert agent.one(m.RemoveMsg(4, x, d, b"f")).status == m.DONE  # its old name: not x's any more
+    assert agent.finish() == 0
+    assert sorted(p.name for p in (root / "d").iterdir()) == ["n0"] and (root / "d" / "n0").is_dir()

@@ -164,6 +164,8 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
         crawler = Crawler(os.fsencode(src), store)
         sender = Sender(chan, Options(lanes=Lanes(2)))
         await sender.handshake()
+        while len(sender.lanes) < 2 or not all(lane.ready for lane in sender.lanes):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # lanes take files once ready: here, from the first one
 
         async def kill_a_lane() -> None:
             while not sender.lanes or sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
