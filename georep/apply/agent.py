@@ -95,6 +95,8 @@ class Receiving:
     basis_fd: int = -1
     #: why the delta cannot be applied; the agent then asks for the whole file (NEED)
     broken: str = ""
+    #: the object was unknown when its data was asked for: it has no other name to clean up
+    new: bool = False
 
 
 def xattr_digest(meta: Meta) -> bytes:
@@ -210,6 +212,8 @@ class Applier:
         #: this session's place among the scope's writers (for Resume and Seal)
         self.claim = self.index.start_session(_alive)
         self.pending: dict[int, m.EntryMsg] = {}
+        #: pending items whose id was unknown when their data was asked for (see `_publish`)
+        self._new_seqs: set[int] = set()
         self.receiving: dict[int, Receiving] = {}
         #: items answered with BlockSums: the basis the delta will be applied to
         self.bases: dict[int, Basis] = {}
@@ -265,6 +269,7 @@ class Applier:
             if isinstance(msg, m.DataAbort):
                 self._drop_receiving(msg.seq)
                 self.pending.pop(msg.seq, None)
+                self._new_seqs.discard(msg.seq)
                 self.bases.pop(msg.seq, None)
                 return [m.Result(msg.seq, m.FAILED, f"not sent: {msg.reason}")]
         except OSError as exc:
@@ -325,7 +330,7 @@ class Applier:
             else:
                 self.index.touch(e.parent, e.name)
                 return self._refresh(e, kind, pfd, st)
-        return self._create(e, kind, pfd)
+        return self._create(e, kind, pfd, new=obj is None)
 
     def _place_by_id(self, oid: bytes, obj: Obj, parent: bytes, name: bytes, pfd: int) -> bool:
         """Make ``parent/name`` a name of ``oid`` by renaming one it has; whether it now is one."""
@@ -446,15 +451,20 @@ class Applier:
         self.index.put_obj(e.id, kind, 0, e.mtime_ns, meta.mode, st.st_ino, xattr_digest(meta))
         return m.DONE
 
-    def _create(self, e: m.EntryMsg, kind: Kind, pfd: int) -> int:
-        meta = _meta(e)
-        if self.index.occupant(e.parent, e.name) is None:
-            adopted = self._adopt(e, kind, pfd)
+    def _create(self, e: m.EntryMsg, kind: Kind, pfd: int, new: bool = False) -> int:
+        """Make object ``e`` at its name (asking for the data of a file); ``new``: its id is unknown here."""
+
+        st = fsops.lstat_at(pfd, e.name)
+        if st is not None and self.index.occupant(e.parent, e.name) is None:
+            adopted = self._adopt(e, kind, pfd, st)
             if adopted is not None:
                 return adopted
         if kind is Kind.FILE:
             self.pending[e.seq] = e
+            if new:
+                self._new_seqs.add(e.seq)
             return m.NEED
+        meta = _meta(e)
         if kind is Kind.DIR:
             self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=False)
             os.mkdir(e.name, 0o700, dir_fd=pfd)
@@ -475,14 +485,13 @@ class Applier:
                 raise ItemFailed("device nodes can only be made by root on the secondary")
             os.mknod(tmp, kind.fmt | meta.mode, e.rdev, dir_fd=self.staging_fd)
             fsops.apply_meta_special(self.staging_fd, tmp, meta, self.privileged)
-        self._publish(tmp, e, kind, e.mtime_ns, 0)
+        self._publish(tmp, e, kind, e.mtime_ns, 0, new=new)
         return m.DONE
 
-    def _adopt(self, e: m.EntryMsg, kind: Kind, pfd: int) -> int | None:
+    def _adopt(self, e: m.EntryMsg, kind: Kind, pfd: int, st: os.stat_result) -> int | None:
         """Take over an untracked object already at the name when it is the same (a seeded secondary)."""
 
-        st = fsops.lstat_at(pfd, e.name)
-        if st is None or Kind.from_mode(st.st_mode) is not kind:
+        if Kind.from_mode(st.st_mode) is not kind:
             return None
         if kind is Kind.FILE and (st.st_size != e.size or st.st_mtime_ns != e.mtime_ns):
             return None
@@ -552,16 +561,20 @@ class Applier:
 
     # -- data ---------------------------------------------------------------------
 
-    def _take_pending(self, seq: int) -> m.EntryMsg:
+    def _take_pending(self, seq: int) -> tuple[m.EntryMsg, bool]:
+        """The entry whose data arrives, and whether its id was unknown when the data was asked for."""
+
         e = self.pending.pop(seq, None)
         if e is None:
             raise ProtocolError(f"data for item {seq}, which the agent did not ask for")
+        new = seq in self._new_seqs
+        self._new_seqs.discard(seq)
         if seq in self.receiving:
             raise ProtocolError(f"data for item {seq} begun twice")
         self.bases.pop(seq, None)  # a whole file, although block sums were offered
-        return e
+        return e, new
 
-    def _open_tmp(self, e: m.EntryMsg, size: int) -> Receiving:
+    def _open_tmp(self, e: m.EntryMsg, size: int, new: bool = False) -> Receiving:
         """A new file in staging (a 0700 directory), made with the entry's permission bits.
 
         Made with the final bits (the umask permitting), a file usually needs no fchmod
@@ -573,11 +586,11 @@ class Applier:
             tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, (e.mode & 0o777) | 0o600,
             dir_fd=self.staging_fd,
         )
-        return Receiving(e, fd, tmp, size)
+        return Receiving(e, fd, tmp, size, new=new)
 
     def _data_begin(self, msg: m.DataBegin) -> list[m.Result]:
-        e = self._take_pending(msg.seq)
-        self.receiving[msg.seq] = self._open_tmp(e, msg.size)
+        e, new = self._take_pending(msg.seq)
+        self.receiving[msg.seq] = self._open_tmp(e, msg.size, new)
         return []
 
     def _data_chunk(self, msg: m.DataChunk) -> list[m.Result]:
@@ -655,7 +668,7 @@ class Applier:
         basis = self.bases.pop(msg.seq, None)
         if basis is None:
             raise ProtocolError(f"delta for item {msg.seq}, for which the agent sent no block sums")
-        e = self._take_pending(msg.seq)
+        e, _new = self._take_pending(msg.seq)
         rec = self._open_tmp(e, msg.size)
         rec.rebuild = Rebuild(msg.size, basis.size)
         self.receiving[msg.seq] = rec
@@ -721,8 +734,8 @@ class Applier:
         return self._seal(rec, msg.mtime_ns)
 
     def _small_file(self, f: m.SmallFile) -> int:
-        e = self._take_pending(f.seq)
-        rec = self._open_tmp(e, f.size)
+        e, new = self._take_pending(f.seq)
+        rec = self._open_tmp(e, f.size, new)
         for off, data in f.extents:
             assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
             if off < rec.digest.next_offset:
@@ -735,7 +748,7 @@ class Applier:
     def _adopt_staged(self, msg: m.Adopt) -> int:
         """Publish what a data lane staged for this item (its digest was checked there)."""
 
-        e = self._take_pending(msg.seq)
+        e, new = self._take_pending(msg.seq)
         if not LANE_FILE.fullmatch(msg.name):
             raise ProtocolError("Adopt names a file that no data lane makes")
         try:
@@ -747,7 +760,7 @@ class Applier:
             os.close(fd)
             os.unlink(msg.name, dir_fd=self.staging_fd)
             raise ItemFailed("the data lane's staged file is not as the lane left it; not published")
-        return self._seal(Receiving(e, fd, msg.name, msg.size), msg.mtime_ns)
+        return self._seal(Receiving(e, fd, msg.name, msg.size, new=new), msg.mtime_ns)
 
     def _finish_file(self, rec: Receiving, digest: bytes, mtime_ns: int) -> int:
         try:
@@ -770,7 +783,7 @@ class Applier:
             self._discard_receiving(rec)
             raise
         os.close(rec.fd)
-        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, st.st_ino)
+        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, st.st_ino, new=rec.new)
         return m.DONE
 
     def _drop_receiving(self, seq: int) -> None:
@@ -789,8 +802,13 @@ class Applier:
             os.close(rec.basis_fd)
             rec.basis_fd = -1
 
-    def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0) -> None:
-        """Rename a finished object from staging to its name: the one moment it appears."""
+    def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0,
+                 new: bool = False) -> None:
+        """Rename a finished object from staging to its name: the one moment it appears.
+
+        ``new``: the object's id was unknown when it was asked for, so it has no other name
+        to clean up (one index lookup saved per new file).
+        """
 
         self.dirty_dirs.add(e.parent)
         try:
@@ -804,7 +822,7 @@ class Applier:
                 os.unlink(tmp, dir_fd=self.staging_fd)
             raise
         # names of the object's previous inode are stale now (hard links are re-sent)
-        for p, n, _g in self.index.names_of(e.id):
+        for p, n, _g in () if new else self.index.names_of(e.id):
             if (p, n) != (e.parent, e.name) and p == STAGING_ID:
                 fsops.remove_at(self.staging_fd, n)
                 self.index.drop_name(p, n)
@@ -820,11 +838,11 @@ class Applier:
         """
 
         st = fsops.lstat_at(pfd, name)
-        occ = self.index.occupant(parent, name)
         if st is None:
-            if occ is not None:
-                self.index.drop_name(parent, name)
+            # free on disk: a row the index may still have for it is replaced by the caller's
+            # put_name/move_name (INSERT OR REPLACE), so it is not even looked up
             return
+        occ = self.index.occupant(parent, name)
         if occ == keep:
             if replace_ok and not stat.S_ISDIR(st.st_mode):
                 return

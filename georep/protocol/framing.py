@@ -104,18 +104,74 @@ _BY_ANNOTATION: dict[str, Validator] = {
     "list[list[bytes]]": _xattrs,
     "list[list[int | bytes]]": _extents,
 }
-_BY_ANNOTATION["list[SmallFile]"] = _list_of(
-    _record(m.SmallFile, tuple(_BY_ANNOTATION[f.type] for f in dataclasses.fields(m.SmallFile)))  # type: ignore[index]
-)
-_BY_ANNOTATION["list[Result]"] = _list_of(
-    _record(m.Result, tuple(_BY_ANNOTATION[f.type] for f in dataclasses.fields(m.Result)))  # type: ignore[index]
-)
+#: Scalar annotations checked inline by the generated fast decoders (see `_fast_decoder`).
+_INLINE = {"int": int, "bool": bool, "str": str, "bytes": bytes}
+
+
+def _fast_decoder(cls: type[Any], nested: dict[str, Validator]) -> Callable[[list[Any]], Any]:
+    """A decoder of ``[field, field, ...]`` into ``cls`` with every type check inlined.
+
+    The same checks as the per-field validators above, compiled into one function per
+    class: calling a validator per field cost a fifth of the agent's time on small files.
+    Any failure raises TypeError; the caller then runs the per-field validators again to
+    say which field was wrong.  ``nested`` converts the fields that hold records or lists.
+    """
+
+    names = [f"f{i}" for i in range(len(dataclasses.fields(cls)))]
+    checks: list[str] = []
+    converts: list[str] = []
+    env: dict[str, Any] = {"cls": cls}
+    for n, f in zip(names, dataclasses.fields(cls), strict=True):
+        ann = str(f.type)
+        if ann in _INLINE:
+            env[f"T_{n}"] = _INLINE[ann]
+            checks.append(f"type({n}) is T_{n}")
+        else:
+            env[f"V_{n}"] = nested[ann]
+            converts.append(f"    {n} = V_{n}({n})")
+    unpack = f"    {', '.join(names)}, = values" if names else ""
+    test = f"    if not ({' and '.join(checks)}):\n        raise TypeError('field type')" if checks else ""
+    src = "\n".join(filter(None, [
+        "def decode(values):", unpack, test, *converts, f"    return cls({', '.join(names)})"]))
+    exec(compile(src, f"<decoder {cls.__name__}>", "exec"), env)  # generated from the message dataclasses
+    decode: Callable[[list[Any]], Any] = env["decode"]
+    return decode
+
+
+def _fast_records(cls: type[Any]) -> Validator:
+    decode = _fast_decoder(cls, _BY_ANNOTATION)
+    n = len(dataclasses.fields(cls))
+
+    def records(v: Any) -> list[Any]:
+        if type(v) is not list:
+            raise TypeError("expected array")
+        out = []
+        for item in v:
+            if type(item) is not list or len(item) != n:
+                raise TypeError(f"expected {cls.__name__} as array of {n}")
+            out.append(decode(item))
+        return out
+
+    return records
+
+
+_BY_ANNOTATION["list[SmallFile]"] = _fast_records(m.SmallFile)
+_BY_ANNOTATION["list[Result]"] = _fast_records(m.Result)
+#: The same record lists, checked field by field: for saying which field was wrong.
+_SLOW_NESTED = {
+    name: _list_of(_record(cls, tuple(_BY_ANNOTATION[str(f.type)] for f in dataclasses.fields(cls))))
+    for name, cls in (("list[SmallFile]", m.SmallFile), ("list[Result]", m.Result))
+}
 
 _SCHEMA: dict[int, tuple[type[m.Message], tuple[Validator, ...]]] = {}
 for _cls in m.ALL_MESSAGES:
     if _cls.KIND in _SCHEMA:  # pragma: no cover - a programming error caught at import
         raise AssertionError(f"duplicate message kind {_cls.KIND}")
-    _SCHEMA[_cls.KIND] = (_cls, tuple(_BY_ANNOTATION[str(f.type)] for f in dataclasses.fields(_cls)))
+    _SCHEMA[_cls.KIND] = (_cls, tuple({**_BY_ANNOTATION, **_SLOW_NESTED}[str(f.type)]
+                                      for f in dataclasses.fields(_cls)))
+_FAST: dict[int, Callable[[list[Any]], Any]] = {
+    cls.KIND: _fast_decoder(cls, _BY_ANNOTATION) for cls in m.ALL_MESSAGES
+}
 
 
 def _nonnegative(*names: str) -> Callable[[Any], str | None]:
@@ -238,10 +294,13 @@ def decode_body(body: bytes | memoryview, offset: int = 0) -> m.Message:
     if len(obj) - 1 != len(fields):
         raise ProtocolError(f"{cls.__name__} at byte {offset}: {len(obj) - 1} fields, expected {len(fields)}")
     try:
-        values = [f(v) for f, v in zip(fields, obj[1:], strict=True)]
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"{cls.__name__} at byte {offset}: {exc}") from None
-    msg = cls(*values)
+        msg: m.Message = _FAST[obj[0]](obj[1:])
+    except (TypeError, ValueError):
+        try:  # again, field by field, to say which one is wrong
+            [f(v) for f, v in zip(fields, obj[1:], strict=True)]
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"{cls.__name__} at byte {offset}: {exc}") from None
+        raise ProtocolError(f"{cls.__name__} at byte {offset}: invalid fields") from None  # pragma: no cover
     check = _CHECKS.get(cls)
     if check is not None:
         problem = check(msg)
