@@ -304,9 +304,6 @@ def run(runner: Runner, base: Path) -> None:
         for name in ("large", "mixed"):
             if name not in runner.sources:
                 continue
-            # live lag on the session whose catch-up went cleanly: after the mixed tree's names it
-            # stopped delivering (in 2026-11-25's run a warm-up file never arrived in 120 s)
-            live_here = name == "large"
             with pair(runner, base, name[0]) as (prim, sec), session(runner, prim, sec) as s:
                 local = base / f"{name}-utf8"
                 subprocess.run(["cp", "-a", f"{runner.sources[name]}/.", str(local)], check=True)
@@ -320,8 +317,12 @@ def run(runner: Runner, base: Path) -> None:
                 res.sync.append(row)
                 runner.log(f"gsyncd {label}: {row.wall:.1f}s, "
                            f"{'verified' if row.verified else '; '.join(row.problems)[:300]}")
-                if live_here:
-                    _live(runner, s)
+        # live lag on a session of its own, from empty volumes: after catching up a dataset (the
+        # mixed tree in 2026-11-25's run, the large one on 2026-12-03) gsyncd stayed Active and
+        # delivered no warm-up file in 120 s; from a fresh start it delivers one in about 11 s
+        with pair(runner, base, "l") as (prim, sec), session(runner, prim, sec) as s:
+            s.start()
+            _live(runner, s)
         res.findings.append(probe_default_method(runner, base))
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         res.not_run.append(NotRun("gsyncd (remaining steps)", f"{type(exc).__name__}: {str(exc)[:500]}"))

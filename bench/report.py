@@ -45,7 +45,9 @@ def sync_table(res: Results) -> list[str]:
     rows = []
     for r in res.sync:
         rows.append([
-            r.dataset, r.phase, f"{r.rtt_ms:g}", r.contender, f"{r.wall:.2f}", _f(r.mb_s), _f(r.files_s, 0),
+            r.dataset, r.phase, f"{r.rtt_ms:g}", r.contender,
+            f"{r.wall:.2f}" + (f" (median of {' / '.join(f'{w:.2f}' for w in r.walls)})" if len(r.walls) > 1 else ""),
+            _f(r.mb_s), _f(r.files_s, 0),
             f"{r.wire_up / MB:,.1f} / {r.wire_down / MB:,.1f}", f"{_mib(r.rss_local)} / {_mib(r.rss_remote)}",
             _f(r.cpu_local), _ratio(r, res.sync), _f(r.days_for_target(), 2),
             "yes" if r.verified else ("NO" if r.exit_code == 0 else f"NO (exit {r.exit_code})"),

@@ -35,6 +35,8 @@ class SyncRow:
     exit_code: int
     verified: bool
     problems: list[str] = field(default_factory=list)
+    #: every run's wall time when the phase was run more than once (``wall`` is their median)
+    walls: list[float] = field(default_factory=list)
 
     @property
     def mb_s(self) -> float | None:

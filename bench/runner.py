@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 from bench import datasets, gluster, live_tree, verify
 from bench.contenders import CONTENDERS, PYTHON, REMOTE_COMMAND, Contender, Path2Secondary, pipe_baseline, tool_versions
 from bench.live import daemon_available, measure_lag, names_and_sizes, wait_until, warm_up
-from bench.measure import TreeMonitor, run_measured
+from bench.measure import Measured, TreeMonitor, run_measured
 from bench.proxy import Link, WanProxy
 from bench.results import (
     BaselineRow,
@@ -66,11 +67,13 @@ class Plan:
     touch_count: int = 10
     rename_fraction: float = 0.2
     append_bytes: int = datasets.MIB
+    #: copies of the small and large datasets per contender at the main RTT (median reported)
+    repeat: int = 1
 
 
 FULL = Plan(small_files=20_000, small_dirs=200, large_files=4, large_size=256 * datasets.MIB, mixed_scale=1.0,
             scale_entries=1_000_000, rtts_ms=(0, 50, 150), bandwidth=None, live_writes=200, live_interval=0.05,
-            gsyncd=True, micro_max_time=0.5)
+            gsyncd=True, micro_max_time=0.5, repeat=3)
 QUICK = Plan(small_files=2_000, small_dirs=40, large_files=2, large_size=16 * datasets.MIB, mixed_scale=0.05,
              scale_entries=20_000, rtts_ms=(0, 50), bandwidth=None, live_writes=20, live_interval=0.05,
              gsyncd=False, micro_max_time=0.05)
@@ -189,27 +192,48 @@ class Runner:
 
     # -- replication runs -----------------------------------------------------------
 
-    def sync_phase(self, dataset: str, phase: str, data_bytes: int, files: int, rtt_ms: float, tag: str) -> None:
-        """Every contender brings its own secondary ``tag`` of ``dataset`` up to date; verify each."""
+    def sync_phase(self, dataset: str, phase: str, data_bytes: int, files: int, rtt_ms: float, tag: str,
+                   repeat: int = 1) -> None:
+        """Every contender brings its own secondary ``tag`` of ``dataset`` up to date; verify each.
+
+        ``repeat`` > 1 (initial copies only): each contender copies the dataset that many times,
+        the contenders taking turns, each time to a new secondary; the row shows the median wall
+        time and all of them (the disk here is shared and noisy: one sample misleads).  The last
+        copy is the one later phases update.
+        """
 
         assert self.path is not None and self.proxy is not None
         src = self.sources[dataset]
         self.proxy.set_link(self.link(rtt_ms))
         expected = verify.snapshot(src)
+        runs: dict[str, list[tuple[Measured, list[str]]]] = {c.name: [] for c in CONTENDERS}
+        for r in range(repeat):
+            last = r == repeat - 1
+            for c in CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS)):
+                name = f"{dataset}-{tag}" if last else f"{dataset}-{tag}-try{r}"
+                dst = self.work / "dst" / _slug(c) / name
+                state = self.work / "state" / _slug(c) / name
+                os.sync()
+                m = self.path.run(c.argv(self.path, src, dst, state))
+                problems: list[str] = []
+                if m.exit_code != 0:
+                    problems.append(f"exit {m.exit_code}: {m.stderr.strip()[-400:]}")
+                if dst.is_dir():
+                    problems += verify.differences(expected, verify.snapshot(dst))
+                else:
+                    problems.append("the secondary does not exist")
+                runs[c.name].append((m, problems))
+                if not last:
+                    shutil.rmtree(dst, ignore_errors=True)
+                    shutil.rmtree(state, ignore_errors=True)
         for c in CONTENDERS:
-            dst = self.work / "dst" / _slug(c) / f"{dataset}-{tag}"
-            state = self.work / "state" / _slug(c) / f"{dataset}-{tag}"
-            os.sync()
-            m = self.path.run(c.argv(self.path, src, dst, state))
-            problems: list[str] = []
-            if m.exit_code != 0:
-                problems.append(f"exit {m.exit_code}: {m.stderr.strip()[-400:]}")
-            if dst.is_dir():
-                problems += verify.differences(expected, verify.snapshot(dst))
-            else:
-                problems.append("the secondary does not exist")
-            row = SyncRow(dataset, phase, rtt_ms, c.name, m.wall, data_bytes, files, m.wire.up, m.wire.down,
-                          m.rss_local, m.rss_remote, m.cpu_local, m.exit_code, not problems, problems)
+            m = runs[c.name][-1][0]  # wire bytes, memory and CPU: the copy later phases build on
+            problems = [p for _run, trouble in runs[c.name] for p in trouble]
+            exit_code = next((run.exit_code for run, _t in runs[c.name] if run.exit_code != 0), 0)
+            walls = [run.wall for run, _t in runs[c.name]]
+            row = SyncRow(dataset, phase, rtt_ms, c.name, statistics.median(walls), data_bytes, files, m.wire.up,
+                          m.wire.down, m.rss_local, m.rss_remote, m.cpu_local, exit_code, not problems, problems,
+                          walls if repeat > 1 else [])
             self.results.sync.append(row)
             self.log(f"{dataset} {phase} @{rtt_ms:g}ms {c.name}: {m.wall:.2f}s, "
                      f"{m.wire.total / 1e6:.1f} MB wire, {'verified' if row.verified else 'NOT EQUAL'}"
@@ -233,7 +257,7 @@ class Runner:
         total = self.results.datasets[-1]
         phases: list[tuple[str, Callable[[], datasets.Mutation]]] = []
         if "sync" in self.sections:
-            self.sync_phase("small", "initial", total.bytes, total.files, main_rtt, "main")
+            self.sync_phase("small", "initial", total.bytes, total.files, main_rtt, "main", repeat=p.repeat)
         if "rtt" in self.sections:
             for rtt in p.rtts_ms:
                 self.measure_ssh_setup(rtt)
@@ -258,7 +282,7 @@ class Runner:
                               f"{p.large_files} incompressible files of {p.large_size // datasets.MIB} MiB")
         info = self.results.datasets[-1]
         self.baseline(sorted(large.iterdir()), info.bytes)
-        self.sync_phase("large", "initial", info.bytes, info.files, main_rtt, "main")
+        self.sync_phase("large", "initial", info.bytes, info.files, main_rtt, "main", repeat=p.repeat)
         mut = datasets.mutate_appends(large, nbytes=p.append_bytes)
         self.results.mutations["appends"] = mut.description
         self.sync_phase("large", "appends", mut.bytes, mut.files, main_rtt, "main")
