@@ -320,7 +320,7 @@ def run(runner: Runner, base: Path) -> None:
         # live lag on a session of its own, from empty volumes: after catching up a dataset (the
         # mixed tree in 2026-11-25's run, the large one on 2026-12-03) gsyncd stayed Active and
         # delivered no warm-up file in 120 s; from a fresh start it delivers one in about 11 s
-        with pair(runner, base, "l") as (prim, sec), session(runner, prim, sec) as s:
+        with pair(runner, base, "v") as (prim, sec), session(runner, prim, sec) as s:  # v: not a dataset initial
             s.start()
             _live(runner, s)
         res.findings.append(probe_default_method(runner, base))

@@ -54,6 +54,21 @@ def cli() -> object:
     return run_cli
 
 
+def oneshot(src: Path, dst: Path | str, state: Path, *extra: str) -> dict[str, object]:
+    """One `--oneshot` run that must succeed; its --json summary."""
+
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--json", *extra)
+    assert r.code == 0, r.stderr
+    return r.summary
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Source, secondary and state directory of one test (none of them made yet)."""
+
+    return tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+
+
 @dataclass
 class Sshd:
     port: int

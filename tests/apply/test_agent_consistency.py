@@ -59,10 +59,7 @@ def test_an_id_reused_by_a_directory_keeps_its_contents_when_the_old_file_is_swe
     assert agent.one(entry(3, inside, x, b"inside", Kind.FILE, 2)).status == m.NEED
     agent.send(*_data_msgs(3, b"in"))
     assert agent.results(1)[0].status == m.DONE
-    agent.send(m.Finish(False, 2, False))
-    while not any(isinstance(msg, m.Finished) for msg in agent.inbox):
-        agent._pump()
-    agent.inbox.clear()
+    _finish(agent)
     assert os.stat(root / "f").st_mtime_ns == 1_000_000_000  # settled like any directory
     assert agent.one(entry(4, inside, x, b"inside", Kind.FILE, 2)).status == m.DONE  # still known: no data
     assert agent.finish() == 0
@@ -81,17 +78,11 @@ def test_a_directory_id_reused_by_a_symlink_still_lets_its_children_move_out(tmp
     root = tmp_path / "root"
     agent = RawAgent(root)
     d, x = oid(90), oid(91)
-    assert agent.one(entry(1, d, ROOT_ID, b"dir", Kind.DIR)).status == m.DONE
-    assert agent.one(entry(2, x, d, b"inner", Kind.FILE, 5)).status == m.NEED
-    agent.send(*_data_msgs(2, b"hello"))
-    assert agent.results(1)[0].status == m.DONE
+    _dir_with_file(agent, d, b"dir", x, b"inner", b"hello")
     sym = m.EntryMsg(3, d, ROOT_ID, b"sym", int(Kind.SYMLINK), 0o777, 0, 0, 1_000_000_000, [], 0, b"target", 0)
     assert agent.one(sym).status == m.DONE
     assert agent.one(entry(4, x, ROOT_ID, b"moved", Kind.FILE, 5)).status == m.DONE  # renamed out, no data
-    agent.send(m.Finish(False, 2, False))
-    while not any(isinstance(msg, m.Finished) for msg in agent.inbox):
-        agent._pump()
-    agent.inbox.clear()
+    _finish(agent)
     assert agent.finish() == 0
     assert sorted(p.name for p in root.iterdir() if p.name != ".georep") == ["moved", "sym"]
     assert os.readlink(root / "sym") == "target" and (root / "moved").read_bytes() == b"hello"
@@ -104,12 +95,27 @@ def test_a_file_id_reused_by_a_directory_in_a_subdirectory(tmp_path: Path) -> No
     root = tmp_path / "root"
     agent = RawAgent(root)
     d, x = oid(95), oid(96)
-    assert agent.one(entry(1, d, ROOT_ID, b"d", Kind.DIR)).status == m.DONE
-    assert agent.one(entry(2, x, d, b"f", Kind.FILE, 2)).status == m.NEED
-    agent.send(*_data_msgs(2, b"hi"))
-    assert agent.results(1)[0].status == m.DONE
+    _dir_with_file(agent, d, b"d", x, b"f", b"hi")
     r = agent.one(entry(3, x, d, b"n0", Kind.DIR))  # the file is gone, a directory has its inode
     assert (r.status, r.cause) == (m.DONE, "")
     assert agent.one(m.RemoveMsg(4, x, d, b"f")).status == m.DONE  # its old name: not x's any more
     assert agent.finish() == 0
     assert sorted(p.name for p in (root / "d").iterdir()) == ["n0"] and (root / "d" / "n0").is_dir()
+
+
+def _finish(agent: RawAgent) -> None:
+    """End the batch (the agent sweeps staging and settles directories) and wait for Finished."""
+
+    agent.send(m.Finish(False, 2, False))
+    while not any(isinstance(msg, m.Finished) for msg in agent.inbox):
+        agent._pump()
+    agent.inbox.clear()
+
+
+def _dir_with_file(agent: RawAgent, d: bytes, dname: bytes, x: bytes, fname: bytes, data: bytes) -> None:
+    """Directory ``d`` at the top, holding file ``x`` with ``data`` (items 1 and 2)."""
+
+    assert agent.one(entry(1, d, ROOT_ID, dname, Kind.DIR)).status == m.DONE
+    assert agent.one(entry(2, x, d, fname, Kind.FILE, len(data))).status == m.NEED
+    agent.send(*_data_msgs(2, data))
+    assert agent.results(1)[0].status == m.DONE

@@ -7,20 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import run_cli
+from conftest import oneshot, run_cli
 from treecmp import HOSTILE_NAMES, build_fidelity_tree, diff, snapshot
-
-
-def oneshot(src: Path, dst: Path, state: Path, *extra: str) -> dict[str, object]:
-    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--json", *extra)
-    assert r.code == 0, r.stderr
-    return r.summary
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    return tmp_path / "src", tmp_path / "dst", tmp_path / "state"
 
 
 def test_fidelity_and_idempotence(dirs: tuple[Path, Path, Path]) -> None:

@@ -17,25 +17,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Sshd, run_cli
+from conftest import Sshd, oneshot, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treecmp import HOSTILE_NAMES, build_fidelity_tree, diff, snapshot
 
 
-def oneshot(src: Path, dst: Path | str, state: Path, *extra: str) -> dict[str, object]:
-    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--json", *extra)
-    assert r.code == 0, r.stderr
-    return r.summary
-
-
 def equal(src: Path, dst: Path) -> None:
     assert diff(snapshot(src), snapshot(dst)) == []
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    return tmp_path / "src", tmp_path / "dst", tmp_path / "state"
 
 
 def test_nothing_changed_nothing_sent(dirs: tuple[Path, Path, Path]) -> None:
