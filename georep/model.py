@@ -142,7 +142,7 @@ class Summary:
     bytes_wire: int = 0  # bytes written to the transport (framing and metadata included)
     bytes_matched: int = 0  # bytes of changed files the secondary copied from its old copy (delta)
     deleted: int = 0
-    #: entries a rerun did not send: the secondary holds them as they are (`georep.batch.record`)
+    #: entries a rerun did not send: the secondary holds them as they are (`georep.batch.ledger`)
     unchanged: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)

@@ -962,7 +962,7 @@ class Applier:
                     fsops.remove_at(pfd, name)
                     self.dirs.clear()
                     deleted += 1
-                if obj is not None and obj.kind is Kind.DIR and not self._named_elsewhere(oid, parent, name):
+                if obj is not None and obj.kind is Kind.DIR:
                     self.index.drop_subtree(oid)
                     self.dirty_dirs.discard(oid)
                 self.index.drop_name(parent, name)
@@ -974,16 +974,6 @@ class Applier:
                 print(f"georep agent: cannot remove a stale entry: {exc}", file=sys.stderr)
                 self.index.drop_name(parent, name)
         return deleted
-
-    def _named_elsewhere(self, oid: bytes, parent: bytes, name: bytes) -> bool:
-        """Whether ``oid`` has a name besides ``parent/name``.
-
-        A set-aside copy can share its id with a live object: an inode number reused on a
-        plain tree gives a new directory the id of the file that was set aside for it.
-        Sweeping that copy must not take the directory's contents out of the index.
-        """
-
-        return any((p, n) != (parent, name) for p, n, _g in self.index.names_of(oid))
 
     def _settle_dirs(self) -> None:
         """Directory modes and mtimes, once nothing more is created inside them."""

@@ -139,7 +139,7 @@ class Index:
 
     # -- sessions of a scope, and the tokens that let a sender trust its record ----------
     #
-    # A sender that keeps a record of what it sent (georep.batch.record) may skip, on its
+    # A sender that keeps a ledger of what it sent (georep.batch.ledger) may skip, on its
     # next run, everything unchanged since: but only if nothing else wrote this scope in
     # between.  Every session of a scope bumps the scope's epoch and withdraws its token
     # when it starts; at the end the agent issues a new token only to a session that no

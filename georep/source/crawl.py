@@ -116,7 +116,7 @@ def make_entry(oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_
 
 
 class ListingObserver(Protocol):
-    """Told what each directory listing held (`georep.batch.record` finds removals with it)."""
+    """Told what each directory listing held (`georep.batch.ledger` finds removals with it)."""
 
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
         """A further name of a hard-linked inode, listed but not yielded (it is sent as a link)."""

@@ -102,7 +102,7 @@ class Options:
     window_with_lanes: int = 16384
     mirror: bool = True
     allow_mass_delete: bool = False
-    #: data lanes (extra channels for file data), opened at the first data request
+    #: data lanes (extra channels for file data), opened in the background at the handshake
     lanes: Lanes = NO_LANES
 
 
@@ -124,7 +124,7 @@ class Sender:
         self.inflight: dict[int, Item] = {}
         #: items sent as a rename by id (MoveMsg): NEED for one of them asks for the whole entry
         self._moves: set[int] = set()
-        #: told of every item the agent answered DONE (the sender's record, `georep.batch.record`)
+        #: told of every item the agent answered DONE (the sender's ledger, `georep.batch.ledger`)
         self.on_done = on_done
         #: whether the agent accepted the Resume token (None: none was presented)
         self.resumed: bool | None = None
@@ -441,7 +441,7 @@ class Sender:
         return self.opts.lanes.count > 0 and getattr(self.chan, "sibling", None) is not None
 
     def _maybe_open_lanes(self) -> None:
-        """Open the lanes in the background, right after the handshake, if the round trip calls for them.
+        """Open the lanes in the background if the link calls for them (see `handshake`).
 
         Nothing waits for them: file data goes over the main session until a lane is ready,
         and each lane takes its share as soon as its own handshake is done.  Opened one after
@@ -557,22 +557,24 @@ class Sender:
             self.summary.bytes_wire = self.bytes_wire
             self._on_progress(self.summary)
 
-    def _queue_entry(self, se: SourceEntry) -> None:
+    def _queue_entry(self, se: SourceEntry, move: bool = False) -> None:
+        """Send ``se`` whole, or (``move``) as a rename by id: it changed nothing but its name."""
+
         self._seq += 1
         self.inflight[self._seq] = se
-        self._send(self._entry_msg(self._seq, se.entry))
+        e = se.entry
+        if move:
+            self._moves.add(self._seq)
+            self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
+        else:
+            self._send(self._entry_msg(self._seq, e))
         self.summary.entries += 1
 
     async def send_move(self, se: SourceEntry) -> None:
         """``se`` changed nothing but its name since the agent confirmed it: a rename by id."""
 
         await self._room_for_one()
-        self._seq += 1
-        self.inflight[self._seq] = se
-        self._moves.add(self._seq)
-        e = se.entry
-        self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
-        self.summary.entries += 1
+        self._queue_entry(se, move=True)
 
     async def send_link(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
         await self._room_for_one()
@@ -596,7 +598,7 @@ class Sender:
 
         ``seal``: then ask for a token vouching for this session (`sealed`).  ``bye``: this is
         the session's last request; Bye goes right behind, so the agent answers and exits in
-        the same round trip (then call `close` with ``bye_sent``).
+        the same round trip (`run` then only waits for the channels to close).
         """
 
         await self._drain_all()
@@ -614,16 +616,21 @@ class Sender:
             self.sealed = await self._await(self._sealed)
         return finished.deleted
 
-    async def close(self, *, bye_sent: bool = False) -> None:
+    async def close(self) -> None:
         """End the session once every item was answered: the lanes and the main session at once."""
 
         await self._stop_opening_lanes()
-        await asyncio.gather(self._close_lanes(), self._close_main(bye_sent))
+        await asyncio.gather(self._close_lanes(), self._close_main(bye_sent=False))
         self.summary.bytes_wire = self.bytes_wire
 
     async def _close_lanes(self) -> None:
-        # every item was answered: nothing waits on a lane
-        await asyncio.gather(*(lane.close() for lane in self.lanes))
+        """Every item was answered: nothing waits on a lane.  One whose agent never answered its
+        handshake was given nothing; it is closed at once, not waited for."""
+
+        for lane in self.lanes:
+            if not lane.ready:
+                lane.kill()
+        await asyncio.gather(*(lane.close() for lane in self.lanes if lane.ready))
 
     async def _close_main(self, bye_sent: bool) -> None:
         if not bye_sent:
@@ -682,6 +689,7 @@ class Sender:
             assert isinstance(se, SourceEntry)
             sums = self.sums.pop(seq, None)
             again = seq in self._delta_sent  # the delta did not verify: now the whole file
+            # asked per file: one call may send for seconds (big files), while lanes become ready
             ready = [lane for lane in self.lanes if lane.ready]
             if ready and sums is None and not again:  # a delta needs the main session's copy
                 await least_busy(ready).put(seq, se)

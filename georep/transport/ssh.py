@@ -182,10 +182,11 @@ async def open_ssh(
     except (TimeoutError, OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         raise SshUnreachable(f"cannot connect to {target.display}: {reason}") from None
+    connect_s = time.monotonic() - t0  # before the agent's session: its exec adds two round trips
     command = shlex.join([*shlex.split(remote_command), "agent", target.path])
     proc: asyncssh.SSHClientProcess[bytes] = await conn.create_process(command, encoding=None)
     chan = SshChannel(conn, proc, command)
-    chan.connect_s = time.monotonic() - t0
+    chan.connect_s = connect_s
     return chan
 
 
