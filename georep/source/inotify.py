@@ -242,6 +242,10 @@ class _Receiver:
     def on_queue_overflow(self) -> None:
         self.watcher._on_overflow(self.generation)
 
+    def on_events_lost(self) -> None:
+        """watchdog >= 7.1 calls this after every callback's `on_queue_overflow`; ours
+        already marked the loss and its rescan there (older watchdog calls only that)."""
+
 
 def read_limit(path: str) -> int | None:
     try:

@@ -11,16 +11,20 @@ publishing), so lanes change throughput, never semantics.
 
 How
 ---
-When the agent answers NEED, the sender queues the item on the lane with the least data
-outstanding.  Each lane is its own `georep-sync agent` session that starts with `Lane`:
-it writes files into the agent's staging directory, checks their digests, and answers
-`Staged` with the staged file's name.  The sender then sends `Adopt` on the main session,
-which applies the metadata and publishes the file with one rename, exactly as after a
-direct transfer.  A lane that fails a file (source unreadable, digest mismatch) turns
-into a `DataAbort` on the main session, so the item fails there with the cause; a lane
-that dies ends the session like a dead main channel would.
+When the agent answers NEED, the sender puts the item on one work queue that every ready
+lane pulls from: a lane takes small files in a batch and big ones one at a time, so a lane
+that becomes ready late, or finishes early, still finds work (pushing items to the lane
+that looked least busy gave one early lane every big file of a run while the others,
+ready a moment later, idled: seen in CI at 40 ms).  Each lane is its own `georep-sync
+agent` session that starts with `Lane`: it writes files into the agent's staging
+directory, checks their digests, and answers `Staged` with the staged file's name.  The
+sender then sends `Adopt` on the main session, which applies the metadata and publishes
+the file with one rename, exactly as after a direct transfer.  A lane that fails a file
+(source unreadable, digest mismatch) turns into a `DataAbort` on the main session, so the
+item fails there with the cause; a lane that dies ends the session like a dead main
+channel would.
 
-Each lane has a writer task reading files from a bounded queue and its own drain, so a
+Each lane has a writer task pulling from the shared bounded queue and its own drain, so a
 lane waiting for its window never holds the others back.
 """
 
@@ -43,8 +47,19 @@ from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, read_chunks, read_small, unstable
 
-#: Items waiting in one lane's queue (their data is read only when the writer gets to them).
+#: Items waiting for a lane, per lane (their data is read only when a writer pulls them).
 QUEUE = 256
+#: Small files one lane pulls at once (packed into blobs together).
+BATCH = 64
+
+#: The work queue the lanes share: (seq, source entry) of items whose data a lane sends.
+Work = asyncio.Queue[tuple[int, SourceEntry]]
+
+
+def work_queue(lanes: int) -> Work:
+    return asyncio.Queue(maxsize=QUEUE * max(lanes, 1))
+
+
 #: Frames are written to a lane's transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
 
@@ -72,20 +87,19 @@ def agent_error(msg: m.ErrorMsg) -> GeorepError:
 class Lane:
     """One data lane: a channel and a session of its own, a writer fed by a queue."""
 
-    def __init__(self, chan: Channel, owner: LaneOwner, name: str) -> None:
+    def __init__(self, chan: Channel, owner: LaneOwner, name: str, work: Work) -> None:
         self.chan = chan
         self.owner = owner
         self.name = name
         self.session = Session(Role.SENDER)
-        self.queue: asyncio.Queue[tuple[int, SourceEntry]] = asyncio.Queue(maxsize=QUEUE)
-        #: bytes queued or in flight here, for picking the least busy lane
-        self.outstanding = 0
-        self._sizes: dict[int, int] = {}  # seq → bytes counted in outstanding
+        self.work = work
+        self._taken: set[int] = set()  # items pulled here and not yet answered
         self._sent: dict[int, tuple[int, int]] = {}  # seq → (size, mtime) as sent
         self._out = bytearray()
         self._closing = False
         #: the lane's agent answered its handshake: it is running and reads what it is sent
         self.ready = False
+        self._ready = asyncio.Event()
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
 
@@ -96,11 +110,12 @@ class Lane:
 
         The handshake is not waited for here: a lane's agent is the main session's (same
         host, same command, same version, whose handshake already succeeded).  The sender
-        gives a lane files only once it is `ready` (its HelloOk came back): before that its
-        agent may still be starting, and files queued on a cold lane waited there while the
-        main session had room (measured: a 2,000-file tree at 50 ms took 1.2 s, files held on
-        eight lanes starting at once on two cores).  Should the agent refuse all the same, its
-        ErrorMsg or exit fails the session through the reader, like any lane that breaks.
+        gives lanes files only once one is `ready`, and a lane's writer pulls work only once it
+        is ready itself (its HelloOk came back): before that its agent may still be starting,
+        and files queued on a cold lane waited there while the main session had room
+        (measured: a 2,000-file tree at 50 ms took 1.2 s, files held on eight lanes starting
+        at once on two cores).  Should the agent refuse all the same, its ErrorMsg or exit
+        fails the session through the reader, like any lane that breaks.
         """
 
         loop = asyncio.get_running_loop()
@@ -146,16 +161,23 @@ class Lane:
         if kill is not None:
             kill()
 
-    # -- queueing ------------------------------------------------------------------
+    # -- work ----------------------------------------------------------------------
 
-    async def put(self, seq: int, se: SourceEntry) -> None:
-        weight = se.entry.size + 512
-        self._sizes[seq] = weight
-        self.outstanding += weight
-        await self.queue.put((seq, se))
+    async def _pull(self) -> list[tuple[int, SourceEntry]]:
+        """The next items for this lane: small files up to `BATCH`, ending at the first big one.
+
+        A big file is taken alone (or closing a batch of small ones) so the ones queued after
+        it stay on the shared queue for the next free lane.
+        """
+
+        jobs = [await self.work.get()]
+        while jobs[-1][1].entry.size <= SMALL_FILE and len(jobs) < BATCH and not self.work.empty():
+            jobs.append(self.work.get_nowait())
+        self._taken.update(seq for seq, _ in jobs)
+        return jobs
 
     def _settled(self, seq: int) -> None:
-        self.outstanding -= self._sizes.pop(seq, 0)
+        self._taken.discard(seq)
         self._sent.pop(seq, None)
 
     # -- answers -------------------------------------------------------------------
@@ -174,6 +196,7 @@ class Lane:
                     self._on_message(msg)
                 if not self.ready and self.session.state is State.READY:
                     self.ready = True
+                    self._ready.set()
                     self.owner.changed.set()
         finally:
             self.owner.changed.set()
@@ -187,7 +210,7 @@ class Lane:
             self.owner.lane_staged(msg.seq, msg.name, *sent)
         elif isinstance(msg, m.Results):
             for r in msg.items:
-                if r.seq not in self._sizes:
+                if r.seq not in self._taken:
                     raise ProtocolError(f"data lane {self.name} answered item {r.seq}, which it was not sent")
                 self._settled(r.seq)
                 self.owner.lane_failed(r.seq, r.cause)
@@ -199,10 +222,9 @@ class Lane:
     # -- data ----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        await self._ready.wait()
         while True:
-            jobs = [await self.queue.get()]
-            while not self.queue.empty() and len(jobs) < 64:
-                jobs.append(self.queue.get_nowait())
+            jobs = await self._pull()
             packer = BlobPacker()
             for seq, se in jobs:
                 try:
@@ -285,16 +307,12 @@ class Lane:
             raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
 
 
-def least_busy(lanes: list[Lane]) -> Lane:
-    return min(lanes, key=lambda lane: (lane.outstanding, lane.queue.qsize()))
-
-
-async def open_lane(sibling: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str) -> Lane:
-    """One more lane: a sibling channel of the main one, its agent's handshake done.
+async def open_lane(sibling: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str, work: Work) -> Lane:
+    """One more lane: a sibling channel of the main one, pulling from ``work`` once ready.
 
     Raises if the channel cannot be opened (the main session goes on without the lane).
     """
 
-    lane = Lane(await sibling(), owner, name)
+    lane = Lane(await sibling(), owner, name, work)
     lane.start()
     return lane

@@ -52,7 +52,7 @@ from georep.transport.filedata import (
     read_small,
     unstable,
 )
-from georep.transport.lanes import Lane, agent_error, least_busy, open_lane
+from georep.transport.lanes import Lane, agent_error, open_lane, work_queue
 
 T = TypeVar("T")
 
@@ -115,8 +115,14 @@ def _dense(fd: int, size: int) -> bool:
 class Sender:
     """Drives one session over a `Channel`."""
 
-    def __init__(self, chan: Channel, opts: Options, on_progress: Callable[[Summary], None] | None = None,
-                 scope: str = "", on_done: Callable[[Item], None] | None = None) -> None:
+    def __init__(
+        self,
+        chan: Channel,
+        opts: Options,
+        on_progress: Callable[[Summary], None] | None = None,
+        scope: str = "",
+        on_done: Callable[[Item], None] | None = None,
+    ) -> None:
         self.chan = chan
         self.opts = opts
         self.session = Session(Role.SENDER, scope=scope)
@@ -148,6 +154,8 @@ class Sender:
         self._out = bytearray()
         self._agent_ended_session = False  # an ErrorMsg came: the agent is exiting
         self.lanes: list[Lane] = []
+        #: items whose data a ready lane sends, pulled by whichever lane is free
+        self.lane_work = work_queue(self.opts.lanes.count)
         self._lanes_task: asyncio.Task[None] | None = None
         #: the round trip to the agent, measured with a Ping after the handshake (None: not measured)
         self.rtt: float | None = None
@@ -462,7 +470,7 @@ class Sender:
         sibling = self.chan.sibling  # type: ignore[attr-defined]
 
         async def one(i: int) -> None:
-            lane = await open_lane(sibling, self, f"#{i + 1}")
+            lane = await open_lane(sibling, self, f"#{i + 1}", self.lane_work)
             self.lanes.append(lane)
             self.changed.set()
 
@@ -498,10 +506,15 @@ class Sender:
 
     # -- the main loop -------------------------------------------------------------------
 
-    async def run(self, entries: Iterable[SourceEntry | Moved],
-                  links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]], source_entries: Callable[[], int], *,
-                  removals: Callable[[], Iterable[tuple[bytes, bytes, bytes, bytes]]] | None = None,
-                  seal: bool = False) -> Summary:
+    async def run(
+        self,
+        entries: Iterable[SourceEntry | Moved],
+        links: Callable[[], list[tuple[bytes, bytes, bytes, bytes]]],
+        source_entries: Callable[[], int],
+        *,
+        removals: Callable[[], Iterable[tuple[bytes, bytes, bytes, bytes]]] | None = None,
+        seal: bool = False,
+    ) -> Summary:
         """A copy (``--oneshot``): entries, then hard links, then what the source no longer has.
 
         Without ``removals`` the agent's mirror sweep (``Options.mirror``) removes every name
@@ -531,8 +544,9 @@ class Sender:
             await self._stop_opening_lanes()
             lanes_closed = asyncio.ensure_future(self._close_lanes())
             try:
-                self.summary.deleted += await self.finish(self.opts.mirror and removals is None, source_entries(),
-                                                          bye=True, seal=seal)
+                self.summary.deleted += await self.finish(
+                    self.opts.mirror and removals is None, source_entries(), bye=True, seal=seal
+                )
             except BaseException:
                 lanes_closed.cancel()
                 raise
@@ -690,9 +704,8 @@ class Sender:
             sums = self.sums.pop(seq, None)
             again = seq in self._delta_sent  # the delta did not verify: now the whole file
             # asked per file: one call may send for seconds (big files), while lanes become ready
-            ready = [lane for lane in self.lanes if lane.ready]
-            if ready and sums is None and not again:  # a delta needs the main session's copy
-                await least_busy(ready).put(seq, se)
+            if sums is None and not again and any(lane.ready for lane in self.lanes):
+                await self.lane_work.put((seq, se))  # a delta needs the main session's copy
                 continue
             try:
                 fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
