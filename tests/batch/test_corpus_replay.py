@@ -1,22 +1,23 @@
 """Real GlusterFS 10.3 journals through parser → converter → batcher → model secondary.
 
-For each scenario of ``shared/corpus/gluster-10.3`` the entry records of all bricks,
-in time order, must rebuild exactly the namespace of ``expected.json`` (every path with
-its gfid and file type).  rep2: both bricks journal the same operations (duplicates
-must be harmless) and AFR's own ``.glusterfs-anonymous-inode-*`` directory must not
-appear; dist2: directory operations are journalled on every brick.
+For each scenario of ``tests/data/corpus/gluster-10.3`` (a copy of the workspace's
+``shared/corpus``) the entry records of all bricks, in time order, must rebuild exactly
+the namespace of ``expected.json`` (every path with its gfid and file type).  rep2: both
+bricks journal the same operations (duplicates must be harmless) and AFR's own
+``.glusterfs-anonymous-inode-*`` directory must not appear; dist2: directory operations
+are journalled on every brick.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 import uuid
 from pathlib import Path
 
 import pytest
+from corpus import CORPUS as CORPUS_ROOT
 
 from georep.batch.changes import STAGING, Change, JournalConverter, Make, Move, SyncData
 from georep.batch.coalesce import Batch, Coalescer
@@ -24,8 +25,7 @@ from georep.batch.model_apply import Source, Tree, apply_batch
 from georep.model import ROOT_ID, Kind
 from georep.source.changelog import parse_journal
 
-SHARED = Path(os.environ.get("GEOREP_SHARED") or Path(__file__).resolve().parents[2].parent / "shared")
-CORPUS = SHARED / "corpus" / "gluster-10.3"
+CORPUS = CORPUS_ROOT / "gluster-10.3"
 SCENARIOS = sorted(p.name for p in CORPUS.iterdir() if (p / "expected.json").exists()) if CORPUS.exists() else []
 
 

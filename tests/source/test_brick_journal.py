@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from corpus import CORPUS as CORPUS_ROOT
 
 from georep.source.brick import Brick, BrickJournal, Position
 from georep.source.changelog import parse_journal
 
-SHARED = Path(os.environ.get("GEOREP_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-SCENARIO = SHARED / "corpus" / "gluster-10.3" / "dist1-basic" / "b1" / "changelogs"
+SCENARIO = CORPUS_ROOT / "gluster-10.3" / "dist1-basic" / "b1" / "changelogs"
 HEADER = b"GlusterFS Changelog | version: v1.2 | encoding : 2\n"
 
 

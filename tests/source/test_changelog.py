@@ -7,13 +7,13 @@ a reader following the live CHANGELOG sees reads that stop anywhere.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import uuid
 from pathlib import Path
 
 import pytest
+from corpus import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +29,6 @@ from georep.source.changelog import (
     parse_journal,
 )
 
-SHARED = Path(os.environ.get("GEOREP_SHARED") or Path(__file__).resolve().parents[2].parent / "shared")
-CORPUS = SHARED / "corpus"
 JOURNALS = sorted(p for p in CORPUS.rglob("CHANGELOG*") if p.is_file() and "csnap" not in p.parts)
 HTIMES = sorted(p for p in CORPUS.rglob("HTIME.*") if p.is_file())
 
