@@ -86,6 +86,9 @@ ID_CHUNK = 1000
 RETRIES = 3
 #: A watched directory found elsewhere than the watch tree says for this long: rebuild the tree.
 MISMATCH_S = 2.0
+#: Where the items sent since the last look at failures were found, for at most this many of them
+#: (beyond it a failed item is looked for at its path only).
+FOUND_AT_MAX = 50_000
 
 
 @dataclass
@@ -154,6 +157,9 @@ class TreeDaemon(Reporter):
         self._retry_at = 0.0
         self._rescan_at = 0.0
         self._retries: dict[bytes, int] = {}
+        #: path → (its directory's (dev, ino), name) of the items sent since `_retry_failed` last ran:
+        #: an item whose directory was renamed before its data went is looked at again in the new place
+        self._found_at: dict[bytes, tuple[DevIno, bytes]] = {}
 
     def _wake_threadsafe(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closing
@@ -293,6 +299,8 @@ class TreeDaemon(Reporter):
         self.store.commit()
         for se, dkey, fkey in out:
             e = se.entry
+            if len(self._found_at) < FOUND_AT_MAX:
+                self._found_at[se.path] = (dkey, e.name)
             if e.kind is Kind.DIR:
                 self._remember_dir(e.id)
             elif e.nlink > 1:
@@ -501,16 +509,24 @@ class TreeDaemon(Reporter):
         """Items the agent could not apply are looked at again (a few times), not dropped.
 
         E.g. an entry whose parent the agent had set aside because an inode number changed
-        hands while the daemon was down; the next attempt sees the tree as it is then.
+        hands while the daemon was down, or a file whose directory was renamed before its
+        data could be read (the rename's event moves the directory, not what is in it); the
+        next attempt sees the tree as it is then.
         """
 
         if len(self._retries) > 10_000:
             self._retries.clear()
+        found_at, self._found_at = self._found_at, {}
         for p in sender.summary.problems:
             if p.code not in ("agent", "changed"):
                 continue
             n = self._retries.get(p.path, 0)
-            if n < RETRIES and self.watcher.hint_path(p.path, reset=n > 0):
+            if n >= RETRIES:
+                continue
+            # by the directory it was found in first: renamed since, its old path is gone or another's
+            where = found_at.get(p.path)
+            if (where is not None and self.watcher.hint_at(where[0], where[1], reset=n > 0)) or (
+                    self.watcher.hint_path(p.path, reset=n > 0)):
                 self._retries[p.path] = n + 1
 
     # -- hard links ----------------------------------------------------------------------------

@@ -417,6 +417,28 @@ def test_directory_renamed_while_files_inside_are_written(tree: tuple[Path, Daem
     assert len(list((d.dst / "elsewhere" / "work").iterdir())) == 5
 
 
+def test_directory_renamed_before_its_new_files_data_was_read(tree: tuple[Path, Daemon]) -> None:
+    """The rename's events move the directory, not what is in it: a file the sender could not open
+    at its old path is looked for again where its directory went (CI caught this in a churn)."""
+
+    m, d = tree
+    (m / "d").mkdir()
+    d.start()
+    d.wait_state("live")
+    with open(m / "d" / "big", "wb") as f:  # streamed first: the small file's open comes ~0.2 s later
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))
+    (m / "d" / "small").write_bytes(b"written just before the rename\n")
+    deadline = time.monotonic() + 30
+    batch = re.compile(rb"batch of .*/d/small")
+    while not batch.search(d.log.read_bytes()):
+        assert time.monotonic() < deadline, d.logtext()[-3000:]
+        time.sleep(0.001)
+    os.rename(m / "d", m / "e")
+    converge(m, d.dst, d)
+    assert (d.dst / "e" / "small").read_bytes() == b"written just before the rename\n"
+
+
 def test_moves_out_of_and_into_the_tree(tree: tuple[Path, Daemon], tmp_path: Path) -> None:
     m, d = tree
     (m / "leaving" / "sub").mkdir(parents=True)

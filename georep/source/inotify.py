@@ -758,6 +758,15 @@ class TreeWatcher:
                 key = _key(os.lstat(dpath))
             except OSError:
                 return False
+        return self.hint_at(key, name, reset)
+
+    def hint_at(self, key: DevIno | None, name: bytes, reset: bool = False) -> bool:
+        """`hint_path` for ``name`` in the watched directory ``key`` (None: the root), wherever it is now.
+
+        An item read from a directory that was renamed before its data could be sent is
+        found again here: the watch tree follows the directory, its old path does not.
+        """
+
         with self._lock:
             node = self._root_node if key is None else self._by_key.get(key)
             if node is None or not node.alive:
