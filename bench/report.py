@@ -152,6 +152,21 @@ def _verdict(ok: bool | None) -> str:
     return {True: "met", False: "**not met**", None: DASH}[ok]
 
 
+#: A figure whose repeated runs lie further apart than this (slowest ÷ fastest) was measured on a busy
+#: machine: a verdict drawn from it would be a coin toss, so none is given.
+NOISY = 1.5
+
+
+def _judged(ok: bool | None, *rows: SyncRow | None) -> str:
+    """`_verdict`, unless a row it rests on was too noisy to decide anything."""
+
+    spreads = [max(r.walls) / min(r.walls) for r in rows if r is not None and len(r.walls) > 1 and min(r.walls) > 0]
+    spread = max(spreads, default=1.0)
+    if ok is not None and spread > NOISY:
+        return f"inconclusive: its runs varied {spread:.1f}× (a busy machine); rerun"
+    return _verdict(ok)
+
+
 def targets_table(res: Results) -> list[str]:
     """The issue's tuning targets, each decided from this run's rows (a target without its rows shows —)."""
 
@@ -176,12 +191,12 @@ def targets_table(res: Results) -> list[str]:
             extra += f"; {100 * large.mb_s / disk_pipe:.0f} % of it into a file on the secondary's disk"
         rows.append(["large: ≥ 90 % of `cat file | ssh host 'cat > /dev/null'`",
                      f"{large.mb_s:.1f} MB/s = {100 * large.mb_s / default_pipe:.0f} % of {default_pipe:.1f} MB/s"
-                     f" (OpenSSH's default cipher){extra}", _verdict(large.mb_s >= 0.9 * default_pipe)])
+                     f" (OpenSSH's default cipher){extra}", _judged(large.mb_s >= 0.9 * default_pipe, large)])
     ours0, theirs0 = sync("small", "initial", main), sync("small", "initial", main, rsync)
     if ours0 and theirs0 and ours0.files_s and theirs0.files_s:
         rows.append(["small: ≥ rsync's files/s on loopback",
                      f"{ours0.files_s:,.0f} vs {theirs0.files_s:,.0f} files/s",
-                     _verdict(ours0.files_s >= theirs0.files_s)])
+                     _judged(ours0.files_s >= theirs0.files_s, ours0, theirs0)])
     far = max((r.rtt_ms for r in res.sync if r.dataset == "small" and r.phase == "initial"), default=main)
     ours_far = sync("small", "initial", far)
     if ours0 and ours_far and far > main and ours0.files_s and ours_far.files_s:
@@ -191,7 +206,7 @@ def targets_table(res: Results) -> list[str]:
                  f"{af:,.0f} vs {a0:,.0f} = {100 * af / a0:.0f} %") if a0 and af else ""
         rows.append([f"small at {far:g} ms RTT: ≥ 70 % of its own {main:g} ms files/s",
                      f"{ours_far.files_s:,.0f} vs {ours0.files_s:,.0f} files/s = {100 * ratio:.0f} % "
-                     f"(wall time, SSH connection included){setup}", _verdict(ratio >= 0.7)])
+                     f"(wall time, SSH connection included){setup}", _judged(ratio >= 0.7, ours0)])
     ren = sync("small", "renames", main)
     renamed = res.renamed_bytes.get("renames")
     if ren and renamed:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.report import _judged
+from bench.results import SyncRow
+
 TOP = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.ssh]
@@ -101,3 +104,20 @@ def check_plain_directory_live(out: str) -> None:
         up, down = _wire(rename)
         assert up > 0 and down > 0, rename
         assert rename["replica equal"] == "yes", rename
+
+
+def _small_row(walls: list[float]) -> SyncRow:
+    wall = sorted(walls)[len(walls) // 2]
+    return SyncRow("small", "initial", 0.0, "georep-sync oneshot", wall, 174_000_000, 20_000, 1, 1, 1, 1, 1.0, 0,
+                   True, walls=walls)
+
+
+def test_a_target_is_not_judged_on_runs_that_varied_widely() -> None:
+    """Runs of one figure 3.9 s / 7.5 s / 11.8 s apart (a busy shared disk) decide no target either way."""
+
+    steady, noisy = _small_row([2.26, 2.45, 2.50]), _small_row([3.92, 7.48, 11.76])
+    assert _judged(True, steady) == "met"
+    assert _judged(False, steady) == "**not met**"
+    assert _judged(True, noisy).startswith("inconclusive: its runs varied 3.0×")
+    assert _judged(False, steady, noisy).startswith("inconclusive")
+    assert _judged(None, noisy) == "—"
