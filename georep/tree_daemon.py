@@ -517,7 +517,8 @@ class TreeDaemon(Reporter):
         if len(self._retries) > 10_000:
             self._retries.clear()
         found_at, self._found_at = self._found_at, {}
-        for p in sender.summary.problems:
+        problems = sender.summary.problems
+        for i, p in enumerate(problems):
             if p.code not in ("agent", "changed"):
                 continue
             n = self._retries.get(p.path, 0)
@@ -528,6 +529,8 @@ class TreeDaemon(Reporter):
             if (where is not None and self.watcher.hint_at(where[0], where[1], reset=n > 0)) or (
                     self.watcher.hint_path(p.path, reset=n > 0)):
                 self._retries[p.path] = n + 1
+                problems[i] = dataclasses.replace(p, cause=f"{p.cause} (looking at it again: attempt {n + 2} of "
+                                                           f"{RETRIES + 1})")
 
     # -- hard links ----------------------------------------------------------------------------
     #
