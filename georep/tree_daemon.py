@@ -86,9 +86,9 @@ ID_CHUNK = 1000
 RETRIES = 3
 #: A watched directory found elsewhere than the watch tree says for this long: rebuild the tree.
 MISMATCH_S = 2.0
-#: Where the items sent since the last look at failures were found, for at most this many of them
-#: (beyond it a failed item is looked for at its path only).
-FOUND_AT_MAX = 50_000
+#: Where the items of a live batch were found, for at most this many of them (beyond it a failed
+#: item is looked for at its path only).
+FOUND_AT_MAX = 10_000
 
 
 @dataclass
@@ -157,8 +157,9 @@ class TreeDaemon(Reporter):
         self._retry_at = 0.0
         self._rescan_at = 0.0
         self._retries: dict[bytes, int] = {}
-        #: path → (its directory's (dev, ino), name) of the items sent since `_retry_failed` last ran:
-        #: an item whose directory was renamed before its data went is looked at again in the new place
+        #: path → (its directory's (dev, ino), name) of the live batch's items: one whose directory was
+        #: renamed before its data went is looked at again in the new place.  Not kept while crawling:
+        #: a directory renamed during a crawl is crawled again anyway (`Hint.subtree`).
         self._found_at: dict[bytes, tuple[DevIno, bytes]] = {}
 
     def _wake_threadsafe(self) -> None:
@@ -297,9 +298,10 @@ class TreeDaemon(Reporter):
         out = [(self._not_a_dir_id(se, fkey), dkey, fkey) for se, dkey, fkey in self._outbox]
         self._outbox = []
         self.store.commit()
+        record = not self.watcher.crawling
         for se, dkey, fkey in out:
             e = se.entry
-            if len(self._found_at) < FOUND_AT_MAX:
+            if record and len(self._found_at) < FOUND_AT_MAX:
                 self._found_at[se.path] = (dkey, e.name)
             if e.kind is Kind.DIR:
                 self._remember_dir(e.id)
