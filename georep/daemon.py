@@ -246,6 +246,12 @@ class BrickDaemon(Reporter):
                 # crawl may have copied the object already), so every name a window
                 # removed is also removed on the secondary if the brick no longer has it.
                 self._window_removed[(change.id, change.parent, change.name)] = None
+            elif isinstance(change, Rename) and change.kind is not Kind.DIR:
+                # A file's old name, likewise: when the secondary already has the new name
+                # as a hard link of the same object (``rm b; mv a b`` with a and b linked,
+                # or names read while a rename was under way), placing the object there
+                # renames nothing, and the old name would stay beside the new one.
+                self._window_removed[(change.id, change.old_parent, change.old_name)] = None
             forced = coal.add(change)
             if forced is not None:
                 await self._apply(forced, sender)

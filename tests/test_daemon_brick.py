@@ -162,6 +162,30 @@ def test_rsync_temp_names_never_stay(single: tuple[Volume, Daemon], tmp_path: Pa
     assert json.loads((d.dst / "games" / "player3.json").read_text())["v"] == 2
 
 
+def test_rename_onto_its_own_hard_link_leaves_one_name(single: tuple[Volume, Daemon]) -> None:
+    """``a/f`` and ``b/f`` are one file; ``rm b/f; mv a/f b/f`` in one batch leaves only ``b/f``.
+
+    The secondary already has both names of the object, so the rename finds its new name
+    taken by the same object and does nothing; the old name must still be removed (CI
+    once saw a stray ``d1/r1-f16`` beside ``d2/moved-r1-16`` on a distributed volume).
+    """
+
+    vol, d = single
+    m = vol.mount
+    for sub in ("a", "b"):
+        (m / sub).mkdir()
+    for i in range(20):
+        (m / "a" / f"f{i}").write_bytes(os.urandom(2000))
+        os.link(m / "a" / f"f{i}", m / "b" / f"f{i}")
+    converge(m, d.dst, [d])
+    assert (d.dst / "a" / "f0").stat().st_ino == (d.dst / "b" / "f0").stat().st_ino
+    for i in range(20):
+        os.unlink(m / "b" / f"f{i}")
+        os.rename(m / "a" / f"f{i}", m / "b" / f"f{i}")
+    converge(m, d.dst, [d])
+    assert sorted(p.name for p in (d.dst / "a").iterdir()) == []
+
+
 def test_kill_9_and_restart_converges_without_resending(single: tuple[Volume, Daemon]) -> None:
     vol, d = single
     m = vol.mount

@@ -442,6 +442,25 @@ def test_directory_renamed_before_its_new_files_data_was_read(tree: tuple[Path, 
            "attempt 2 of 4)" in d.logtext()
 
 
+def test_rename_onto_its_own_hard_link_leaves_one_name(tree: tuple[Path, Daemon]) -> None:
+    """``a/f`` and ``b/f`` are one file; ``rm b/f; mv a/f b/f`` in one batch leaves only ``b/f``."""
+
+    m, d = tree
+    for sub in ("a", "b"):
+        (m / sub).mkdir()
+    for i in range(20):
+        (m / "a" / f"f{i}").write_bytes(os.urandom(2000))
+        os.link(m / "a" / f"f{i}", m / "b" / f"f{i}")
+    d.start()
+    converge(m, d.dst, d)
+    assert (d.dst / "a" / "f0").stat().st_ino == (d.dst / "b" / "f0").stat().st_ino
+    for i in range(20):
+        os.unlink(m / "b" / f"f{i}")
+        os.rename(m / "a" / f"f{i}", m / "b" / f"f{i}")
+    converge(m, d.dst, d)
+    assert sorted(p.name for p in (d.dst / "a").iterdir()) == []
+
+
 def test_moves_out_of_and_into_the_tree(tree: tuple[Path, Daemon], tmp_path: Path) -> None:
     m, d = tree
     (m / "leaving" / "sub").mkdir(parents=True)
