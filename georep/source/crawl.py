@@ -17,13 +17,20 @@ import errno
 import os
 import stat
 import struct
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from georep.errors import SourceMissing
 from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, replicable_xattr
 from georep.source.identity import IdStore
+
+#: Directory entries read ahead per level: their ids are looked up in one query (plain
+#: trees).  Deep below, levels read fewer, so that memory stays bounded by depth × this.
+READ_AHEAD = 256
+READ_AHEAD_DEEP = 16
+DEEP = 64
 
 VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
 #: GlusterFS's ctime feature keeps the times clients see here, not in the brick's stat
@@ -172,21 +179,18 @@ class Crawler:
         assert root_entry is not None
         yield SourceEntry(root_entry, self.root, st.st_mtime_ns)
         stack: list[_Listing] = []
-        self._push(stack, ROOT_ID, self.root)
+        self._push(stack, ROOT_ID, self.root, st.st_dev)
         while stack:
             top = stack[-1]
-            pid, ppath = top.id, top.path
-            try:
-                de = next(top.it)
-            except StopIteration:
-                stack.pop()
-                self._listed(top, complete=True)
-                continue
-            except OSError as exc:
-                self.problems.append(Problem(ppath, f"cannot list directory: {exc.strerror}"))
-                stack.pop()
-                self._listed(top, complete=False)
-                continue
+            pid = top.id
+            if not top.ahead:
+                if not top.failed:
+                    self._read_ahead(top, READ_AHEAD if len(stack) < DEEP else READ_AHEAD_DEEP)
+                if not top.ahead:
+                    stack.pop()
+                    self._listed(top, complete=not top.failed)
+                    continue
+            de = top.ahead.popleft()
             name = de.name
             path = de.path
             try:
@@ -197,7 +201,9 @@ class Crawler:
                 continue
             if self._skip(pid == ROOT_ID, name, path, st):
                 continue
-            oid = self._id(path, st)
+            oid = top.ids.get(st.st_ino) if st.st_dev == top.dev else None
+            if oid is None:
+                oid = self._id(path, st)
             if oid is None:
                 self.problems.append(Problem(path, "no trusted.gfid on a brick object (not healed yet?)"))
                 continue
@@ -213,20 +219,40 @@ class Crawler:
                 continue
             yield SourceEntry(entry, path, st.st_mtime_ns)
             if entry.kind is Kind.DIR:
-                self._push(stack, oid, path)
+                self._push(stack, oid, path, st.st_dev)
 
     def _listed(self, listing: _Listing, complete: bool) -> None:
         if self.observer is not None:
             self.observer.listed(listing.id, listing.path, listing.count, complete)
 
-    def _push(self, stack: list[_Listing], oid: bytes, path: bytes) -> None:
+    def _push(self, stack: list[_Listing], oid: bytes, path: bytes, dev: int) -> None:
         try:
             it = os.scandir(path)
         except OSError as exc:
             self.problems.append(Problem(path, f"cannot list directory: {exc.strerror}"))
-            self._listed(_Listing(oid, path, iter(())), complete=False)
+            self._listed(_Listing(oid, path, iter(()), dev), complete=False)
             return
-        stack.append(_Listing(oid, path, iter(it)))
+        stack.append(_Listing(oid, path, iter(it), dev))
+
+    def _read_ahead(self, listing: _Listing, n: int) -> None:
+        """Read up to ``n`` more names of a listing; on a plain tree, look up their ids at once.
+
+        The ids are keyed by the inode the directory entry names (``d_ino``); the lstat
+        that follows must show the same inode on the directory's device for one to be
+        used (a mount point or a name replaced in between takes the one-by-one path).
+        """
+
+        ahead = listing.ahead
+        try:
+            for de in listing.it:
+                ahead.append(de)
+                if len(ahead) >= n:
+                    break
+        except OSError as exc:
+            self.problems.append(Problem(listing.path, f"cannot list directory: {exc.strerror}"))
+            listing.failed = True
+        if not self.brick and ahead:
+            listing.ids = self.store.ids_for(listing.dev, [de.inode() for de in ahead])
 
 
 @dataclass(slots=True)
@@ -236,4 +262,8 @@ class _Listing:
     id: bytes
     path: bytes
     it: Iterator[os.DirEntry[bytes]]
+    dev: int  # the directory's device: ids read ahead are for inodes on it
     count: int = 0
+    failed: bool = False  # listing stopped by an error: what it gave is not the whole directory
+    ahead: deque[os.DirEntry[bytes]] = field(default_factory=deque)
+    ids: dict[int, bytes] = field(default_factory=dict)

@@ -22,16 +22,34 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import uuid
 from pathlib import Path
 
 from georep.errors import StateError
-from georep.model import ROOT_ID
 
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "georep"
+
+
+#: Inodes per lookup query in `IdStore.ids_for` (well below SQLite's bound on parameters).
+LOOKUP_CHUNK = 500
+
+
+def new_ids(n: int) -> list[bytes]:
+    """``n`` fresh random ids, shaped as version-4 UUIDs (one ``urandom`` call for all).
+
+    The version bits also keep them apart from ``ROOT_ID`` (``00…01``, not version 4).
+    """
+
+    raw = os.urandom(16 * n)
+    out = []
+    for i in range(0, 16 * n, 16):
+        b = bytearray(raw[i:i + 16])
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        out.append(bytes(b))
+    return out
 
 
 class IdStore:
@@ -65,14 +83,38 @@ class IdStore:
         row = self._db.execute("SELECT id FROM ids WHERE dev=? AND ino=?", (dev, ino)).fetchone()
         if row is not None:
             return bytes(row[0])
-        oid = uuid.uuid4().bytes
-        while oid == ROOT_ID:  # pragma: no cover - astronomically unlikely
-            oid = uuid.uuid4().bytes
+        oid = new_ids(1)[0]
         self._db.execute("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)", (dev, ino, oid))
-        self._writes += 1
+        self._wrote(1)
+        return oid
+
+    def ids_for(self, dev: int, inos: list[int]) -> dict[int, bytes]:
+        """`id_for` for many inodes of one device at once (a directory's listing).
+
+        Why: a crawl asks for every object's id, and one query per object was most of a
+        crawl's time (measured: 0.84 s of 4.8 s for 200,000 entries); a query per few
+        hundred inodes, and one ``executemany`` for the new ones, cost a fraction.
+        """
+
+        found: dict[int, bytes] = {}
+        for i in range(0, len(inos), LOOKUP_CHUNK):
+            part = inos[i:i + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(f"SELECT ino, id FROM ids WHERE dev=? AND ino IN ({marks})", (dev, *part))
+            found.update((ino, bytes(oid)) for ino, oid in rows)
+        missing = [ino for ino in dict.fromkeys(inos) if ino not in found]
+        if missing:
+            fresh = new_ids(len(missing))
+            self._db.executemany("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)",
+                                 [(dev, ino, oid) for ino, oid in zip(missing, fresh, strict=True)])
+            found.update(zip(missing, fresh, strict=True))
+            self._wrote(len(missing))
+        return found
+
+    def _wrote(self, n: int) -> None:
+        self._writes += n
         if self._writes >= 5000:
             self.commit()
-        return oid
 
     def new_crawl(self) -> None:
         """Forget which hard-linked ids were met: a new crawl sends each inode once again."""

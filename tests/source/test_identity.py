@@ -1,0 +1,56 @@
+"""`IdStore`: the batch lookup agrees with the one-by-one lookup, and ids persist."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from georep.model import ROOT_ID
+from georep.source.identity import LOOKUP_CHUNK, IdStore, new_ids
+
+
+def test_new_ids_are_distinct_version_4_uuids() -> None:
+    ids = new_ids(10_000)
+    assert len(set(ids)) == 10_000
+    for oid in ids[:500]:
+        u = uuid.UUID(bytes=oid)
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+        assert oid != ROOT_ID
+
+
+def test_ids_for_agrees_with_id_for_and_persists(tmp_path: Path) -> None:
+    root = b"/some/tree"
+    s = IdStore(tmp_path, root)
+    one = {ino: s.id_for(7, ino) for ino in range(0, 3000, 3)}  # some known already
+    inos = list(range(0, 2 * LOOKUP_CHUNK + 17)) + [5, 5, 6]  # more than one query's worth, repeats
+    many = s.ids_for(7, inos)
+    assert set(many) == set(inos)
+    for ino, oid in one.items():
+        if ino in many:
+            assert many[ino] == oid
+    assert len(set(many.values())) == len(many)
+    assert s.ids_for(8, [1])[1] != many[1]  # another device, another object
+    s.close()
+    again = IdStore(tmp_path, root)
+    assert again.ids_for(7, inos) == many
+    assert all(again.id_for(7, ino) == oid for ino, oid in many.items())
+    again.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(min_value=1, max_value=2**63 - 1), max_size=40), max_size=6))
+def test_ids_for_is_a_function_of_the_inode(rounds: list[list[int]]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        s = IdStore(Path(d), b"/t")
+        seen: dict[int, bytes] = {}
+        for inos in rounds:
+            got = s.ids_for(1, inos)
+            assert set(got) == set(inos)
+            for ino, oid in got.items():
+                assert seen.setdefault(ino, oid) == oid
+        assert len(set(seen.values())) == len(seen)
+        s.close()
