@@ -54,6 +54,23 @@ _KIND_BY_FMT = {
 _FMT_BY_KIND = {v: k for k, v in _KIND_BY_FMT.items()}
 
 
+def ino_to_sql(ino: int) -> int:
+    """An inode number as SQLite keeps integers: signed 64-bit.
+
+    Why: inode numbers are unsigned 64-bit, and a GlusterFS FUSE mount derives them from
+    128-bit gfids, so half of them are 2**63 or more (SQLite refused them: "Python int
+    too large to convert to SQLite INTEGER").  Stored as their two's-complement value.
+    """
+
+    return ino - (1 << 64) if ino >= 1 << 63 else ino
+
+
+def ino_from_sql(value: int) -> int:
+    """The inode number `ino_to_sql` stored."""
+
+    return value & 0xFFFF_FFFF_FFFF_FFFF
+
+
 def id_text(oid: bytes) -> str:
     """An id as the usual uuid text (what GlusterFS prints for a gfid)."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from georep.model import Kind
+from georep.model import Kind, ino_from_sql, ino_to_sql
 
 #: Pseudo parent of objects moved aside into the staging directory.
 STAGING_ID = b"\xff" * 16
@@ -234,7 +234,7 @@ class Index:
         ).fetchone()
         if row is None:
             return None
-        return Obj(oid, Kind(row[0]), row[1], row[2], row[3], row[4], row[5], bytes(row[6]))
+        return Obj(oid, Kind(row[0]), row[1], row[2], row[3], ino_from_sql(row[4]), row[5], bytes(row[6]))
 
     def names_of(self, oid: bytes) -> list[tuple[bytes, bytes, int]]:
         """(parent, name, gen) of every name of ``oid``, newest confirmation first."""
@@ -295,7 +295,7 @@ class Index:
         self._db.execute(
             "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
             " VALUES (?,?,?,?,?,?,?,?)",
-            (oid, int(kind), size, mtime_ns, mode, ino, self.gen, xhash),
+            (oid, int(kind), size, mtime_ns, mode, ino_to_sql(ino), self.gen, xhash),
         )
         self._wrote()
 

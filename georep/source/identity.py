@@ -25,6 +25,7 @@ import sqlite3
 from pathlib import Path
 
 from georep.errors import StateError
+from georep.model import ino_from_sql, ino_to_sql
 
 
 def default_state_dir() -> Path:
@@ -80,13 +81,19 @@ class IdStore:
         self._writes = 0
 
     def id_for(self, dev: int, ino: int) -> bytes:
-        row = self._db.execute("SELECT id FROM ids WHERE dev=? AND ino=?", (dev, ino)).fetchone()
+        sino = ino_to_sql(ino)
+        row = self._db.execute("SELECT id FROM ids WHERE dev=? AND ino=?", (dev, sino)).fetchone()
         if row is not None:
             return bytes(row[0])
         oid = new_ids(1)[0]
-        self._db.execute("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)", (dev, ino, oid))
+        self._db.execute("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)", (dev, sino, oid))
         self._wrote(1)
         return oid
+
+    def forget(self, dev: int, ino: int) -> None:
+        """Drop the id of an inode: the next `id_for` gives it a new one."""
+
+        self._db.execute("DELETE FROM ids WHERE dev=? AND ino=?", (dev, ino_to_sql(ino)))
 
     def ids_for(self, dev: int, inos: list[int]) -> dict[int, bytes]:
         """`id_for` for many inodes of one device at once (a directory's listing).
@@ -98,15 +105,15 @@ class IdStore:
 
         found: dict[int, bytes] = {}
         for i in range(0, len(inos), LOOKUP_CHUNK):
-            part = inos[i:i + LOOKUP_CHUNK]
+            part = [ino_to_sql(ino) for ino in inos[i:i + LOOKUP_CHUNK]]
             marks = ",".join("?" * len(part))
             rows = self._db.execute(f"SELECT ino, id FROM ids WHERE dev=? AND ino IN ({marks})", (dev, *part))
-            found.update((ino, bytes(oid)) for ino, oid in rows)
+            found.update((ino_from_sql(ino), bytes(oid)) for ino, oid in rows)
         missing = [ino for ino in dict.fromkeys(inos) if ino not in found]
         if missing:
             fresh = new_ids(len(missing))
             self._db.executemany("INSERT INTO ids(dev, ino, id) VALUES (?,?,?)",
-                                 [(dev, ino, oid) for ino, oid in zip(missing, fresh, strict=True)])
+                                 [(dev, ino_to_sql(ino), oid) for ino, oid in zip(missing, fresh, strict=True)])
             found.update(zip(missing, fresh, strict=True))
             self._wrote(len(missing))
         return found

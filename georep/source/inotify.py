@@ -910,10 +910,9 @@ def renew_id(store: IdStore, dev: int, ino: int) -> bytes:
     Inode numbers are reused: a directory deleted and another made with its inode would
     inherit its id, and the agent would rename the old copy, stale children included,
     into the new place.  A directory made by mkdir has no past, so it gets an id of its own.
-    (`IdStore` has no public call for this: the one row is replaced here.)
     """
 
-    store._db.execute("DELETE FROM ids WHERE dev=? AND ino=?", (dev, ino))
+    store.forget(dev, ino)
     return store.id_for(dev, ino)
 
 

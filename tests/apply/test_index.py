@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from georep.apply.index import Index
+from georep.model import Kind
 
 
 def _open_and_write(path: str, barrier: Any, n: int, out: Any) -> None:
@@ -48,3 +49,15 @@ def test_agents_opening_a_fresh_index_together_all_succeed(tmp_path: Path) -> No
         idx.close()
     assert failures == []
     assert rows == 30 * 3 * 50
+
+
+def test_inode_numbers_of_all_64_bits_are_kept(tmp_path: Path) -> None:
+    """A GlusterFS FUSE secondary gives inode numbers of 2**63 and more (SQLite integers are signed)."""
+
+    idx = Index(tmp_path / "index.db")
+    for ino in (2**64 - 1, 2**63, 5):
+        oid = ino.to_bytes(16, "big")
+        idx.put_obj(oid, Kind.FILE, 1, 2, 0o644, ino)
+        obj = idx.obj(oid)
+        assert obj is not None and obj.ino == ino
+    idx.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from georep.model import ROOT_ID
+from georep.model import ROOT_ID, ino_from_sql, ino_to_sql
 from georep.source.identity import LOOKUP_CHUNK, IdStore, new_ids
 
 
@@ -54,3 +54,19 @@ def test_ids_for_is_a_function_of_the_inode(rounds: list[list[int]]) -> None:
                 assert seen.setdefault(ino, oid) == oid
         assert len(set(seen.values())) == len(seen)
         s.close()
+
+
+def test_inode_numbers_of_all_64_bits(tmp_path: Path) -> None:
+    """A GlusterFS FUSE mount derives inode numbers from gfids: 2**63 and above are common."""
+
+    big = [2**63, 2**64 - 1, 2**63 + 12345, 1, 0]
+    assert all(ino_from_sql(ino_to_sql(i)) == i for i in big)
+    assert all(-(2**63) <= ino_to_sql(i) < 2**63 for i in big)
+    s = IdStore(tmp_path, b"/fuse")
+    one = s.id_for(3, 2**64 - 1)
+    many = s.ids_for(3, big)
+    assert many[2**64 - 1] == one
+    assert len(set(many.values())) == len(big)
+    s.forget(3, 2**64 - 1)
+    assert s.id_for(3, 2**64 - 1) != one
+    s.close()
