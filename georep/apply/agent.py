@@ -87,7 +87,7 @@ class Basis:
 class Receiving:
     entry: m.EntryMsg
     fd: int
-    tmp: bytes  # its name in staging, or UNNAMED: an O_TMPFILE file, linked into place when published
+    tmp: bytes
     size: int
     digest: ExtentDigest = field(default_factory=ExtentDigest)
     #: a delta: which basis ranges fill the gaps between the chunks (None: a full transfer)
@@ -97,12 +97,6 @@ class Receiving:
     broken: str = ""
     #: the object was unknown when its data was asked for: it has no other name to clean up
     new: bool = False
-
-
-#: `Receiving.tmp` of a file made with O_TMPFILE: it has no name until it is published.
-UNNAMED = b""
-#: errnos of a filesystem that makes no unnamed files (FUSE, NFS, old kernels)
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 def xattr_digest(meta: Meta) -> bytes:
@@ -227,8 +221,6 @@ class Applier:
         self.outbox: list[m.Message] = []
         self._tmp = itertools.count()
         self._tmp_prefix = b"tmp-%d-" % os.getpid()  # the pid: a dead agent's leftovers are known as such
-        #: new files are made unnamed in their own directory, then linked into place (see `_open_tmp`)
-        self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         #: directories whose mode/mtime must be set again once nothing more changes inside
         self.dirty_dirs: set[bytes] = set()
         self._clean_staging_tmp()
@@ -583,32 +575,12 @@ class Applier:
         return e, new
 
     def _open_tmp(self, e: m.EntryMsg, size: int, new: bool = False) -> Receiving:
-        """A new file, not visible to readers, made with the entry's permission bits.
-
-        Where the filesystem can, the file is made unnamed (O_TMPFILE) in the directory it
-        will be published in, and linked there once complete.  Why not always in staging:
-        ext4 places a new inode near its directory, so every file made in one staging
-        directory comes from the same few inode groups; after a mass delete those groups
-        are full of recently freed inodes that the allocator steps over one by one
-        (measured here: 80-185 µs of CPU per create in the agent after a 100,000-file
-        delete, against 14 µs fresh), and the files end up far from their directories.
-        An unnamed file also vanishes by itself if the agent dies.  Elsewhere (FUSE, NFS)
-        the file is made in staging (a 0700 directory) and renamed into place.
+        """A new file in staging (a 0700 directory), made with the entry's permission bits.
 
         Made with the final bits (the umask permitting), a file usually needs no fchmod
         once written; setuid/setgid/sticky bits are only ever set by fchmod, at the end.
         """
 
-        if self._tmpfile:
-            try:
-                fd = os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, (e.mode & 0o777) | 0o600,
-                             dir_fd=self.dirs.fd(e.parent))
-                return Receiving(e, fd, UNNAMED, size, new=new)
-            except ItemFailed:
-                pass  # its directory is not there (now): staging will do, the publish decides
-            except OSError as exc:
-                if exc.errno in _NO_TMPFILE:
-                    self._tmpfile = False
         tmp = self._tmp_name()
         fd = os.open(
             tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, (e.mode & 0o777) | 0o600,
@@ -810,10 +782,8 @@ class Applier:
         except BaseException:
             self._discard_receiving(rec)
             raise
-        try:
-            self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, st.st_ino, new=rec.new, fd=rec.fd)
-        finally:
-            os.close(rec.fd)
+        os.close(rec.fd)
+        self._publish(rec.tmp, rec.entry, Kind.FILE, mtime_ns, rec.size, st.st_ino, new=rec.new)
         return m.DONE
 
     def _drop_receiving(self, seq: int) -> None:
@@ -824,8 +794,7 @@ class Applier:
     def _discard_receiving(self, rec: Receiving) -> None:
         self._close_basis(rec)
         os.close(rec.fd)
-        if rec.tmp != UNNAMED:
-            os.unlink(rec.tmp, dir_fd=self.staging_fd)
+        os.unlink(rec.tmp, dir_fd=self.staging_fd)
 
     @staticmethod
     def _close_basis(rec: Receiving) -> None:
@@ -834,28 +803,24 @@ class Applier:
             rec.basis_fd = -1
 
     def _publish(self, tmp: bytes, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int = 0,
-                 new: bool = False, fd: int = -1) -> None:
+                 new: bool = False) -> None:
         """Rename a finished object from staging to its name: the one moment it appears.
 
-        ``tmp`` UNNAMED: the object is the unnamed file ``fd``, linked to its name instead.
         ``new``: the object's id was unknown when it was asked for, so it has no other name
         to clean up (one index lookup saved per new file).
         """
 
         self.dirty_dirs.add(e.parent)
-        if tmp == UNNAMED:
-            self._link_unnamed(fd, e)  # on failure the caller's close makes the file vanish
-        else:
-            try:
-                pfd = self.dirs.fd(e.parent)
-                if not ino:
-                    ino = os.stat(tmp, dir_fd=self.staging_fd, follow_symlinks=False).st_ino
-                self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
-                fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=self.staging_fd)
-                raise
+        try:
+            pfd = self.dirs.fd(e.parent)
+            if not ino:
+                ino = os.stat(tmp, dir_fd=self.staging_fd, follow_symlinks=False).st_ino
+            self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
+            fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.staging_fd)
+            raise
         # names of the object's previous inode are stale now (hard links are re-sent)
         for p, n, _g in () if new else self.index.names_of(e.id):
             if (p, n) != (e.parent, e.name) and p == STAGING_ID:
@@ -863,32 +828,6 @@ class Applier:
                 self.index.drop_name(p, n)
         self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino, xattr_digest(_meta(e)))
         self.index.put_name(e.parent, e.name, e.id)
-
-    def _link_unnamed(self, fd: int, e: m.EntryMsg) -> None:
-        """Give the unnamed file ``fd`` the name ``e.parent/e.name`` in one step.
-
-        A free name gets a hard link (linkat through ``/proc/self/fd``: no privilege
-        needed).  A name still held, by the object's own previous version or by an
-        untracked file, is replaced as a staged file is: linked into staging, then
-        renamed over it, so a reader sees the old file or the new one, never neither.
-        """
-
-        pfd = self.dirs.fd(e.parent)
-        self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
-        src = f"/proc/self/fd/{fd}"
-        try:
-            os.link(src, e.name, dst_dir_fd=pfd, follow_symlinks=True)
-            return
-        except FileExistsError:
-            pass
-        tmp = self._tmp_name()
-        os.link(src, tmp, dst_dir_fd=self.staging_fd, follow_symlinks=True)
-        try:
-            fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.staging_fd)
-            raise
 
     # -- making room, setting aside ------------------------------------------------
 
