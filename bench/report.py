@@ -206,7 +206,7 @@ def targets_table(res: Results) -> list[str]:
                  f"{af:,.0f} vs {a0:,.0f} = {100 * af / a0:.0f} %") if a0 and af else ""
         rows.append([f"small at {far:g} ms RTT: ≥ 70 % of its own {main:g} ms files/s",
                      f"{ours_far.files_s:,.0f} vs {ours0.files_s:,.0f} files/s = {100 * ratio:.0f} % "
-                     f"(wall time, SSH connection included){setup}", _judged(ratio >= 0.7, ours0)])
+                     f"(wall time, SSH connection included){setup}", _judged(ratio >= 0.7, ours0, ours_far)])
     ren = sync("small", "renames", main)
     renamed = res.renamed_bytes.get("renames")
     if ren and renamed:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import _judged
-from bench.results import SyncRow
+from bench.report import _judged, targets_table
+from bench.results import Results, SyncRow
 
 TOP = Path(__file__).resolve().parent.parent
 
@@ -106,9 +106,9 @@ def check_plain_directory_live(out: str) -> None:
         assert rename["replica equal"] == "yes", rename
 
 
-def _small_row(walls: list[float]) -> SyncRow:
+def _small_row(walls: list[float], rtt_ms: float = 0.0) -> SyncRow:
     wall = sorted(walls)[len(walls) // 2]
-    return SyncRow("small", "initial", 0.0, "georep-sync oneshot", wall, 174_000_000, 20_000, 1, 1, 1, 1, 1.0, 0,
+    return SyncRow("small", "initial", rtt_ms, "georep-sync oneshot", wall, 174_000_000, 20_000, 1, 1, 1, 1, 1.0, 0,
                    True, walls=walls)
 
 
@@ -121,3 +121,18 @@ def test_a_target_is_not_judged_on_runs_that_varied_widely() -> None:
     assert _judged(True, noisy).startswith("inconclusive: its runs varied 3.0×")
     assert _judged(False, steady, noisy).startswith("inconclusive")
     assert _judged(None, noisy) == "—"
+
+
+def test_the_far_rtt_target_weighs_the_far_runs_too() -> None:
+    """The 150 ms target divides two medians: if the 150 ms runs varied widely, it is not decided."""
+
+    def verdict(far_walls: list[float]) -> str:
+        res = Results("python -m bench", "now", {}, {}, "", quick=False)
+        res.sync = [_small_row([2.26, 2.45, 2.50]), _small_row(far_walls, rtt_ms=150.0)]
+        rows = [r for r in targets_table(res) if r.startswith("| small at 150 ms RTT")]
+        assert len(rows) == 1, targets_table(res)
+        return rows[0].rsplit("|", 2)[-2].strip()
+
+    assert verdict([2.9, 3.0, 3.1]) == "met"
+    assert verdict([4.0, 4.1, 4.3]) == "**not met**"
+    assert verdict([2.9, 5.0, 9.0]).startswith("inconclusive")
