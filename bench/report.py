@@ -309,7 +309,10 @@ def render(res: Results) -> str:
     if res.live:
         out += ["", "## Live replication lag (write → complete on the secondary)", ""] + live_table(res)
     if res.scale:
-        out += ["", "## Scale tree: crawl rate and memory", ""] + scale_table(res)
+        out += ["", "## Scale tree: crawl rate and memory", ""]
+        if res.scale_place:
+            out += [f"The scale tree, its tenth and their replicas lived on {res.scale_place}.", ""]
+        out += scale_table(res)
     if res.micro:
         out += ["", "## Micro-benchmarks", ""] + micro_table(res)
     if res.not_run:

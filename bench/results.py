@@ -195,6 +195,8 @@ class Results:
     live: list[LiveRow] = field(default_factory=list)
     live_tree: list[LiveTreeRow] = field(default_factory=list)
     scale: list[ScaleRow] = field(default_factory=list)
+    #: where the scale section's trees lived (bench/scratchfs.py)
+    scale_place: str = ""
     micro: list[MicroRow] = field(default_factory=list)
     not_run: list[NotRun] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)

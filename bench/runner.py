@@ -42,6 +42,7 @@ from bench.results import (
     ScaleRow,
     SyncRow,
 )
+from bench.scratchfs import scratch_fs
 from bench.sshd import Sshd, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,8 +197,9 @@ class Runner:
 
     # -- datasets -------------------------------------------------------------------
 
-    def generate(self, name: str, maker: Callable[[Path], datasets.TreeStats], description: str) -> Path:
-        root = self.work / "src" / name
+    def generate(self, name: str, maker: Callable[[Path], datasets.TreeStats], description: str,
+                 base: Path | None = None) -> Path:
+        root = (base or self.work) / "src" / name
         t = time.perf_counter()
         stats = maker(root)
         dt = time.perf_counter() - t
@@ -428,11 +430,19 @@ class Runner:
     # -- scale ------------------------------------------------------------------------
 
     def section_scale(self) -> None:
+        with scratch_fs(self.work, "scale-fs", self.plan.scale_entries, self.log) as scratch:
+            self.results.scale_place = scratch.description
+            self._scale(scratch.root)
+
+    def _scale(self, base: Path) -> None:
+        """Crawl rate and memory on the scale tree; everything it writes stays under ``base``."""
+
         root = self.generate("scale", lambda r: datasets.make_scale(r, entries=self.plan.scale_entries),
-                             f"{self.plan.scale_entries:,} entries, directories of 1,000, files empty or ≤ 64 B")
+                             f"{self.plan.scale_entries:,} entries, directories of 1,000, files empty or ≤ 64 B",
+                             base=base)
         entries = self.results.datasets[-1].files + self.results.datasets[-1].dirs + 1
-        state = self.work / "scale-state"
-        empty = self.work / "scale-empty"
+        state = base / "scale-state"
+        empty = base / "scale-empty"
         empty.mkdir()
         runs = [
             ("georep-sync crawl, first run (ids assigned)", [PYTHON, "-m", "bench.crawl", str(root), "--state-dir",
@@ -454,18 +464,21 @@ class Runner:
             self.results.scale.append(ScaleRow(tool, entries, m.wall, m.rss_local, m.exit_code, note))
             self.log(f"scale {tool}: {entries / m.wall:,.0f} entries/s, {m.rss_local / 2**20:.0f} MiB")
         # memory as the tree grows tenfold: a whole --oneshot, sender and agent, over SSH
-        tenth = self.work / "src" / "scale-tenth"
+        tenth = base / "src" / "scale-tenth"
         datasets.make_scale(tenth, entries=self.plan.scale_entries // 10)
         for src in (tenth, root):
-            self.scale_oneshot(src)
+            self.scale_oneshot(src, base)
 
-    def scale_oneshot(self, src: Path) -> None:
-        """``georep-sync --oneshot`` of a scale tree to an empty secondary: rate and both ends' peak RSS."""
+    def scale_oneshot(self, src: Path, base: Path) -> None:
+        """``georep-sync --oneshot`` of a scale tree to an empty secondary: rate and both ends' peak RSS.
+
+        The replica stays until ``base`` goes: nothing is deleted between the two timed copies.
+        """
 
         assert self.path is not None and self.proxy is not None
         self.proxy.set_link(self.link(self.plan.rtts_ms[0]))
         entries = _count_entries(src)
-        dst, state = self.work / "dst" / "scale" / src.name, self.work / "state" / "scale" / src.name
+        dst, state = base / "dst" / src.name, base / "state" / src.name
         os.sync()
         m = self.path.run(CONTENDERS[0].argv(self.path, src, dst, state))
         note = "" if m.ok else m.stderr.strip()[-300:]
@@ -479,7 +492,6 @@ class Runner:
                                            m.rss_local, m.exit_code, note, rss_agent=m.rss_remote))
         self.log(f"scale oneshot {entries:,}: {m.wall:.1f}s, RSS {m.rss_local / 2**20:.0f} / "
                  f"{m.rss_remote / 2**20:.0f} MiB")
-        self.discard(dst)
 
     # -- micro-benchmarks -----------------------------------------------------------
 

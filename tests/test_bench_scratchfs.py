@@ -1,0 +1,46 @@
+"""bench/scratchfs.py: the scale section's throwaway ext4 really is a filesystem of its own, and goes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import scratchfs
+from bench.scratchfs import scratch_fs
+
+
+def test_the_scratch_fs_is_its_own_ext4_and_leaves_nothing(tmp_path: Path) -> None:
+    why = scratchfs._unavailable()
+    if why is not None:
+        pytest.skip(f"a loop-mounted ext4 cannot be made here: {why}")
+    logged: list[str] = []
+    with scratch_fs(tmp_path, "s", 10_000, logged.append) as scratch:
+        assert scratch.mounted, logged
+        assert scratch.root == tmp_path / "s"
+        assert os.stat(scratch.root).st_dev != os.stat(tmp_path).st_dev
+        assert os.path.ismount(scratch.root)
+        for i in range(100):
+            (scratch.root / f"f{i}").write_bytes(b"x" * i)
+        assert (tmp_path / "s.img").stat().st_size >= scratchfs.MIN_BYTES
+        # room for the names the section makes: the tree, its tenth and both replicas
+        assert os.statvfs(scratch.root).f_files >= 10_000 * scratchfs.INODES_PER_ENTRY
+    assert not os.path.ismount(tmp_path / "s")
+    assert list((tmp_path / "s").iterdir()) == []  # the mount point, empty again
+    assert not (tmp_path / "s.img").exists()
+    assert any("unmounted and deleted" in m for m in logged)
+
+
+def test_without_mkfs_the_section_gets_a_plain_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "mkfs.ext4" else real_which(tool))
+    logged: list[str] = []
+    with scratch_fs(tmp_path, "s", 10_000, logged.append) as scratch:
+        assert not scratch.mounted
+        assert os.stat(scratch.root).st_dev == os.stat(tmp_path).st_dev
+        (scratch.root / "f").write_bytes(b"kept")
+        assert "no mkfs.ext4" in scratch.description
+    assert (tmp_path / "s" / "f").read_bytes() == b"kept"  # the work directory's cleanup removes it
+    assert logged == ["scratch filesystem not made (no mkfs.ext4); using a plain directory"]
