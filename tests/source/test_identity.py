@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -13,13 +14,28 @@ from georep.model import ROOT_ID, ino_from_sql, ino_to_sql
 from georep.source.identity import LOOKUP_CHUNK, IdStore, new_ids
 
 
-def test_new_ids_are_distinct_version_4_uuids() -> None:
+def test_new_ids_are_distinct_time_ordered_version_7_uuids() -> None:
+    before_ms = time.time_ns() // 1_000_000
     ids = new_ids(10_000)
+    after_ms = time.time_ns() // 1_000_000
     assert len(set(ids)) == 10_000
-    for oid in ids[:500]:
+    assert ids == sorted(ids)  # one call ascends: consecutive B-tree keys
+    for oid in ids[:500] + ids[-500:]:
         u = uuid.UUID(bytes=oid)
-        assert u.version == 4 and u.variant == uuid.RFC_4122
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+        assert before_ms <= int.from_bytes(oid[:6], "big") <= after_ms
         assert oid != ROOT_ID
+    time.sleep(0.002)
+    later = new_ids(3)
+    assert later[0] > ids[-1]  # a later millisecond sorts after
+    assert len({*ids, *later, *new_ids(10_000)}) == 20_003
+
+
+@given(st.integers(min_value=1, max_value=64))
+def test_new_ids_keep_their_version_and_variant_bits_for_any_count(n: int) -> None:
+    for oid in new_ids(n):
+        u = uuid.UUID(bytes=oid)
+        assert u.version == 7 and u.variant == uuid.RFC_4122
 
 
 def test_ids_for_agrees_with_id_for_and_persists(tmp_path: Path) -> None:
