@@ -815,8 +815,10 @@ class Applier:
             pfd = self.dirs.fd(e.parent)
             if not ino:
                 ino = os.stat(tmp, dir_fd=self.staging_fd, follow_symlinks=False).st_ino
-            self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
-            fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
+            # a free name takes the object at once; a taken one is looked at first (_make_room)
+            if not fsops.rename_noreplace_at(self.staging_fd, tmp, pfd, e.name):
+                self._make_room(pfd, e.parent, e.name, keep=e.id, replace_ok=True)
+                fsops.rename_at(self.staging_fd, tmp, pfd, e.name)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.staging_fd)
