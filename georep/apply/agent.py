@@ -97,6 +97,8 @@ class Receiving:
     broken: str = ""
     #: the object was unknown when its data was asked for: it has no other name to clean up
     new: bool = False
+    #: a large file received front to back: written around the page cache (fsops.DirectWriter)
+    writer: fsops.DirectWriter | None = None
 
 
 def xattr_digest(meta: Meta) -> bytes:
@@ -590,7 +592,10 @@ class Applier:
 
     def _data_begin(self, msg: m.DataBegin) -> list[m.Result]:
         e, new = self._take_pending(msg.seq)
-        self.receiving[msg.seq] = self._open_tmp(e, msg.size, new)
+        rec = self._open_tmp(e, msg.size, new)
+        if msg.size >= fsops.DIRECT_MIN:
+            rec.writer = fsops.DirectWriter(rec.fd)
+        self.receiving[msg.seq] = rec
         return []
 
     def _data_chunk(self, msg: m.DataChunk) -> list[m.Result]:
@@ -615,7 +620,10 @@ class Applier:
         elif msg.offset < rec.digest.next_offset:
             raise ProtocolError(f"data chunk for item {msg.seq} at {msg.offset} overlaps or goes backwards")
         rec.digest.update(msg.offset, msg.data)
-        os.pwrite(rec.fd, msg.data, msg.offset)
+        if rec.writer is not None:
+            rec.writer.write(msg.offset, msg.data)
+        else:
+            os.pwrite(rec.fd, msg.data, msg.offset)
         return []
 
     def _data_end(self, msg: m.DataEnd) -> int:
@@ -624,6 +632,12 @@ class Applier:
             raise ProtocolError(f"DataEnd for item {msg.seq}, which has no DataBegin")
         if rec.rebuild is not None:
             return self._delta_end(rec, msg)
+        if rec.writer is not None:
+            try:
+                rec.writer.finish()
+            except BaseException:
+                self._discard_receiving(rec)
+                raise
         return self._finish_file(rec, msg.digest, msg.mtime_ns)
 
     # -- delta against the copy the agent has ------------------------------------------
@@ -793,6 +807,8 @@ class Applier:
 
     def _discard_receiving(self, rec: Receiving) -> None:
         self._close_basis(rec)
+        if rec.writer is not None:
+            rec.writer.close()
         os.close(rec.fd)
         os.unlink(rec.tmp, dir_fd=self.staging_fd)
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
+import mmap
 import os
 import stat
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
 from georep.model import Meta, replicable_xattr
@@ -218,3 +221,160 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> int:
             break
         done += n
     return done
+
+
+#: Files at least this large, sent whole, are written around the page cache (`DirectWriter`).
+DIRECT_MIN = 8 * 1024 * 1024
+
+_DIRECT_IO: ThreadPoolExecutor | None = None
+
+
+def _direct_io() -> ThreadPoolExecutor:
+    """The one thread that performs direct writes, so that the next block is received meanwhile."""
+
+    global _DIRECT_IO
+    if _DIRECT_IO is None:
+        _DIRECT_IO = ThreadPoolExecutor(max_workers=1, thread_name_prefix="georep-direct-io")
+    return _DIRECT_IO
+
+
+def _write_block(fd: int, buf: mmap.mmap, offset: int, n: int) -> int:
+    return os.pwrite(fd, memoryview(buf)[:n], offset)
+
+
+def write_all_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class DirectWriter:
+    """Writes a large file that arrives front to back around the page cache (``O_DIRECT``).
+
+    Why: replication should not push what the secondary's readers have in its page cache
+    out for data nobody reads yet, and on this 2-core VM filling new page-cache pages cost
+    0.2 to 2.5 s of CPU per GiB (fresh pages are faulted in by the host), taken from the
+    agent while the sender, sshd and the agent share two cores.  ``O_DIRECT`` writes go
+    from two reused, page-aligned buffers straight to the disk: one is written by a
+    helper thread while the other fills, so the disk and the network overlap as they do
+    with buffered writes.
+
+    Only the shape it is good at goes direct: chunks that follow each other from offset 0,
+    in whole aligned blocks.  Anything else (a hole the sender skipped, a filesystem that
+    refuses ``O_DIRECT``, a short write) waits for the block in flight, writes what is
+    buffered plainly and turns the file into plain writes for good, so the content is
+    the same either way.  The last partial block is always written plainly by `finish`.
+    """
+
+    BLOCK = 1 << 20  # one buffer, and one direct write
+    ALIGN = 4096  # offsets and lengths of direct writes: covers 512- and 4096-byte sectors
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.base = 0  # file offset of the current buffer's first byte
+        self.fill = 0
+        self.direct = False
+        self._bufs: list[mmap.mmap] = []
+        self._cur = 0
+        #: the block being written by the helper thread: (its write, its buffer, offset)
+        self._pending: tuple[Future[int], int, int] | None = None
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError:
+            return
+        self.direct = True
+        self._bufs = [mmap.mmap(-1, self.BLOCK), mmap.mmap(-1, self.BLOCK)]
+
+    def write(self, offset: int, data: bytes) -> None:
+        if not self.direct:
+            write_all_at(self.fd, data, offset)
+            return
+        if offset != self.base + self.fill:
+            self._go_plain()
+            write_all_at(self.fd, data, offset)
+            return
+        view = memoryview(data)
+        while view:
+            n = min(len(view), self.BLOCK - self.fill)
+            self._bufs[self._cur][self.fill:self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == self.BLOCK:
+                self._hand_over()
+                if not self.direct:
+                    write_all_at(self.fd, view, self.base + self.fill)
+                    return
+
+    def finish(self) -> None:
+        """Everything written (the last partial block plainly); the buffers released.  The fd stays open."""
+
+        self._go_plain()
+        self.close()
+
+    def close(self) -> None:
+        """Release the buffers, writing nothing more (also what a discarded file gets)."""
+
+        if self._pending is not None:
+            with contextlib.suppress(OSError):
+                self._pending[0].result()
+            self._pending = None
+        for buf in self._bufs:
+            # a view of it may live on in the traceback of the error that discards this file:
+            # the mapping then goes with the last reference instead
+            with contextlib.suppress(BufferError):
+                buf.close()
+        self._bufs = []
+
+    def _hand_over(self) -> None:
+        """The full current buffer goes to the helper thread; the other one, once written, becomes current."""
+
+        self._settle()
+        if not self.direct:
+            self._flush_plain()
+            return
+        fut = _direct_io().submit(_write_block, self.fd, self._bufs[self._cur], self.base, self.BLOCK)
+        self._pending = (fut, self._cur, self.base)
+        self._cur ^= 1
+        self.base += self.BLOCK
+        self.fill = 0
+
+    def _settle(self) -> None:
+        """Wait for the block in flight; if it was refused or cut short, write it plainly and stop going direct."""
+
+        if self._pending is None:
+            return
+        fut, idx, offset = self._pending
+        self._pending = None
+        try:
+            done = fut.result()
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            done = 0  # the filesystem takes no direct writes after all
+        if done == self.BLOCK:
+            return
+        self._drop_direct()
+        write_all_at(self.fd, memoryview(self._bufs[idx])[done:self.BLOCK], offset + done)
+
+    def _go_plain(self) -> None:
+        """Wait for the block in flight, write what is buffered plainly, and stay plain."""
+
+        if self.direct:
+            self._settle()
+            self._drop_direct()
+            self._flush_plain()
+
+    def _drop_direct(self) -> None:
+        if self.direct:
+            self.direct = False
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+
+    def _flush_plain(self) -> None:
+        if self.fill:
+            write_all_at(self.fd, memoryview(self._bufs[self._cur])[:self.fill], self.base)
+            self.base += self.fill
+            self.fill = 0

@@ -202,10 +202,24 @@ class Index:
             self._tx_started = time.monotonic()
 
     def commit(self) -> None:
-        if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
-            self._pending = 0
+        """Commit the open write transaction, if SQLite still has one.
+
+        After some errors SQLite rolls a transaction back by itself: a COMMIT that failed
+        for a full disk (SQLITE_FULL) leaves none.  Committing again then raised "cannot
+        commit - no transaction is active" from `close`, and that internal error hid the
+        clear "disk full" the agent had already reported.  The rows lost with it describe
+        objects that are on disk: the next session adopts them by size and mtime.
+        """
+
+        if not self._in_tx:
+            return
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        finally:
+            self._in_tx = self._db.in_transaction
+            if not self._in_tx:
+                self._pending = 0
 
     @property
     def in_transaction(self) -> bool:

@@ -41,6 +41,7 @@ class _Incoming:
     name: bytes
     size: int
     digest: ExtentDigest = field(default_factory=ExtentDigest)
+    writer: fsops.DirectWriter | None = None  # a large file: around the page cache
 
 
 class Stager:
@@ -70,14 +71,19 @@ class Stager:
 
         try:
             if isinstance(msg, m.DataBegin):
-                self._begin(msg.seq, msg.size)
+                begun = self._begin(msg.seq, msg.size)
+                if msg.size >= fsops.DIRECT_MIN:
+                    begun.writer = fsops.DirectWriter(begun.fd)
                 return []
             if isinstance(msg, m.DataChunk):
                 rec = self.receiving.get(msg.seq)
                 if rec is None:
                     raise ProtocolError(f"data chunk for item {msg.seq}, which has no DataBegin on this lane")
                 rec.digest.update(msg.offset, msg.data)
-                os.pwrite(rec.fd, msg.data, msg.offset)
+                if rec.writer is not None:
+                    rec.writer.write(msg.offset, msg.data)
+                else:
+                    os.pwrite(rec.fd, msg.data, msg.offset)
                 return []
             if isinstance(msg, m.DataEnd):
                 return [self._end(msg.seq, msg.digest)]
@@ -124,10 +130,14 @@ class Stager:
         if rec is None:
             raise ProtocolError(f"DataEnd for item {seq}, which has no DataBegin on this lane")
         try:
+            if rec.writer is not None:
+                rec.writer.finish()
             ok = rec.digest.finish(rec.size) == digest
             if ok:
                 os.ftruncate(rec.fd, rec.size)
         finally:
+            if rec.writer is not None:
+                rec.writer.close()
             os.close(rec.fd)
         if not ok:
             os.unlink(rec.name, dir_fd=self.staging_fd)
@@ -137,5 +147,7 @@ class Stager:
     def _drop(self, seq: int) -> None:
         rec = self.receiving.pop(seq, None)
         if rec is not None:
+            if rec.writer is not None:
+                rec.writer.close()
             os.close(rec.fd)
             os.unlink(rec.name, dir_fd=self.staging_fd)

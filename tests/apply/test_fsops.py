@@ -1,8 +1,11 @@
-"""georep.apply.fsops: the rename that publishes a file under a free name, on a real filesystem."""
+"""georep.apply.fsops on a real filesystem: publishing under a free name, writing around the page cache."""
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,3 +62,71 @@ def test_other_errors_are_raised(dirs: tuple[int, int, Path, Path]) -> None:
     sfd, dfd, _src, _dst = dirs
     with pytest.raises(FileNotFoundError):
         fsops.rename_noreplace_at(sfd, b"missing", dfd, b"f")
+
+
+# -- DirectWriter: large files around the page cache ------------------------------------------
+
+MIB = 1 << 20
+
+
+def _cached_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, as util-linux's fincore reports them."""
+
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                       capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[0])
+
+
+def _o_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def test_a_file_sent_front_to_back_is_written_around_the_page_cache(tmp_path: Path) -> None:
+    data = os.urandom(32 * MIB + 12_345)  # an unaligned tail
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        w = fsops.DirectWriter(fd)
+        assert w.direct and _o_direct(fd)
+        pos = 0
+        for size in itertools.cycle((100_000, 256 * 1024, 7, 3 * MIB)):  # chunks across block edges
+            piece = data[pos:pos + size]
+            if not piece:
+                break
+            w.write(pos, piece)
+            pos += len(piece)
+        assert w.direct  # never fell back
+        w.finish()
+        assert not _o_direct(fd)  # what follows (fchmod, utime, rename) sees a plain fd
+    finally:
+        os.close(fd)
+    assert _cached_bytes(path) <= 2 * MIB  # at most the tail went through the cache
+    assert path.read_bytes() == data
+
+
+def test_a_hole_turns_the_file_into_plain_writes_with_the_same_content(tmp_path: Path) -> None:
+    head, tail = os.urandom(MIB + MIB // 2), os.urandom(MIB)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        w = fsops.DirectWriter(fd)
+        w.write(0, head)
+        w.write(3 * MIB, tail)  # the sender skipped a hole
+        assert not w.direct and not _o_direct(fd)
+        w.finish()
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == head + b"\0" * (3 * MIB - len(head)) + tail
+
+
+def test_a_discarded_file_releases_its_buffers_and_writes_nothing_more(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        w = fsops.DirectWriter(fd)
+        w.write(0, os.urandom(2 * MIB + 5))  # one block in flight, one in the buffer
+        w.close()
+        assert w._bufs == [] and w._pending is None
+    finally:
+        os.close(fd)
+    assert path.stat().st_size <= 2 * MIB  # the buffered tail was never written

@@ -61,3 +61,28 @@ def test_inode_numbers_of_all_64_bits_are_kept(tmp_path: Path) -> None:
         obj = idx.obj(oid)
         assert obj is not None and obj.ino == ino
     idx.close()
+
+
+def test_a_transaction_sqlite_already_rolled_back_is_not_committed_again(tmp_path: Path) -> None:
+    """A COMMIT that fails for a full disk leaves SQLite with no transaction; close must not then fail.
+
+    Seen when large files went around the page cache: the disk filled at a COMMIT, the agent
+    reported "disk full", and closing the index raised "cannot commit - no transaction is
+    active", an internal error that hid the clear one.
+    """
+
+    idx = Index(tmp_path / "index.db")
+    idx.put_name(b"p" * 16, b"kept", b"i" * 16)
+    idx.commit()
+    idx.put_name(b"p" * 16, b"lost", b"j" * 16)
+    assert idx.in_transaction
+    idx._db.execute("ROLLBACK")  # what SQLite does by itself after SQLITE_FULL
+    idx.commit()  # raised before
+    assert not idx.in_transaction
+    idx.put_name(b"p" * 16, b"after", b"k" * 16)  # a new transaction starts as usual
+    idx.close()
+    again = Index(tmp_path / "index.db")
+    assert again.occupant(b"p" * 16, b"kept") == b"i" * 16
+    assert again.occupant(b"p" * 16, b"lost") is None
+    assert again.occupant(b"p" * 16, b"after") == b"k" * 16
+    again.close()
