@@ -30,6 +30,7 @@ violation) and ends it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -72,6 +73,9 @@ class ItemFailed(Exception):
 
 #: Internal status of an Entry answered with BlockSums (no Result is sent for it then).
 SUMS_SENT = -1
+#: Directories made in this session that the agent remembers as holding nothing untracked.
+#: A crawl sends a directory's entries soon after it; the bound keeps memory flat.
+FRESH_DIRS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,11 @@ class DirCache:
 
     A directory fd follows its inode across renames, so cached fds stay right when a
     directory moves; they are dropped when a directory is removed.
+
+    A dropped fd is closed only by `release`, after the item that dropped it: the code
+    handling an item holds the fds it was given (the parent it publishes into) while it
+    makes room, and making room for a file where an untracked directory stood empties the
+    cache.  Closing there made the publishing rename fail with "Bad file descriptor".
     """
 
     def __init__(self, index: Index, root_fd: int, staging_fd: int, capacity: int = 512) -> None:
@@ -132,6 +141,7 @@ class DirCache:
         self._fixed = {ROOT_ID: root_fd, STAGING_ID: staging_fd}
         self._lru: OrderedDict[bytes, int] = OrderedDict()
         self._cap = capacity
+        self._dropped: list[int] = []
 
     def fd(self, oid: bytes) -> int:
         fixed = self._fixed.get(oid)
@@ -173,12 +183,12 @@ class DirCache:
         self._lru[oid] = fd
         while len(self._lru) > self._cap:
             _, old = self._lru.popitem(last=False)
-            os.close(old)
+            self._dropped.append(old)
 
     def adopt(self, oid: bytes, fd: int) -> None:
         old = self._lru.pop(oid, None)
         if old is not None:
-            os.close(old)
+            self._dropped.append(old)
         self._put(oid, fd)
 
     def rekey(self, old: bytes, new: bytes) -> None:
@@ -189,9 +199,15 @@ class DirCache:
             self._put(new, fd)
 
     def clear(self) -> None:
-        for fd in self._lru.values():
-            os.close(fd)
+        self._dropped.extend(self._lru.values())
         self._lru.clear()
+
+    def release(self) -> None:
+        """Close the fds dropped since the last call (see the class docstring)."""
+
+        dropped, self._dropped = self._dropped, []
+        for fd in dropped:
+            os.close(fd)
 
 
 class Applier:
@@ -225,6 +241,8 @@ class Applier:
         self._tmp_prefix = b"tmp-%d-" % os.getpid()  # the pid: a dead agent's leftovers are known as such
         #: directories whose mode/mtime must be set again once nothing more changes inside
         self.dirty_dirs: set[bytes] = set()
+        #: ids of directories this session made (the latest FRESH_DIRS): nothing untracked is in them
+        self._fresh_dirs: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._clean_staging_tmp()
 
     @staticmethod
@@ -290,6 +308,8 @@ class Applier:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
             return [m.Result(seq, m.FAILED, f"{exc.strerror or exc}")]
+        finally:
+            self.dirs.release()
 
     @staticmethod
     def _fatal(exc: OSError) -> GeorepError:
@@ -456,7 +476,11 @@ class Applier:
     def _create(self, e: m.EntryMsg, kind: Kind, pfd: int, new: bool = False) -> int:
         """Make object ``e`` at its name (asking for the data of a file); ``new``: its id is unknown here."""
 
-        st = fsops.lstat_at(pfd, e.name)
+        # only an untracked object already at the name is adopted: a directory this session
+        # made has none, so its entries skip the look (one failing lstat per file of a first
+        # copy).  Should something appear there all the same, the publishing rename refuses
+        # to replace it and takes the general path (_publish).
+        st = None if e.parent in self._fresh_dirs else fsops.lstat_at(pfd, e.name)
         if st is not None and self.index.occupant(e.parent, e.name) is None:
             adopted = self._adopt(e, kind, pfd, st)
             if adopted is not None:
@@ -477,6 +501,9 @@ class Applier:
             self.dirty_dirs.update((e.parent, e.id))
             self.index.put_name(e.parent, e.name, e.id)
             self.dirs.adopt(e.id, fd)
+            self._fresh_dirs[e.id] = None
+            if len(self._fresh_dirs) > FRESH_DIRS:
+                self._fresh_dirs.popitem(last=False)
             return m.DONE
         tmp = self._tmp_name()
         if kind is Kind.SYMLINK:
@@ -961,6 +988,8 @@ class Applier:
                 self.index.new_generation()
         except OSError as exc:
             raise self._fatal(exc) from None
+        finally:
+            self.dirs.release()
         return m.Finished(deleted)
 
     def _sweep(self, mirror: bool) -> int:
@@ -1032,6 +1061,7 @@ class Applier:
             self.index.end_session()
         self.index.close()
         self.dirs.clear()
+        self.dirs.release()
         for fd in (self.staging_fd, self.state_fd, self.root_fd):
             os.close(fd)
 

@@ -119,3 +119,48 @@ def _dir_with_file(agent: RawAgent, d: bytes, dname: bytes, x: bytes, fname: byt
     assert agent.one(entry(2, x, d, fname, Kind.FILE, len(data))).status == m.NEED
     agent.send(*_data_msgs(2, data))
     assert agent.results(1)[0].status == m.DONE
+
+
+def test_a_file_replaces_an_untracked_directory_at_its_name(tmp_path: Path) -> None:
+    """Making room for a file where an untracked directory stood empties the agent's directory cache.
+
+    The publishing rename then used the parent's fd the cache had just closed: "Bad file
+    descriptor", the file never published.  Dropped fds are now closed after the item.
+    """
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    d, g = oid(90), oid(92)
+    assert agent.one(entry(1, d, ROOT_ID, b"d", Kind.DIR)).status == m.DONE
+    (root / "d" / "g").mkdir()  # behind the agent's back: no id, no row in its index
+    (root / "d" / "g" / "inside").write_bytes(b"x")
+    assert agent.one(entry(2, g, d, b"g", Kind.FILE, 2)).status == m.NEED
+    agent.send(*_data_msgs(2, b"ok"))
+    assert agent.results(1)[0] == m.Result(2, m.DONE, "")
+    assert agent.finish() == 0
+    assert (root / "d" / "g").read_bytes() == b"ok"
+    assert os.listdir(root / ".georep" / "staging") == []
+
+
+def test_a_directory_made_this_session_has_nothing_to_adopt_but_a_stray_file_still_gives_way(
+        tmp_path: Path) -> None:
+    """In a directory it made this session the agent does not look for an untracked object to adopt.
+
+    Something may appear there all the same (another process on the secondary): the file is
+    then asked for in full, and the publishing rename, which refuses to replace a name,
+    takes the general path: the stray file gives way to the sender's.
+    """
+
+    root = tmp_path / "root"
+    agent = RawAgent(root)
+    d, f = oid(90), oid(91)
+    assert agent.one(entry(1, d, ROOT_ID, b"d", Kind.DIR)).status == m.DONE
+    (root / "d" / "f").write_bytes(b"hello")  # same size and mtime: adopted in a directory not made here
+    os.utime(root / "d" / "f", ns=(1_000_000_000, 1_000_000_000))  # entry()'s mtime
+    assert agent.one(entry(2, f, d, b"f", Kind.FILE, 5)).status == m.NEED  # not adopted: the data is sent
+    agent.send(*_data_msgs(2, b"world"))
+    assert agent.results(1)[0].status == m.DONE
+    assert agent.finish() == 0
+    assert (root / "d" / "f").read_bytes() == b"world"
+    assert sorted(p.name for p in (root / "d").iterdir()) == ["f"]
+    assert os.listdir(root / ".georep" / "staging") == []
