@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.gluster, pytest.mark.slow]
 def test_a_fuse_mounted_volume_as_the_secondary(tmp_path: Path) -> None:
     src, state = tmp_path / "src", tmp_path / "state"
     build_fidelity_tree(src, files=150)
+    # large enough to be written around the page cache (O_DIRECT through FUSE), unaligned tail
+    (src / "large.bin").write_bytes(os.urandom(20 * 1024 * 1024 + 123))
     with volume(tmp_path, "gr-sec") as vol:
         probe = vol.mount / "probe-dir"
         probe.mkdir()
