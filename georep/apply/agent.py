@@ -205,6 +205,8 @@ class DirCache:
     def release(self) -> None:
         """Close the fds dropped since the last call (see the class docstring)."""
 
+        if not self._dropped:
+            return  # the usual case: called after every item
         dropped, self._dropped = self._dropped, []
         for fd in dropped:
             os.close(fd)
@@ -620,8 +622,7 @@ class Applier:
     def _data_begin(self, msg: m.DataBegin) -> list[m.Result]:
         e, new = self._take_pending(msg.seq)
         rec = self._open_tmp(e, msg.size, new)
-        if msg.size >= fsops.DIRECT_MIN:
-            rec.writer = fsops.DirectWriter(rec.fd)
+        rec.writer = fsops.DirectWriter.for_size(rec.fd, msg.size)
         self.receiving[msg.seq] = rec
         return []
 

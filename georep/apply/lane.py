@@ -72,8 +72,7 @@ class Stager:
         try:
             if isinstance(msg, m.DataBegin):
                 begun = self._begin(msg.seq, msg.size)
-                if msg.size >= fsops.DIRECT_MIN:
-                    begun.writer = fsops.DirectWriter(begun.fd)
+                begun.writer = fsops.DirectWriter.for_size(begun.fd, msg.size)
                 return []
             if isinstance(msg, m.DataChunk):
                 rec = self.receiving.get(msg.seq)

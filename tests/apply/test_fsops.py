@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import itertools
 import os
@@ -136,3 +138,24 @@ def test_a_discarded_file_releases_its_buffers_and_writes_nothing_more(tmp_path:
     finally:
         os.close(fd)
     assert path.stat().st_size <= 2 * MIB  # the buffered tail was never written
+
+
+def test_a_filesystem_without_noreplace_is_asked_once(dirs: tuple[int, int, Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """EINVAL (no RENAME_NOREPLACE there) makes every later publish take the general path at once."""
+
+    sfd, dfd, src, _dst = dirs
+    calls = []
+
+    def refusing(*args: object) -> int:
+        calls.append(args)
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(fsops, "_RENAMEAT2", refusing)
+    (src / "a").write_bytes(b"1")
+    (src / "b").write_bytes(b"2")
+    assert fsops.rename_noreplace_at(sfd, b"a", dfd, b"a") is False
+    assert fsops.rename_noreplace_at(sfd, b"b", dfd, b"b") is False
+    assert len(calls) == 1
+    assert (src / "a").exists() and (src / "b").exists()  # nothing moved: the caller renames
