@@ -28,21 +28,48 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_is_a_clear_error_and_publishes_nothing_partial(tmp_path: Path, tiny_fs: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB ext4 on a loop device: unlike tmpfs, its ``O_DIRECT`` writes really go to a disk."""
+
+    img, mnt = tmp_path / "tiny.img", tmp_path / "tiny-ext4"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(24 << 20)
+    for argv in (["mkfs.ext4", "-q", "-F", str(img)], ["mount", "-o", "loop", str(img), str(mnt)]):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.fail(f"cannot make a loop-mounted ext4 (tests run as root, e2fsprogs installed): {r.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _fill_up(src: Path, dst: Path, state: Path) -> None:
     (src / "fits").write_bytes(os.urandom(100_000))
-    (src / "too-big").write_bytes(os.urandom(8 << 20))
-    r = run_cli("--oneshot", src, tiny_fs / "dst", "--state-dir", tmp_path / "st")
+    (src / "too-big").write_bytes(os.urandom(32 << 20))  # > the free space; 8 MiB or more: written direct
+    r = run_cli("--oneshot", src, dst, "--state-dir", state)
     assert r.code == 11, r.stderr
     assert "full" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
-    assert not (tiny_fs / "dst" / "too-big").exists()
-    assert [p.name for p in (tiny_fs / "dst" / ".georep" / "staging").iterdir()] == []
+    assert not (dst / "too-big").exists()
+    assert [p.name for p in (dst / ".georep" / "staging").iterdir()] == []
     # after freeing space (here: the big file goes away) the same command completes
     (src / "too-big").unlink()
-    r = run_cli("--oneshot", src, tiny_fs / "dst", "--state-dir", tmp_path / "st")
+    r = run_cli("--oneshot", src, dst, "--state-dir", state)
     assert r.code == 0, r.stderr
-    assert (tiny_fs / "dst" / "fits").read_bytes() == (src / "fits").read_bytes()
+    assert (dst / "fits").read_bytes() == (src / "fits").read_bytes()
+
+
+@pytest.mark.parametrize("fs", ["tmpfs", "ext4"])
+def test_disk_full_is_a_clear_error_and_publishes_nothing_partial(tmp_path: Path, fs: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """On tmpfs the page cache fills; on ext4 the large file's direct writes meet the full disk."""
+
+    mnt = request.getfixturevalue("tiny_fs" if fs == "tmpfs" else "tiny_ext4")
+    src = tmp_path / "src"
+    src.mkdir()
+    _fill_up(src, mnt / "dst", tmp_path / "st")
 
 
 def test_progress_on_a_terminal(tmp_path: Path) -> None:
