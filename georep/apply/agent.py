@@ -397,13 +397,20 @@ class Applier:
         return m.NEED
 
     def _movable_name(self, names: list[tuple[bytes, bytes, int]]) -> tuple[bytes, bytes] | None:
-        """Which existing name of an object to rename: one set aside, else one not confirmed now."""
+        """Which existing name of an object to rename: one in place not confirmed now, else one set aside.
 
+        A name in place goes first: a sender rerunning from its ledger takes an object's one
+        recorded other name to be the one renamed, and sends no removal for it.  Renaming a
+        name set aside instead (one displaced earlier in this session) left that old name in
+        place for good, as a hard link the source no longer had; a name set aside is swept
+        at the end of the session anyway.
+        """
+
+        for p, n, g in names:
+            if g < self.index.gen and p != STAGING_ID:
+                return p, n
         for p, n, _g in names:
             if p == STAGING_ID:
-                return p, n
-        for p, n, g in names:
-            if g < self.index.gen:
                 return p, n
         # a live session confirms names as it goes: a renamed object's old name is then
         # from this session too.  Any name will do: extra hard links are re-linked or

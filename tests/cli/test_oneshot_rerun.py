@@ -113,6 +113,29 @@ def test_renames_cost_a_move_each_and_no_data(dirs: tuple[Path, Path, Path]) -> 
     equal(src, dst)
 
 
+def test_a_hard_link_lost_to_a_rename_over_it_leaves_no_stale_name(tmp_path: Path) -> None:
+    """Found by the property test below: ``a`` and ``a2`` are one file; ``b`` is renamed over ``a2``,
+    then ``a`` to ``c``.  The agent moved the name it had set aside (``a2``, displaced by ``b``)
+    to ``c``, while the sender's ledger took ``a`` to be the name renamed: ``a`` stayed on the
+    secondary for good.  Whether ``b`` or ``c`` reaches the agent first depends on the order of
+    the directory listing, so the case runs under several names.
+    """
+
+    for k in range(8):
+        src, dst, state = tmp_path / f"src{k}", tmp_path / f"dst{k}", tmp_path / f"state{k}"
+        src.mkdir()
+        (src / f"a{k}").write_bytes(os.urandom(300))
+        (src / f"b{k}").write_bytes(os.urandom(200))
+        oneshot(src, dst, state)
+        os.link(src / f"a{k}", src / f"a2{k}")
+        oneshot(src, dst, state)
+        os.rename(src / f"b{k}", src / f"a2{k}")  # a's second name is now b's
+        os.rename(src / f"a{k}", src / f"c{k}")  # and a has one name left, a new one
+        s = oneshot(src, dst, state)
+        assert s["bytes_data"] == 0, s  # renames only
+        equal(src, dst)
+
+
 def test_another_writer_in_between_means_a_full_run(dirs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """A second sender (another state directory) wrote the secondary: the first one's ledger is stale."""
 
