@@ -16,9 +16,13 @@ from georep.batch.ledger import Ledger, Rerun
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
 from georep.model import Summary
-from georep.source.crawl import Crawler, SourceEntry
+from georep.source.crawl import Crawler, HeadStart, SourceEntry
 from georep.source.identity import IdStore, default_state_dir
 from georep.transport.sender import Item, Options, Sender
+
+#: Crawl time between two looks at the connection being set up: its packets wait at most
+#: this long (a slice counted in entries could take seconds on a brick with a cold cache).
+HEAD_START_SLICE_S = 0.002
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,21 +104,18 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
     try:
         ledger = Ledger(state_dir, source, _secondary_key(args.secondary), scope="")
         crawler = Crawler(source, store)
-        chan = await channel_opener(args)()
-        sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress,
-                        on_done=_recorder(ledger))
+        head = HeadStart(crawler)
+        sender = await _connect(args, ledger, progress, head)
         try:
-            await sender.handshake(resume=b"" if args.verify else ledger.token)
             if sender.resumed:
                 rerun = Rerun(ledger)
-                crawler.observer = rerun
-                summary = await sender.run(rerun.changed(iter(crawler)), _filtered_links(store, rerun),
+                summary = await sender.run(rerun.changed(head.entries(rerun)), _filtered_links(store, rerun),
                                            lambda: crawler.count, seal=True,
                                            removals=lambda: _guarded(rerun.removals(), crawler, args))
                 summary.unchanged = rerun.skipped
             else:
                 ledger.forget()
-                summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count, seal=True)
+                summary = await sender.run(head.entries(None), store.deferred_links, lambda: crawler.count, seal=True)
             ledger.seal(sender.sealed)
         except BaseException:
             await sender.abort()
@@ -125,6 +126,35 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
         store.close()
         if ledger is not None:
             ledger.close()
+
+
+async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress | None, head: HeadStart) -> Sender:
+    """A sender that has greeted the agent; the crawl gets a head start while SSH and the agent start."""
+
+    async def connect() -> Sender:
+        chan = await channel_opener(args)()
+        sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress,
+                        on_done=_recorder(ledger))
+        try:
+            await sender.handshake(resume=b"" if args.verify else ledger.token)
+        except BaseException:
+            await sender.abort()
+            raise
+        return sender
+
+    opening = asyncio.ensure_future(connect())
+    try:
+        while not opening.done():
+            until = time.monotonic() + HEAD_START_SLICE_S
+            while (going := head.step(16)) and time.monotonic() < until:
+                pass
+            if not going:
+                break
+            await asyncio.sleep(0)  # the handshake's packets are answered between slices
+        return await opening
+    except BaseException:
+        opening.cancel()
+        raise
 
 
 def _recorder(ledger: Ledger) -> Callable[[Item], None]:

@@ -267,3 +267,104 @@ class _Listing:
     failed: bool = False  # listing stopped by an error: what it gave is not the whole directory
     ahead: deque[os.DirEntry[bytes]] = field(default_factory=deque)
     ids: dict[int, bytes] = field(default_factory=dict)
+
+
+#: Entries a head start may hold before the connection is up (about 0.5 KiB each).
+HEAD_START_LIMIT = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    oid: bytes
+    parent: bytes
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    did: bytes
+    path: bytes
+    count: int
+    complete: bool
+
+
+class _Recorder:
+    """A `ListingObserver` that queues what it is told behind the entries crawled so far."""
+
+    def __init__(self, queue: deque[SourceEntry | _Deferred | _Listed]) -> None:
+        self._queue = queue
+
+    def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
+        self._queue.append(_Deferred(oid, parent, name))
+
+    def listed(self, did: bytes, path: bytes, count: int, complete: bool) -> None:
+        self._queue.append(_Listed(did, path, count, complete))
+
+
+class HeadStart:
+    """The first entries of a crawl, read while the connection to the secondary is being set up.
+
+    Why: setting up SSH and starting the agent takes 0.25 s on loopback and 1.4 s at
+    150 ms RTT, and a crawl of 20,000 entries about as long (0.25 s); a rerun that finds
+    nothing changed is mostly that crawl.  The caller calls `step` while it waits for the
+    connection, then reads `entries`: the buffered ones first, then the rest of the crawl.
+
+    What a `ListingObserver` must be told (a rerun's observer is known only once the agent
+    has answered) is queued in its place among the entries and told, in that order, to the
+    observer given to `entries`: a directory is reported listed only after its entries.
+    An error of the crawl is raised where the entries reach it, as it was without a head start.
+    Memory: at most ``limit`` entries wait here.
+    """
+
+    def __init__(self, crawler: Crawler, limit: int = HEAD_START_LIMIT) -> None:
+        self._crawler = crawler
+        self._it = iter(crawler)
+        self._queue: deque[SourceEntry | _Deferred | _Listed] = deque()
+        self._limit = limit
+        self._held = 0
+        self._error: Exception | None = None
+        self._exhausted = False
+        crawler.observer = _Recorder(self._queue)
+
+    @property
+    def held(self) -> int:
+        """Entries read ahead so far."""
+
+        return self._held
+
+    def step(self, n: int) -> bool:
+        """Crawl up to ``n`` more entries; False once the crawl ended, failed or the limit is reached."""
+
+        for _ in range(n):
+            if self._exhausted or self._error is not None or self._held >= self._limit:
+                break
+            try:
+                se = next(self._it)
+            except StopIteration:
+                self._exhausted = True
+                break
+            except Exception as exc:  # raised again where the entries reach it
+                self._error = exc
+                break
+            self._queue.append(se)
+            self._held += 1
+        return not (self._exhausted or self._error is not None or self._held >= self._limit)
+
+    def entries(self, observer: ListingObserver | None) -> Iterator[SourceEntry]:
+        """Every entry of the crawl: those read ahead, then the rest; ``observer`` is told as they pass."""
+
+        self._crawler.observer = observer
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, SourceEntry):
+                yield item
+            elif observer is None:
+                continue
+            elif isinstance(item, _Deferred):
+                observer.deferred(item.oid, item.parent, item.name)
+            else:
+                observer.listed(item.did, item.path, item.count, item.complete)
+        if self._error is not None:
+            raise self._error
+        if not self._exhausted:
+            yield from self._it
