@@ -16,7 +16,7 @@ from georep.batch.ledger import Ledger, Rerun
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
 from georep.model import Summary
-from georep.source.crawl import Crawler, HeadStart, SourceEntry
+from georep.source.crawl import HEAD_START_LIMIT, Crawler, HeadStart, SourceEntry
 from georep.source.identity import IdStore, default_state_dir
 from georep.transport.sender import Item, Options, Sender
 
@@ -145,10 +145,7 @@ async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress 
     opening = asyncio.ensure_future(connect())
     try:
         while not opening.done():
-            until = time.monotonic() + HEAD_START_SLICE_S
-            while (going := head.step(16)) and time.monotonic() < until:
-                pass
-            if not going:
+            if not head.step(HEAD_START_LIMIT, until=time.monotonic() + HEAD_START_SLICE_S):
                 break
             await asyncio.sleep(0)  # the handshake's packets are answered between slices
         return await opening

@@ -17,8 +17,9 @@ import errno
 import os
 import stat
 import struct
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -273,32 +274,17 @@ class _Listing:
 HEAD_START_LIMIT = 16_384
 
 
-@dataclass(frozen=True, slots=True)
-class _Deferred:
-    oid: bytes
-    parent: bytes
-    name: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Listed:
-    did: bytes
-    path: bytes
-    count: int
-    complete: bool
-
-
 class _Recorder:
-    """A `ListingObserver` that queues what it is told behind the entries crawled so far."""
+    """A `ListingObserver` that queues what it is told, as calls to replay, behind the entries crawled so far."""
 
-    def __init__(self, queue: deque[SourceEntry | _Deferred | _Listed]) -> None:
+    def __init__(self, queue: deque[SourceEntry | Callable[[ListingObserver], None]]) -> None:
         self._queue = queue
 
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
-        self._queue.append(_Deferred(oid, parent, name))
+        self._queue.append(lambda o: o.deferred(oid, parent, name))
 
     def listed(self, did: bytes, path: bytes, count: int, complete: bool) -> None:
-        self._queue.append(_Listed(did, path, count, complete))
+        self._queue.append(lambda o: o.listed(did, path, count, complete))
 
 
 class HeadStart:
@@ -319,7 +305,7 @@ class HeadStart:
     def __init__(self, crawler: Crawler, limit: int = HEAD_START_LIMIT) -> None:
         self._crawler = crawler
         self._it = iter(crawler)
-        self._queue: deque[SourceEntry | _Deferred | _Listed] = deque()
+        self._queue: deque[SourceEntry | Callable[[ListingObserver], None]] = deque()
         self._limit = limit
         self._held = 0
         self._error: Exception | None = None
@@ -332,11 +318,14 @@ class HeadStart:
 
         return self._held
 
-    def step(self, n: int) -> bool:
-        """Crawl up to ``n`` more entries; False once the crawl ended, failed or the limit is reached."""
+    def step(self, n: int, until: float | None = None) -> bool:
+        """Crawl up to ``n`` more entries, stopping at ``until`` (monotonic) if given.
+
+        False once the crawl ended, failed or the limit is reached: there is nothing more to do here.
+        """
 
         for _ in range(n):
-            if self._exhausted or self._error is not None or self._held >= self._limit:
+            if not self._more() or (until is not None and time.monotonic() >= until):
                 break
             try:
                 se = next(self._it)
@@ -348,7 +337,10 @@ class HeadStart:
                 break
             self._queue.append(se)
             self._held += 1
-        return not (self._exhausted or self._error is not None or self._held >= self._limit)
+        return self._more()
+
+    def _more(self) -> bool:
+        return not self._exhausted and self._error is None and self._held < self._limit
 
     def entries(self, observer: ListingObserver | None) -> Iterator[SourceEntry]:
         """Every entry of the crawl: those read ahead, then the rest; ``observer`` is told as they pass."""
@@ -358,12 +350,8 @@ class HeadStart:
             item = self._queue.popleft()
             if isinstance(item, SourceEntry):
                 yield item
-            elif observer is None:
-                continue
-            elif isinstance(item, _Deferred):
-                observer.deferred(item.oid, item.parent, item.name)
-            else:
-                observer.listed(item.did, item.path, item.count, item.complete)
+            elif observer is not None:
+                item(observer)
         if self._error is not None:
             raise self._error
         if not self._exhausted:

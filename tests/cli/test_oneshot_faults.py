@@ -46,7 +46,7 @@ def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def _fill_up(src: Path, dst: Path, state: Path) -> None:
+def _disk_full_then_freed(src: Path, dst: Path, state: Path) -> None:
     (src / "fits").write_bytes(os.urandom(100_000))
     (src / "too-big").write_bytes(os.urandom(32 << 20))  # > the free space; 8 MiB or more: written direct
     r = run_cli("--oneshot", src, dst, "--state-dir", state)
@@ -69,7 +69,7 @@ def test_disk_full_is_a_clear_error_and_publishes_nothing_partial(tmp_path: Path
     mnt = request.getfixturevalue("tiny_fs" if fs == "tmpfs" else "tiny_ext4")
     src = tmp_path / "src"
     src.mkdir()
-    _fill_up(src, mnt / "dst", tmp_path / "st")
+    _disk_full_then_freed(src, mnt / "dst", tmp_path / "st")
 
 
 def test_progress_on_a_terminal(tmp_path: Path) -> None:

@@ -111,3 +111,14 @@ def test_a_crawl_error_is_raised_where_the_entries_reach_it(tmp_path: Path, stor
     entries = head.entries(None)
     with pytest.raises(FileNotFoundError):
         next(entries)
+
+
+def test_a_slice_ends_at_its_deadline(tmp_path: Path, store: IdStore) -> None:
+    """The caller bounds each slice in time: the connection's packets must not wait on a cold disk."""
+
+    root = _tree(tmp_path / "tree")
+    head = HeadStart(Crawler(os.fsencode(root), store))
+    assert head.step(1000, until=0.0) is True  # a deadline already past: nothing read, more to come
+    assert head.held == 0
+    assert head.step(1000, until=float("inf")) is False  # no deadline in reach: the whole crawl
+    assert head.held > 0
