@@ -165,6 +165,10 @@ class Summary:
     problems: list[Problem] = field(default_factory=list)
     #: what went less well than it could without making the replica wrong (shown, exit 0)
     warnings: list[str] = field(default_factory=list)
+    #: data lanes opened, and how: "joined" (channels into the agent's socket, `georep.apply.lanehub`)
+    #: or "sessions" (an agent process each, `georep.apply.lane`); "" when none
+    lanes: int = 0
+    lanes_kind: str = ""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -179,4 +183,6 @@ class Summary:
             "errors": len(self.problems),
             "problems": [p.render() for p in self.problems[:100]],
             "warnings": self.warnings[:100],
+            "lanes": self.lanes,
+            "lanes_kind": self.lanes_kind,
         }

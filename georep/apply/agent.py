@@ -49,6 +49,7 @@ import xxhash
 from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index, Obj
 from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
+from georep.apply.lanehub import LaneHub, alive
 from georep.errors import (
     DiskFull,
     GeorepError,
@@ -230,7 +231,7 @@ class Applier:
             self.index.put_obj(ROOT_ID, Kind.DIR, 0, root_st.st_mtime_ns, root_st.st_mode & 0o7777, root_st.st_ino)
         self.dirs = DirCache(self.index, self.root_fd, self.staging_fd)
         #: this session's place among the scope's writers (for Resume and Seal)
-        self.claim = self.index.start_session(_alive)
+        self.claim = self.index.start_session(alive)
         self.pending: dict[int, m.EntryMsg] = {}
         #: pending items whose id was unknown when their data was asked for (see `_publish`)
         self._new_seqs: set[int] = set()
@@ -1059,7 +1060,7 @@ class Applier:
 
     def seal(self) -> m.Sealed:
         try:
-            return m.Sealed(self.index.seal(self.claim, _alive))
+            return m.Sealed(self.index.seal(self.claim, alive))
         except OSError as exc:
             raise self._fatal(exc) from None
 
@@ -1101,7 +1102,7 @@ class Applier:
             if not name.startswith("tmp-"):
                 continue
             pid = name.split("-")[1]
-            if pid.isdigit() and pid != str(os.getpid()) and _alive(int(pid)):
+            if pid.isdigit() and pid != str(os.getpid()) and alive(int(pid)):
                 continue
             fsops.remove_at(self.staging_fd, os.fsencode(name))
 
@@ -1117,6 +1118,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
 
     applier: Applier | None = None
     stager: Stager | None = None
+    hub: LaneHub | None = None  # lanes joining this session, once the sender asked (OpenLanes)
     scope: str | None = None  # from Hello; the session's role is known at its first message
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
@@ -1126,8 +1128,19 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
         while True:
             _write_all(out_fd, out)
             out.clear()
-            if applier is not None and applier.index.in_transaction and not _readable(in_fd):
+            if applier is not None and applier.index.in_transaction and not (
+                    _readable(in_fd) if hub is None else hub.wait(in_fd, 0) or hub.inbox):
                 applier.index.commit()  # idle: never wait for the sender holding the index's write lock
+            if hub is not None and (hub.inbox or not hub.wait(in_fd)):
+                assert applier is not None  # the hub is the main session's
+                lane_results: list[m.Result] = []
+                msgs, hub.inbox = hub.inbox, []
+                for msg in msgs:
+                    lane_results.extend(applier.handle(msg))
+                if lane_results or applier.outbox:
+                    applier.index.commit_if_due()
+                    _answers(session, applier, lane_results, out)
+                continue
             data = os.read(in_fd, 1 << 20)
             if not data:
                 session.end_of_stream()
@@ -1177,6 +1190,9 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                     out += session.send(applier.finish(msg) if isinstance(msg, m.Finish) else applier.seal())
                 elif isinstance(msg, m.Resume):
                     out += session.send(applier.resume(msg))
+                elif isinstance(msg, m.OpenLanes):
+                    hub = hub or _open_hub(applier)
+                    out += session.send(m.LaneSocket(hub.path, hub.token) if hub else m.LaneSocket(b"", b""))
                 else:
                     results.extend(applier.handle(msg))
                     if applier.outbox:
@@ -1198,10 +1214,21 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
         err = _index_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
         return serve_error(session, out, out_fd, err)
     finally:
+        if hub is not None:
+            hub.close()
         if applier is not None:
             applier.close()
         if stager is not None:
             stager.close()
+
+
+def _open_hub(applier: Applier) -> LaneHub | None:
+    """A socket for lanes to join this session (None: there can be none; the sender opens lane sessions)."""
+
+    try:
+        return LaneHub(applier.state_fd)
+    except OSError:
+        return None
 
 
 def _lane_answers(session: Session, results: list[m.Result], staged: list[m.Staged]) -> bytes:
@@ -1240,16 +1267,6 @@ def serve_error(session: Session, out: bytearray, out_fd: int, exc: GeorepError)
         _write_all(out_fd, out)
     print(f"georep agent: {exc.message}", file=sys.stderr)
     return exc.exit_code
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _readable(fd: int) -> bool:

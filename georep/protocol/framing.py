@@ -200,6 +200,9 @@ _CHECKS: dict[type[Any], Callable[[Any], str | None]] = {
     m.BlockSums: lambda msg: sums_problem(msg.block_size, msg.basis_size, msg.sums, CHUNK_SIZE),
     m.Resume: lambda msg: None if len(msg.token) == 16 else "a resume token is 16 bytes",
     m.Sealed: lambda msg: None if len(msg.token) in (0, 16) else "a seal token is 16 bytes or none",
+    m.JoinLane: lambda msg: None if len(msg.token) == 32 else "a lane token is 32 bytes",
+    m.LaneSocket: lambda msg: (None if (len(msg.token), bool(msg.path)) in ((0, False), (32, True))
+                               else "a lane socket has a 32-byte token, or neither path nor token"),
 }
 
 

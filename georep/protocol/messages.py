@@ -1,4 +1,4 @@
-"""The wire message set, version 4 (documented field by field in docs/PROTOCOL.md).
+"""The wire message set, version 5 (documented field by field in docs/PROTOCOL.md).
 
 Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
 the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
@@ -199,6 +199,27 @@ class Lane:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenLanes:
+    """Sender → agent (main session): "open a socket my data lanes can join you through".
+
+    Answered with `LaneSocket`.  A lane that joins this agent through it (`JoinLane`)
+    hands its file data to this very agent: no agent process per lane, and no
+    Staged/Adopt round trip (the agent publishes the file as if it had come on the main
+    session, and answers its Result there).
+    """
+
+    KIND: ClassVar[int] = 33
+
+
+@dataclass(frozen=True, slots=True)
+class JoinLane:
+    """Sender → agent, first message after the handshake on a connection to the `LaneSocket`."""
+
+    KIND: ClassVar[int] = 34
+    token: bytes  # the LaneSocket's token: only the sender of the main session knows it
+
+
+@dataclass(frozen=True, slots=True)
 class Adopt:
     """Sender → agent (main session): the data asked for ``seq`` waits in staging as ``name``.
 
@@ -348,6 +369,21 @@ class Sealed:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneSocket:
+    """Agent → sender, the answer to `OpenLanes`: lanes connect to ``path`` and present ``token``.
+
+    ``path`` is ``/proc/<agent pid>/fd/<n>/lanes-<agent pid>.sock``: the socket sits in the
+    agent's state directory, reached through the agent's own descriptor of it (short
+    whatever the root's length, and no symlink on the way).  Empty: the agent has no
+    socket; the sender opens lane sessions (`Lane`) instead.
+    """
+
+    KIND: ClassVar[int] = 47
+    path: bytes
+    token: bytes  # 32 bytes when path is not empty
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 
@@ -371,6 +407,8 @@ Message = (
     | DataAbort
     | DeltaBegin
     | Lane
+    | OpenLanes
+    | JoinLane
     | Adopt
     | Ping
     | Resume
@@ -384,6 +422,7 @@ Message = (
     | Pong
     | Resumed
     | Sealed
+    | LaneSocket
     | ErrorMsg
 )
 
@@ -401,6 +440,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     DataAbort,
     DeltaBegin,
     Lane,
+    OpenLanes,
+    JoinLane,
     Adopt,
     Ping,
     Resume,
@@ -414,14 +455,15 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     Pong,
     Resumed,
     Sealed,
+    LaneSocket,
     ErrorMsg,
 )
 
 #: What each side may send once the handshake is done.
 FROM_SENDER: frozenset[type[Message]] = frozenset(
-    {EntryMsg, LinkMsg, MoveMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Lane, Adopt,
-     Ping, Resume, Seal, Finish, Bye}
+    {EntryMsg, LinkMsg, MoveMsg, RemoveMsg, DataBegin, DataChunk, DataEnd, Blobs, DataAbort, DeltaBegin, Lane,
+     OpenLanes, JoinLane, Adopt, Ping, Resume, Seal, Finish, Bye}
 )
 FROM_AGENT: frozenset[type[Message]] = frozenset(
-    {Results, Finished, BlockSums, Staged, Pong, Resumed, Sealed, ErrorMsg}
+    {Results, Finished, BlockSums, Staged, Pong, Resumed, Sealed, LaneSocket, ErrorMsg}
 )

@@ -9,8 +9,12 @@ same agent on the far side of one SSH connection.  The engine cannot tell them a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 from typing import Protocol
+
+from georep.errors import ConnectionLost
 
 STDERR_KEEP = 64 * 1024
 
@@ -62,6 +66,15 @@ class PipeChannel:
 
         return await PipeChannel.start(self._argv)
 
+    async def join(self, path: bytes) -> JoinedChannel:
+        """A data lane into this agent's lane socket (`georep.apply.lanehub`)."""
+
+        try:
+            reader, writer = await asyncio.open_unix_connection(os.fsdecode(path), limit=4 << 20)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot join the agent's lane socket: {exc.strerror or exc}") from None
+        return JoinedChannel(reader, writer)
+
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         while True:
             data = await stream.read(65536)
@@ -109,6 +122,80 @@ class PipeChannel:
             pass  # to EOF: then the transport closes itself
         await self._proc.wait()
         await self._err_task
+
+
+class StreamReaderLike(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class StreamWriterLike(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def can_write_eof(self) -> bool: ...
+
+    def write_eof(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class JoinedChannel:
+    """A data lane's byte stream into the main agent's lane socket (`georep.apply.lanehub`).
+
+    Over SSH it is a ``direct-streamlocal`` channel of the main connection (asyncssh's
+    reader and writer); locally, a plain connection to the socket (asyncio's).  Both have
+    the same stream interface.  There is no process behind it of its own: its agent is
+    the main session's, so it has no exit status and no stderr.
+    """
+
+    def __init__(self, reader: StreamReaderLike, writer: StreamWriterLike) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._eof = asyncio.Event()
+        self.bytes_written = 0
+
+    async def read(self) -> bytes:
+        try:
+            data = await self._reader.read(1 << 20)
+        except ConnectionResetError:
+            # the agent closed the socket with our last bytes unread: it ended the session
+            # (the main session's Bye overtook this lane's), or it died; the same to a reader
+            data = b""
+        if not data:
+            self._eof.set()
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def close_input(self) -> None:
+        if not self._writer.is_closing() and self._writer.can_write_eof():
+            self._writer.write_eof()
+
+    async def wait(self) -> int | None:
+        """The agent closes a lane's connection once it read its Bye; the lane's reader sees that."""
+
+        await self._eof.wait()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):  # reset, as read() says: the end all the same
+            await self._writer.wait_closed()
+        return None
+
+    def stderr_text(self) -> str:
+        return ""
+
+    def kill(self) -> None:
+        self._writer.close()
+        self._eof.set()
 
 
 def local_agent_argv(root: str) -> list[str]:

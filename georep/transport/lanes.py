@@ -11,11 +11,16 @@ publishing), so lanes change throughput, never semantics.
 
 How
 ---
+A lane is a channel into the main agent's own socket where sshd forwards one
+(`georep.apply.lanehub`: no process per lane, the agent publishes what a lane brings and
+answers on the main session), else a session running an agent of its own, described
+below.  The sender's side is the same for both, bar the answers.
+
 When the agent answers NEED, the sender puts the item on one work queue that every ready
 lane pulls from: a lane takes small files in a batch and big ones one at a time, so a lane
 that becomes ready late, or finishes early, still finds work (pushing items to the lane
 that looked least busy gave one early lane every big file of a run while the others,
-ready a moment later, idled: seen in CI at 40 ms).  Each lane is its own `georep-sync
+ready a moment later, idled: seen in CI at 40 ms).  A lane session is its own `georep-sync
 agent` session that starts with `Lane`: it writes files into the agent's staging
 directory, checks their digests, and answers `Staged` with the staged file's name.  The
 sender then sends `Adopt` on the main session, which applies the metadata and publishes
@@ -87,10 +92,13 @@ def agent_error(msg: m.ErrorMsg) -> GeorepError:
 class Lane:
     """One data lane: a channel and a session of its own, a writer fed by a queue."""
 
-    def __init__(self, chan: Channel, owner: LaneOwner, name: str, work: Work) -> None:
+    def __init__(self, chan: Channel, owner: LaneOwner, name: str, work: Work, join_token: bytes = b"") -> None:
         self.chan = chan
         self.owner = owner
         self.name = name
+        #: the main agent's lane-socket token: this lane hands its data to that agent itself
+        #: (`georep.apply.lanehub`), which answers every item on the main session
+        self.join_token = join_token
         self.session = Session(Role.SENDER)
         self.work = work
         self._taken: set[int] = set()  # items pulled here and not yet answered
@@ -120,7 +128,13 @@ class Lane:
 
         loop = asyncio.get_running_loop()
         self.reader = loop.create_task(self._read_loop())
-        self.chan.write(self.session.initiate() + self.session.send(m.Lane()))
+        if self.join_token:
+            # the agent is the main session's, running and reading: files may go at once
+            self.chan.write(self.session.initiate() + self.session.send(m.JoinLane(self.join_token)))
+            self.ready = True
+            self._ready.set()
+        else:
+            self.chan.write(self.session.initiate() + self.session.send(m.Lane()))
         self.writer = loop.create_task(self._write_loop())
 
     def failure(self) -> BaseException | None:
@@ -173,7 +187,8 @@ class Lane:
         jobs = [await self.work.get()]
         while jobs[-1][1].entry.size <= SMALL_FILE and len(jobs) < BATCH and not self.work.empty():
             jobs.append(self.work.get_nowait())
-        self._taken.update(seq for seq, _ in jobs)
+        if not self.join_token:  # a joined lane's items are answered on the main session
+            self._taken.update(seq for seq, _ in jobs)
         return jobs
 
     def _settled(self, seq: int) -> None:
@@ -232,10 +247,12 @@ class Lane:
                 except OSError as exc:
                     self._give_up(seq, f"cannot open on the source: {exc.strerror}")
                     continue
+                streaming = False  # DataBegin went on this lane: an abort must follow it here
                 try:
                     st0 = os.fstat(fd)
                     mtime = publish_mtime(se, st0)
-                    self._sent[seq] = (st0.st_size, mtime)
+                    if not self.join_token:
+                        self._sent[seq] = (st0.st_size, mtime)  # for the Adopt, once Staged
                     if st0.st_size <= SMALL_FILE:
                         small, carried = read_small(seq, fd, st0, mtime)
                         self.owner.summary.bytes_data += carried
@@ -245,13 +262,14 @@ class Lane:
                     else:
                         if (rest := packer.take()) is not None:
                             self._send(rest)
+                        streaming = True
                         await self._stream(seq, fd, st0.st_size, mtime)
                     problem = unstable(fd, st0, se)
                     if problem is not None:
                         self.owner.summary.problems.append(problem)
                     self.owner.summary.files += 1
                 except OSError as exc:
-                    if seq in self._sent and st0.st_size > SMALL_FILE:
+                    if streaming:
                         self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
                     else:
                         self._give_up(seq, f"cannot read on the source: {exc.strerror}")
@@ -307,12 +325,14 @@ class Lane:
             raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
 
 
-async def open_lane(sibling: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str, work: Work) -> Lane:
-    """One more lane: a sibling channel of the main one, pulling from ``work`` once ready.
+async def open_lane(opener: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str, work: Work,
+                    join_token: bytes = b"") -> Lane:
+    """One more lane, pulling from ``work`` once ready: a sibling session of the main one, or
+    (``join_token``) a channel into the main agent's lane socket.
 
     Raises if the channel cannot be opened (the main session goes on without the lane).
     """
 
-    lane = Lane(await sibling(), owner, name, work)
+    lane = Lane(await opener(), owner, name, work, join_token)
     lane.start()
     return lane

@@ -72,6 +72,9 @@ class Lanes:
     #: open them only if the round trip measured after the handshake is at least this (seconds);
     #: on a short path one channel is not window-bound and lanes only cost processes
     min_rtt: float = 0.0
+    #: join the main agent through its lane socket where the channel and sshd allow it
+    #: (`georep.apply.lanehub`); False: every lane is an agent session of its own
+    join: bool = True
 
 
 #: No data lanes: everything on the main channel.
@@ -162,6 +165,7 @@ class Sender:
         self._pong: asyncio.Future[int] | None = None
         self._ping_at = 0.0
         self._long_link = False  # the Pong took longer than the lanes' threshold
+        self._lane_socket: asyncio.Future[m.LaneSocket] | None = None
 
     # -- session lifecycle -------------------------------------------------------------
 
@@ -327,6 +331,12 @@ class Sender:
             if self._sealed is None or self._sealed.done():
                 raise ProtocolError("Sealed without a Seal")
             self._sealed.set_result(msg.token)
+        elif isinstance(msg, m.LaneSocket):
+            offer = self._lane_socket
+            if offer is None or (offer.done() and not offer.cancelled()):
+                raise ProtocolError("LaneSocket without an OpenLanes")
+            if not offer.done():  # else the run ended before it came: no lane is wanted any more
+                offer.set_result(msg)
         elif isinstance(msg, m.Pong):
             if self._pong is None or self._pong.done():
                 raise ProtocolError("Pong without a Ping")
@@ -467,14 +477,29 @@ class Sender:
         self._lanes_task = asyncio.get_running_loop().create_task(self._open_lanes(pol.count))
 
     async def _open_lanes(self, count: int) -> None:
-        sibling = self.chan.sibling  # type: ignore[attr-defined]
+        """Lanes into the main agent itself when it and sshd allow it, else lane sessions.
+
+        Joined lanes (`georep.apply.lanehub`) cost the secondary no process; the first one
+        is opened alone, and if sshd refuses to forward it every lane is a session instead.
+        """
+
+        token = path = b""
+        if self.opts.lanes.join and hasattr(self.chan, "join"):
+            offer = await self._ask_lane_socket()
+            if offer.path and await self._join_first_lane(offer):
+                token, path = offer.token, offer.path
+        opener = (lambda: self.chan.join(path)) if token else self.chan.sibling  # type: ignore[attr-defined]
+        self.summary.lanes_kind = "joined" if token else "sessions"
 
         async def one(i: int) -> None:
-            lane = await open_lane(sibling, self, f"#{i + 1}", self.lane_work)
+            lane = await open_lane(opener, self, f"#{i + 1}", self.lane_work, token)
             self.lanes.append(lane)
+            self.summary.lanes = len(self.lanes)
             self.changed.set()
 
-        results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+        first_new = len(self.lanes)
+        self.summary.lanes = first_new
+        results = await asyncio.gather(*(one(i) for i in range(first_new, count)), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         for exc in failed:
             if not isinstance(exc, Exception):
@@ -487,6 +512,26 @@ class Sender:
                 f"{len(failed)} of {count} data lanes could not be opened ({why}); file data went over "
                 f"{len(self.lanes)} lane(s) and the main session{hint}"
             )
+
+    async def _join_first_lane(self, offer: m.LaneSocket) -> bool:
+        """Open lane #1 into the agent's socket; False if sshd will not forward to a socket."""
+
+        try:
+            lane = await open_lane(lambda: self.chan.join(offer.path),  # type: ignore[attr-defined]
+                                   self, "#1", self.lane_work, offer.token)
+        except ConnectionLost:
+            return False
+        self.lanes.append(lane)
+        self.changed.set()
+        return True
+
+    async def _ask_lane_socket(self) -> m.LaneSocket:
+        """Where lanes may join the agent (answered one round trip later, beside the handshake's)."""
+
+        self._lane_socket = asyncio.get_running_loop().create_future()
+        self._send(m.OpenLanes())
+        self._flush()
+        return await self._await(self._lane_socket)
 
     async def _stop_opening_lanes(self) -> None:
         task, self._lanes_task = self._lanes_task, None

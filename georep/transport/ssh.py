@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import asyncssh
 
 from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
-from georep.transport.channel import STDERR_KEEP
+from georep.transport.channel import STDERR_KEEP, JoinedChannel
 
 #: Fastest first on this hardware (measured: aes128-gcm ≈ 527 MB/s on loopback).
 CIPHERS = [
@@ -132,6 +132,22 @@ class SshChannel:
                 hint="raise MaxSessions in the secondary's sshd_config, or pass --lanes 0",
             ) from None
         return SshChannel(self._conn, proc, self._command, owns_connection=False)
+
+    async def join(self, path: bytes) -> JoinedChannel:
+        """A data lane into the agent's lane socket: a ``direct-streamlocal`` channel, its own window.
+
+        Raises `ConnectionLost` when sshd refuses to forward to a Unix socket
+        (``AllowStreamLocalForwarding no``, ``DisableForwarding yes``, or a ``restrict`` /
+        ``no-port-forwarding`` key): the sender then opens lane sessions instead.
+        """
+
+        try:
+            reader, writer = await self._conn.open_unix_connection(os.fsdecode(path), encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise ConnectionLost(f"the secondary's sshd does not forward a data lane to the agent: {reason}",
+                                 hint="AllowStreamLocalForwarding in sshd_config") from None
+        return JoinedChannel(reader, writer)
 
     def stderr_text(self) -> str:
         return self._stderr.decode("utf-8", "replace")

@@ -38,6 +38,8 @@ small_files = st.builds(
 )
 results = st.builds(m.Result, u64, st.sampled_from([m.DONE, m.NEED, m.FAILED]), text)
 
+lane_tokens = st.binary(min_size=32, max_size=32)
+
 BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Hello: st.builds(m.Hello, u64, text, text),
     m.HelloOk: st.builds(m.HelloOk, u64, text, st.booleans()),
@@ -61,6 +63,10 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Resumed: st.builds(m.Resumed, st.booleans()),
     m.Seal: st.just(m.Seal()),
     m.Sealed: st.builds(m.Sealed, st.one_of(st.just(b""), ids)),
+    m.OpenLanes: st.just(m.OpenLanes()),
+    m.JoinLane: st.builds(m.JoinLane, lane_tokens),
+    m.LaneSocket: st.one_of(st.just(m.LaneSocket(b"", b"")),
+                            st.builds(m.LaneSocket, st.binary(min_size=1, max_size=120), lane_tokens)),
     m.Finish: st.builds(m.Finish, st.booleans(), u64, st.booleans()),
     m.Bye: st.just(m.Bye()),
     m.Results: st.builds(m.Results, st.lists(results, max_size=5)),

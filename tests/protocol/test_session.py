@@ -40,6 +40,9 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.Resumed: m.Resumed(True),
     m.Seal: m.Seal(),
     m.Sealed: m.Sealed(b"t" * 16),
+    m.OpenLanes: m.OpenLanes(),
+    m.JoinLane: m.JoinLane(b"k" * 32),
+    m.LaneSocket: m.LaneSocket(b"/proc/1/fd/3/lanes-1.sock", b"k" * 32),
 }
 
 
@@ -47,11 +50,12 @@ def test_samples_cover_every_message() -> None:
     assert set(SAMPLES) == set(m.ALL_MESSAGES)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3])
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_an_older_peer_is_refused(old: int) -> None:
-    """v2 added block deltas, v3 data lanes, v4 Bye behind Finish: an older sender is refused, not half understood."""
+    """v2 added block deltas, v3 data lanes, v4 Bye behind Finish, v5 lanes joining the agent: an older
+    sender is refused, not half understood."""
 
-    assert PROTOCOL_VERSION == 4
+    assert PROTOCOL_VERSION == 5
     agent = Session(Role.AGENT)
     hello = agent.receive(MAGIC + encode(m.Hello(old, "georep-sync 0.0", "")))[0]
     assert isinstance(hello, m.Hello)

@@ -18,7 +18,7 @@ from georep.model import ROOT_ID, Kind
 from georep.protocol import messages as m
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
-from georep.transport.channel import PipeChannel, local_agent_argv
+from georep.transport.channel import JoinedChannel, PipeChannel, local_agent_argv
 from georep.transport.sender import Lanes, Options, Sender
 from georep.transport.ssh import SshTarget, open_ssh
 
@@ -85,6 +85,10 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     assert sum(carried) > 48 * MIB, carried
     assert sender.chan.bytes_written < 27 * MIB, sender.chan.bytes_written
     assert _staging(dst) == []
+    # sshd forwarded each lane's channel to the agent's socket: no agent process per lane
+    assert sender.summary.lanes_kind == "joined" and sender.summary.lanes == 3
+    assert all(isinstance(lane.chan, JoinedChannel) for lane in sender.lanes)
+    assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
 
 
 @pytest.mark.ssh
@@ -152,6 +156,8 @@ def test_bad_lane_count_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) -> None:
+    """A lane session's agent process killed mid-file (lanes that join the main agent: see below)."""
+
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     src.mkdir()
     for i in range(12):
@@ -162,10 +168,11 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
         chan = await PipeChannel.start(argv)
         store = IdStore(state, os.fsencode(src))
         crawler = Crawler(os.fsencode(src), store)
-        sender = Sender(chan, Options(lanes=Lanes(2)))
+        sender = Sender(chan, Options(lanes=Lanes(2, join=False)))
         await sender.handshake()
         while len(sender.lanes) < 2 or not all(lane.ready for lane in sender.lanes):  # noqa: ASYNC110
             await asyncio.sleep(0.005)  # lanes take files once ready: here, from the first one
+        assert sender.summary.lanes_kind == "sessions"
 
         async def kill_a_lane() -> None:
             while not sender.lanes or sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
@@ -191,6 +198,73 @@ def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) ->
     assert r.code == 0, r.stderr
     assert diff(snapshot(src), snapshot(dst)) == []
     assert _staging(dst) == []  # the dead lane's file was removed by the next agent
+
+
+def test_a_joined_lane_cut_mid_transfer_publishes_nothing_partial(tmp_path: Path) -> None:
+    """A lane into the agent's socket that breaks mid-file: the session fails, no prefix is ever published."""
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(8 * MIB))
+
+    async def cutting() -> None:
+        chan = await PipeChannel.start(local_agent_argv(str(dst)))
+        store = IdStore(state, os.fsencode(src))
+        crawler = Crawler(os.fsencode(src), store)
+        sender = Sender(chan, Options(lanes=Lanes(2)))
+        await sender.handshake()
+        while len(sender.lanes) < 2:  # noqa: ASYNC110 - the lanes open in the background
+            await asyncio.sleep(0.005)
+        assert sender.summary.lanes_kind == "joined"
+
+        async def cut_a_lane() -> None:
+            while sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
+                await asyncio.sleep(0.005)
+            sender.lanes[0].chan.kill()  # type: ignore[attr-defined]
+
+        cutter = asyncio.get_running_loop().create_task(cut_a_lane())
+        try:
+            with pytest.raises(GeorepError) as err:
+                await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+            assert "lane" in err.value.message
+        finally:
+            cutter.cancel()
+            await sender.abort()
+            store.close()
+
+    asyncio.run(cutting())
+    published = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != ".georep"}
+    assert len(published) < 12
+    for name, data in published.items():  # what a reader sees is whole, never a prefix
+        assert data == (src / name).read_bytes(), name
+    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2", "--json")
+    assert r.code == 0, r.stderr
+    assert r.summary["lanes_kind"] == "joined"
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert _staging(dst) == []  # the cut file was removed by the next agent
+    assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
+
+
+@pytest.mark.ssh
+def test_where_sshd_forwards_no_socket_lanes_are_sessions(tmp_path: Path) -> None:
+    """``AllowStreamLocalForwarding no`` (or a ``restrict`` key): each lane is an agent of its own, no warning."""
+
+    from conftest import running_sshd
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    (tmp_path / "sshd").mkdir()
+    with running_sshd(tmp_path / "sshd", "AllowStreamLocalForwarding no\n") as server:
+        r = run_cli("--oneshot", src, server.url(dst), "--state-dir", state, *server.ssh_args(), "--lanes", "2",
+                    "--json")
+        log = server.log.read_text(errors="replace")
+    assert r.code == 0, r.stderr
+    assert (r.summary["lanes"], r.summary["lanes_kind"], r.summary["warnings"]) == (2, "sessions", [])
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert "streamlocal" in log.lower()  # sshd did refuse the socket channel
+    assert _staging(dst) == []
+    assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
 
 
 # -- the agent's side, message by message ------------------------------------------------
@@ -271,14 +345,17 @@ def test_a_lane_takes_only_data(tmp_path: Path) -> None:
 
 @pytest.mark.ssh
 def test_lanes_the_secondary_refuses_are_a_warning_not_a_failure(tmp_path: Path) -> None:
-    """sshd's MaxSessions caps the sessions of one connection: the run goes on with fewer lanes and says so."""
+    """sshd's MaxSessions caps the sessions of one connection: the run goes on with fewer lanes and says so.
+
+    (Lanes are sessions only where sshd forwards no channel to the agent's socket.)
+    """
 
     from conftest import running_sshd
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     _tree(src)
     (tmp_path / "sshd").mkdir()
-    with running_sshd(tmp_path / "sshd", "MaxSessions 3\n") as server:
+    with running_sshd(tmp_path / "sshd", "MaxSessions 3\nAllowStreamLocalForwarding no\n") as server:
         r = run_cli("--oneshot", src, server.url(dst), "--state-dir", state, *server.ssh_args(), "--lanes", "4",
                     "--json")
     assert r.code == 0, r.stderr

@@ -1,0 +1,166 @@
+"""Lanes that join the agent through its socket: data applied by the main session, strangers refused."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from rawagent import RawAgent, entry, oid
+from rawagent import data_msgs as _data_msgs
+
+from georep.model import ROOT_ID, Kind
+from georep.protocol import messages as m
+from georep.protocol.session import MAGIC, Role, Session, State
+
+
+class LaneClient:
+    """A data lane speaking straight to the agent's socket (what sshd forwards a lane's channel to)."""
+
+    def __init__(self, path: bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.session = Session(Role.SENDER)
+        self.inbox: list[m.Message] = []
+
+    def send(self, *msgs: m.Message, hello: bool = False) -> None:
+        head = self.session.initiate() if hello else b""
+        self.sock.sendall(head + b"".join(self.session.send(x) for x in msgs))
+
+    def join(self, token: bytes) -> None:
+        self.send(m.JoinLane(token), hello=True)
+
+    def until_closed(self) -> bool:
+        """Read until the agent closes the connection; whether it answered HelloOk on the way."""
+
+        while True:
+            ready, _, _ = select.select([self.sock], [], [], 20)
+            assert ready, "the agent neither answered nor closed within 20 s"
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return self.session.state is not State.MAGIC
+            self.inbox.extend(self.session.receive(data))
+
+
+def _main_with_socket(root: Path, size: int = 5) -> tuple[RawAgent, m.LaneSocket]:
+    main = RawAgent(root)
+    assert main.one(entry(1, oid(90), ROOT_ID, b"f", Kind.FILE, size)).status == m.NEED
+    main.send(m.OpenLanes())
+    while not main.inbox:
+        assert main._pump(), "agent closed its output"
+    offer = main.inbox.pop(0)
+    assert isinstance(offer, m.LaneSocket), offer
+    return main, offer
+
+
+def _sockets(root: Path) -> list[str]:
+    return sorted(n for n in os.listdir(root / ".georep") if n.startswith("lanes-"))
+
+
+def test_data_through_a_joined_lane_is_published_and_answered_on_the_main_session(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root)
+    assert len(offer.path) < 108 and len(offer.token) == 32
+    (name,) = _sockets(root)
+    st = os.lstat(root / ".georep" / name)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 == 0  # its owner's alone
+    assert stat.S_IMODE(os.stat(root / ".georep").st_mode) == 0o700
+    lane = LaneClient(offer.path)
+    lane.join(offer.token)
+    lane.send(*_data_msgs(1, b"hello"), m.Bye())
+    (r,) = main.results(1)  # the lane's item is answered where it was asked for
+    assert (r.seq, r.status) == (1, m.DONE)
+    assert (root / "f").read_bytes() == b"hello"
+    assert lane.until_closed()  # Bye: the agent let the lane go
+    assert main.finish() == 0
+    assert _sockets(root) == []  # removed with the session
+    assert os.listdir(root / ".georep" / "staging") == []
+
+
+def test_a_socket_for_a_root_longer_than_sun_path(tmp_path: Path) -> None:
+    """sun_path holds 108 bytes: the socket is reached through the agent's own descriptor."""
+
+    root = tmp_path / ("r" * 120) / ("s" * 120)
+    root.parent.mkdir()
+    main, offer = _main_with_socket(root)
+    assert len(os.fsencode(root)) > 240 and len(offer.path) < 108
+    lane = LaneClient(offer.path)
+    lane.join(offer.token)
+    lane.send(*_data_msgs(1, b"hello"))
+    assert main.results(1)[0].status == m.DONE
+    assert (root / "f").read_bytes() == b"hello"
+    assert main.finish() == 0
+
+
+@pytest.mark.parametrize("stranger", ["wrong token", "data before joining", "not the protocol", "silent"])
+def test_a_stranger_on_the_socket_is_turned_away_and_the_session_goes_on(tmp_path: Path, stranger: str) -> None:
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root)
+    other = LaneClient(offer.path)
+    if stranger == "wrong token":
+        other.join(bytes(32))
+        other.send(*_data_msgs(1, b"HACKED"))
+    elif stranger == "data before joining":
+        other.send(*_data_msgs(1, b"HACKED"), hello=True)
+    elif stranger == "not the protocol":
+        other.sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    if stranger != "silent":
+        other.until_closed()
+        errors = [x for x in other.inbox if isinstance(x, m.ErrorMsg)]
+        assert stranger == "not the protocol" or (errors and errors[0].error == "ProtocolError"), other.inbox
+    assert not (root / "f").exists()
+    # the session is untouched: the item still takes its data, from the sender that asked for it
+    main.send(*_data_msgs(1, b"hello"))
+    assert main.results(1)[0].status == m.DONE
+    assert (root / "f").read_bytes() == b"hello"
+    assert main.finish() == 0
+    assert _sockets(root) == []
+
+
+def test_a_joined_lane_carries_file_data_only(tmp_path: Path) -> None:
+    """A lane that presented the token is the session's own sender: breaking the rules ends the session."""
+
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root)
+    lane = LaneClient(offer.path)
+    lane.join(offer.token)
+    lane.send(entry(2, oid(91), ROOT_ID, b"g", Kind.FILE, 1))
+    while not main.inbox:
+        assert main._pump(), "agent closed its output"
+    err = main.inbox.pop(0)
+    assert isinstance(err, m.ErrorMsg) and err.error == "ProtocolError" and "data lane" in err.message, err
+    assert main.proc.wait(timeout=20) == 28
+    assert not (root / "g").exists()
+    assert _sockets(root) == []
+
+
+def test_a_socket_left_by_a_killed_agent_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, _ = _main_with_socket(root)
+    left = _sockets(root)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=20)
+    assert _sockets(root) == left  # a killed agent cannot clean up
+    second, offer = _main_with_socket(root)
+    assert _sockets(root) == [f"lanes-{second.proc.pid}.sock"]
+    assert offer.path.endswith(f"lanes-{second.proc.pid}.sock".encode())
+    assert second.finish() == 0
+    assert _sockets(root) == []
+
+
+def test_magic_opens_the_agents_side_of_a_lane(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root)
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(offer.path)
+    raw.settimeout(20)
+    assert raw.recv(len(MAGIC)) == MAGIC
+    raw.close()
+    assert main.finish() == 0
