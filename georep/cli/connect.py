@@ -25,9 +25,11 @@ def add_secondary_options(p: argparse.ArgumentParser) -> None:
 
 #: Data lanes over SSH by default: OpenSSH grants each channel a 2 MiB window, so one
 #: channel moves at most 2 MiB per round trip (13 MB/s at 150 ms).  Eight, with the main
-#: session, fit sshd's default MaxSessions (10); measured at 150 ms on the small dataset
-#: (bench/, both ends on one 2-core machine): 4 lanes 6.0 s, 6 lanes 5.3 s, 8 lanes 5.0 s,
-#: 12 lanes 5.4 s, 16 lanes 5.7 s.
+#: session, fit sshd's default MaxSessions (10) should lanes have to be sessions; measured
+#: at 150 ms on the small dataset (bench/, both ends on one 2-core machine), as sessions:
+#: 4 lanes 6.0 s, 6 lanes 5.3 s, 8 lanes 5.0 s, 12 lanes 5.4 s, 16 lanes 5.7 s; joined to
+#: the agent (georep.apply.lanehub), two runs each: 4 lanes 5.7 s, 8 lanes 4.8 s, 12 lanes
+#: 4.9 s, 16 lanes 4.9-5.0 s.
 SSH_LANES = 8
 #: Below this round trip one channel is not window-bound: lanes would only cost processes
 #: (measured on loopback: 6 % slower with four lanes).
