@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from georep.errors import ProtocolError
 from georep.protocol import messages as m
-from georep.protocol.session import Role, Session, State
+from georep.protocol.session import Role, Session
 
 #: What a joined lane may send after JoinLane (then Bye): file data for items the main session asked for.
 LANE_DATA: tuple[type[m.Message], ...] = (m.DataBegin, m.DataChunk, m.DataEnd, m.Blobs, m.DataAbort)
@@ -162,8 +162,9 @@ class LaneHub:
             return
         for msg in msgs:
             if isinstance(msg, m.Hello):
-                conn.sock.sendall(conn.session.answer_hello(msg))
-                if conn.session.state is State.CLOSED:
+                with contextlib.suppress(OSError):  # gone already: seen at the next read, like any lane that left
+                    conn.sock.sendall(conn.session.answer_hello(msg))
+                if not conn.session.can_send:  # another version: told so, and let go
                     self._drop(conn)
                     return
             elif not conn.joined:

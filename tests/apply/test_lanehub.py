@@ -64,7 +64,12 @@ def _sockets(root: Path) -> list[str]:
     return sorted(n for n in os.listdir(root / ".georep") if n.startswith("lanes-"))
 
 
-def test_data_through_a_joined_lane_is_published_and_answered_on_the_main_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_write", [False, True], ids=["joined first", "all in one write"])
+def test_data_through_a_joined_lane_is_published_and_answered_on_the_main_session(tmp_path: Path,
+                                                                                 one_write: bool) -> None:
+    """Also when Hello, JoinLane, the data and Bye reach the agent in one read (Bye then closes the
+    lane's session before its Hello is answered: that is no version mismatch)."""
+
     root = tmp_path / "root"
     main, offer = _main_with_socket(root)
     assert len(offer.path) < 108 and len(offer.token) == 32
@@ -73,8 +78,11 @@ def test_data_through_a_joined_lane_is_published_and_answered_on_the_main_sessio
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 == 0  # its owner's alone
     assert stat.S_IMODE(os.stat(root / ".georep").st_mode) == 0o700
     lane = LaneClient(offer.path)
-    lane.join(offer.token)
-    lane.send(*_data_msgs(1, b"hello"), m.Bye())
+    if one_write:
+        lane.send(m.JoinLane(offer.token), *_data_msgs(1, b"hello"), m.Bye(), hello=True)
+    else:
+        lane.join(offer.token)
+        lane.send(*_data_msgs(1, b"hello"), m.Bye())
     (r,) = main.results(1)  # the lane's item is answered where it was asked for
     assert (r.seq, r.status) == (1, m.DONE)
     assert (root / "f").read_bytes() == b"hello"
@@ -99,7 +107,8 @@ def test_a_socket_for_a_root_longer_than_sun_path(tmp_path: Path) -> None:
     assert main.finish() == 0
 
 
-@pytest.mark.parametrize("stranger", ["wrong token", "data before joining", "not the protocol", "silent"])
+@pytest.mark.parametrize("stranger", ["wrong token", "data before joining", "not the protocol", "silent",
+                                      "hello and gone"])
 def test_a_stranger_on_the_socket_is_turned_away_and_the_session_goes_on(tmp_path: Path, stranger: str) -> None:
     root = tmp_path / "root"
     main, offer = _main_with_socket(root)
@@ -111,7 +120,14 @@ def test_a_stranger_on_the_socket_is_turned_away_and_the_session_goes_on(tmp_pat
         other.send(*_data_msgs(1, b"HACKED"), hello=True)
     elif stranger == "not the protocol":
         other.sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    if stranger != "silent":
+    elif stranger == "hello and gone":
+        other.sock.settimeout(20)
+        assert other.sock.recv(len(MAGIC)) == MAGIC  # accepted
+        os.kill(main.proc.pid, signal.SIGSTOP)  # so the agent answers Hello only once the stranger is gone
+        other.send(hello=True)
+        other.sock.close()
+        os.kill(main.proc.pid, signal.SIGCONT)
+    if stranger not in ("silent", "hello and gone"):
         other.until_closed()
         errors = [x for x in other.inbox if isinstance(x, m.ErrorMsg)]
         assert stranger == "not the protocol" or (errors and errors[0].error == "ProtocolError"), other.inbox
