@@ -88,12 +88,6 @@ class LaneHub:
         #: data messages read from joined lanes, for the caller to apply
         self.inbox: list[m.Message] = []
 
-    @property
-    def joined(self) -> int:
-        """Lanes that joined and have not said Bye."""
-
-        return sum(1 for c in self._conns.values() if c.joined)
-
     def wait(self, main_fd: int, timeout: float | None = None) -> bool:
         """Serve the lanes until ``main_fd`` is readable (True), lane data came, or ``timeout`` passed.
 

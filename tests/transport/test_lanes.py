@@ -155,85 +155,45 @@ def test_bad_lane_count_is_a_usage_error(tmp_path: Path) -> None:
     assert "--lanes 99" in r.stderr and "hint:" in r.stderr
 
 
-def test_a_lane_killed_mid_transfer_publishes_nothing_partial(tmp_path: Path) -> None:
-    """A lane session's agent process killed mid-file (lanes that join the main agent: see below)."""
-
-    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
-    src.mkdir()
-    for i in range(12):
-        (src / f"f{i:02d}.bin").write_bytes(os.urandom(8 * MIB))
-    argv = local_agent_argv(str(dst))
-
-    async def killing() -> None:
-        chan = await PipeChannel.start(argv)
-        store = IdStore(state, os.fsencode(src))
-        crawler = Crawler(os.fsencode(src), store)
-        sender = Sender(chan, Options(lanes=Lanes(2, join=False)))
-        await sender.handshake()
-        while len(sender.lanes) < 2 or not all(lane.ready for lane in sender.lanes):  # noqa: ASYNC110
-            await asyncio.sleep(0.005)  # lanes take files once ready: here, from the first one
-        assert sender.summary.lanes_kind == "sessions"
-
-        async def kill_a_lane() -> None:
-            while not sender.lanes or sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
-                await asyncio.sleep(0.005)
-            os.kill(sender.lanes[0].chan._proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-
-        killer = asyncio.get_running_loop().create_task(kill_a_lane())
-        try:
-            with pytest.raises(GeorepError) as err:
-                await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
-            assert "lane" in err.value.message
-        finally:
-            killer.cancel()
-            await sender.abort()
-            store.close()
-
-    asyncio.run(killing())
-    published = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != ".georep"}
-    assert len(published) < 12
-    for name, data in published.items():  # what a reader sees is whole, never a prefix
-        assert data == (src / name).read_bytes(), name
-    r = run_cli("--oneshot", src, dst, "--state-dir", state, "--lanes", "2")
-    assert r.code == 0, r.stderr
-    assert diff(snapshot(src), snapshot(dst)) == []
-    assert _staging(dst) == []  # the dead lane's file was removed by the next agent
-
-
-def test_a_joined_lane_cut_mid_transfer_publishes_nothing_partial(tmp_path: Path) -> None:
-    """A lane into the agent's socket that breaks mid-file: the session fails, no prefix is ever published."""
+@pytest.mark.parametrize("join", [False, True], ids=["lane session killed", "joined lane cut"])
+def test_a_lane_broken_mid_transfer_publishes_nothing_partial(tmp_path: Path, join: bool) -> None:
+    """A lane session's agent process killed mid-file, or a lane into the agent's socket cut mid-file:
+    the session fails, no prefix is ever published, and the next run completes."""
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     src.mkdir()
     for i in range(12):
         (src / f"f{i:02d}.bin").write_bytes(os.urandom(8 * MIB))
 
-    async def cutting() -> None:
+    async def breaking() -> None:
         chan = await PipeChannel.start(local_agent_argv(str(dst)))
         store = IdStore(state, os.fsencode(src))
         crawler = Crawler(os.fsencode(src), store)
-        sender = Sender(chan, Options(lanes=Lanes(2)))
+        sender = Sender(chan, Options(lanes=Lanes(2, join=join)))
         await sender.handshake()
-        while len(sender.lanes) < 2:  # noqa: ASYNC110 - the lanes open in the background
-            await asyncio.sleep(0.005)
-        assert sender.summary.lanes_kind == "joined"
+        while len(sender.lanes) < 2 or not all(lane.ready for lane in sender.lanes):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)  # lanes take files once ready: here, from the first one
+        assert sender.summary.lanes_kind == ("joined" if join else "sessions")
 
-        async def cut_a_lane() -> None:
+        async def break_a_lane() -> None:
             while sender.lanes[0].chan.bytes_written < 4 * MIB:  # noqa: ASYNC110 - polls a counter
                 await asyncio.sleep(0.005)
-            sender.lanes[0].chan.kill()  # type: ignore[attr-defined]
+            if join:
+                sender.lanes[0].chan.kill()  # type: ignore[attr-defined]
+            else:
+                os.kill(sender.lanes[0].chan._proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
 
-        cutter = asyncio.get_running_loop().create_task(cut_a_lane())
+        breaker = asyncio.get_running_loop().create_task(break_a_lane())
         try:
             with pytest.raises(GeorepError) as err:
                 await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
             assert "lane" in err.value.message
         finally:
-            cutter.cancel()
+            breaker.cancel()
             await sender.abort()
             store.close()
 
-    asyncio.run(cutting())
+    asyncio.run(breaking())
     published = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != ".georep"}
     assert len(published) < 12
     for name, data in published.items():  # what a reader sees is whole, never a prefix
@@ -242,7 +202,7 @@ def test_a_joined_lane_cut_mid_transfer_publishes_nothing_partial(tmp_path: Path
     assert r.code == 0, r.stderr
     assert r.summary["lanes_kind"] == "joined"
     assert diff(snapshot(src), snapshot(dst)) == []
-    assert _staging(dst) == []  # the cut file was removed by the next agent
+    assert _staging(dst) == []  # the broken lane's file was removed by the next agent
     assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
 
 
