@@ -117,4 +117,7 @@ def tool_versions() -> dict[str, str]:
         "OpenSSH": first_line(["ssh", "-V"]),
         "python": sys.version.split()[0],
         "GlusterFS": first_line(["gluster", "--version"]),
+        # the agent writes small files through it where built (georep.apply.writer)
+        "native/": first_line([PYTHON, "-c", "from georep.apply import writer; "
+                               "print('georep._native built' if writer.native else 'not built: pure-Python twin')"]),
     }

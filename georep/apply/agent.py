@@ -50,6 +50,7 @@ from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index, Obj
 from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
 from georep.apply.lanehub import LaneHub, alive
+from georep.apply.writer import SmallJob, StagedWrites
 from georep.errors import (
     DiskFull,
     GeorepError,
@@ -135,6 +136,9 @@ class DirCache:
     handling an item holds the fds it was given (the parent it publishes into) while it
     makes room, and making room for a file where an untracked directory stood empties the
     cache.  Closing there made the publishing rename fail with "Bad file descriptor".
+    Small files in flight on the worker thread (`georep.apply.writer`) hold their parent's
+    fd too: each dropped fd is stamped with `epoch`, the number of the batch being made,
+    and closed only once that batch is collected.
     """
 
     def __init__(self, index: Index, root_fd: int, staging_fd: int, capacity: int = 512) -> None:
@@ -142,7 +146,9 @@ class DirCache:
         self._fixed = {ROOT_ID: root_fd, STAGING_ID: staging_fd}
         self._lru: OrderedDict[bytes, int] = OrderedDict()
         self._cap = capacity
-        self._dropped: list[int] = []
+        self._dropped: list[tuple[int, int]] = []  # (epoch, fd)
+        #: the number of the worker's batch that fds handed out now may go into
+        self.epoch = 0
 
     def fd(self, oid: bytes) -> int:
         fixed = self._fixed.get(oid)
@@ -184,12 +190,12 @@ class DirCache:
         self._lru[oid] = fd
         while len(self._lru) > self._cap:
             _, old = self._lru.popitem(last=False)
-            self._dropped.append(old)
+            self._dropped.append((self.epoch, old))
 
     def adopt(self, oid: bytes, fd: int) -> None:
         old = self._lru.pop(oid, None)
         if old is not None:
-            self._dropped.append(old)
+            self._dropped.append((self.epoch, old))
         self._put(oid, fd)
 
     def rekey(self, old: bytes, new: bytes) -> None:
@@ -200,17 +206,23 @@ class DirCache:
             self._put(new, fd)
 
     def clear(self) -> None:
-        self._dropped.extend(self._lru.values())
+        self._dropped.extend((self.epoch, fd) for fd in self._lru.values())
         self._lru.clear()
 
-    def release(self) -> None:
-        """Close the fds dropped since the last call (see the class docstring)."""
+    def release(self, collected: int | None = None) -> None:
+        """Close the fds dropped since the last call (see the class docstring).
+
+        ``collected``: the worker's batches collected so far; an fd dropped while a later
+        batch was being made stays open (None: nothing is in flight, close them all).
+        """
 
         if not self._dropped:
             return  # the usual case: called after every item
-        dropped, self._dropped = self._dropped, []
-        for fd in dropped:
-            os.close(fd)
+        keep = [] if collected is None else [(e, fd) for e, fd in self._dropped if e >= collected]
+        for e, fd in self._dropped:
+            if collected is None or e < collected:
+                os.close(fd)
+        self._dropped = keep
 
 
 class Applier:
@@ -246,6 +258,12 @@ class Applier:
         self.dirty_dirs: set[bytes] = set()
         #: ids of directories this session made (the latest FRESH_DIRS): nothing untracked is in them
         self._fresh_dirs: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        #: small files being written on the worker thread, their ids and names (see `handle`)
+        self.writes = StagedWrites(self.staging_fd, self.privileged)
+        self._writing_ids: set[bytes] = set()
+        self._writing_names: set[tuple[bytes, bytes]] = set()
+        #: results of written files collected while handling another message, not returned yet
+        self._written: list[m.Result] = []
         self._clean_staging_tmp()
 
     @staticmethod
@@ -266,8 +284,28 @@ class Applier:
     # -- dispatch -----------------------------------------------------------------
 
     def handle(self, msg: m.Message) -> list[m.Result]:
-        """Apply one message; the per-item results it produced (possibly none)."""
+        """Apply one message; the per-item results it produced (possibly none).
 
+        Small files (Blobs) are written on the worker thread (`georep.apply.writer`); their
+        results come with a later call, or from `collect_writes`.  A message that could
+        concern a file still in flight (its id or name, or anything but a new entry in a
+        directory this session made) waits for every file in flight first: messages take
+        effect in the order they came, as if applied one by one.
+        """
+
+        early = self.collect_writes(wait=True) if self.writes.busy and not self._may_overtake(msg) else []
+        results = self._handle(msg)
+        if self._written:  # a full worker queue made room for the files just handed over
+            early += self._take_written()
+        return early + results if early else results
+
+    def _may_overtake(self, msg: m.Message) -> bool:
+        if isinstance(msg, m.Blobs):
+            return True
+        return (isinstance(msg, m.EntryMsg) and msg.parent in self._fresh_dirs and msg.id not in self._writing_ids
+                and (msg.parent, msg.name) not in self._writing_names)
+
+    def _handle(self, msg: m.Message) -> list[m.Result]:
         try:
             if isinstance(msg, m.EntryMsg):
                 return self._item(msg.seq, self._entry, msg)
@@ -286,7 +324,7 @@ class Applier:
             if isinstance(msg, m.DataEnd):
                 return self._item(msg.seq, self._data_end, msg)
             if isinstance(msg, m.Blobs):
-                return [r for f in msg.files for r in self._item(f.seq, self._small_file, f)]
+                return self._blobs(msg)
             if isinstance(msg, m.Adopt):
                 return self._item(msg.seq, self._adopt_staged, msg)
             if isinstance(msg, m.DataAbort):
@@ -312,7 +350,7 @@ class Applier:
                 raise
             return [m.Result(seq, m.FAILED, f"{exc.strerror or exc}")]
         finally:
-            self.dirs.release()
+            self.dirs.release(self.writes.collected if self.writes.busy else None)
 
     @staticmethod
     def _fatal(exc: OSError) -> GeorepError:
@@ -783,17 +821,76 @@ class Applier:
         self._close_basis(rec)
         return self._seal(rec, msg.mtime_ns)
 
-    def _small_file(self, f: m.SmallFile) -> int:
-        e, new = self._take_pending(f.seq)
-        rec = self._open_tmp(e, f.size, new)
-        for off, data in f.extents:
-            assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
-            if off < rec.digest.next_offset:
-                self._discard_receiving(rec)
-                raise ProtocolError(f"data for item {f.seq} at {off} overlaps or goes backwards")
-            rec.digest.update(off, data)
-            os.pwrite(rec.fd, data, off)
-        return self._finish_file(rec, f.digest, f.mtime_ns)
+    def _blobs(self, msg: m.Blobs) -> list[m.Result]:
+        """Hand the files of ``msg`` to the worker thread; what fails before that is answered now."""
+
+        results: list[m.Result] = []
+        batch: list[SmallJob] = []
+        if self.writes.full:  # memory stays bounded: the oldest batch is recorded before another goes
+            self._record(self.writes.collect_oldest())
+        self.dirs.epoch = self.writes.submitted  # the number this batch will have
+        for f in msg.files:
+            e, new = self._take_pending(f.seq)
+            digest = ExtentDigest()
+            for off, data in f.extents:
+                assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
+                if off < digest.next_offset:
+                    raise ProtocolError(f"data for item {f.seq} at {off} overlaps or goes backwards")
+                digest.update(off, data)
+            if digest.finish(f.size) != f.digest:
+                # checked on the data as received, which is what gets written
+                results.append(m.Result(f.seq, m.FAILED, "digest mismatch: the data was damaged in transit; "
+                                                         "not published"))
+                continue
+            try:
+                pfd = self.dirs.fd(e.parent)
+            except ItemFailed as exc:
+                results.append(m.Result(f.seq, m.FAILED, str(exc)))
+                continue
+            batch.append(SmallJob(e, new, pfd, self._tmp_name(), f, _meta(e, f.mtime_ns)))
+            self._writing_ids.add(e.id)
+            self._writing_names.add((e.parent, e.name))
+        if batch:
+            self.writes.submit(batch)
+        return results
+
+    def collect_writes(self, wait: bool) -> list[m.Result]:
+        """Record the small files the worker finished (``wait``: all in flight); their results."""
+
+        for batch in self.writes.collect(wait):
+            self._record(batch)
+        if not self.writes.busy:
+            self._writing_ids.clear()
+            self._writing_names.clear()
+        self.dirs.release(self.writes.collected if self.writes.busy else None)
+        return self._take_written()
+
+    def _take_written(self) -> list[m.Result]:
+        out, self._written = self._written, []
+        return out
+
+    def _record(self, batch: list[SmallJob]) -> None:
+        """The main thread's share of a written batch: the index, a taken name, the results."""
+
+        for job in batch:
+            e = job.entry
+            self._writing_ids.discard(e.id)
+            self._writing_names.discard((e.parent, e.name))
+            seq, status, why = job.file.seq, m.DONE, ""
+            try:
+                if job.error is not None:
+                    raise job.error
+                if job.published:
+                    self._record_published(e, Kind.FILE, job.file.mtime_ns, job.file.size, job.ino, job.new)
+                else:  # its name is taken: look, make room (setting aside), publish
+                    self._publish(job.tmp, e, Kind.FILE, job.file.mtime_ns, job.file.size, job.ino, new=job.new)
+            except ItemFailed as exc:
+                status, why = m.FAILED, str(exc)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise self._fatal(exc) from None
+                status, why = m.FAILED, f"{exc.strerror or exc}"
+            self._written.append(m.Result(seq, status, why))
 
     def _adopt_staged(self, msg: m.Adopt) -> int:
         """Publish what a data lane staged for this item (its digest was checked there)."""
@@ -875,6 +972,12 @@ class Applier:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.staging_fd)
             raise
+        self._record_published(e, kind, mtime_ns, size, ino, new)
+
+    def _record_published(self, e: m.EntryMsg, kind: Kind, mtime_ns: int, size: int, ino: int, new: bool) -> None:
+        """The index after ``e`` was published at its name (see `_publish`)."""
+
+        self.dirty_dirs.add(e.parent)
         # names of the object's previous inode are stale now (hard links are re-sent)
         for p, n, _g in () if new else self.index.names_of(e.id):
             if (p, n) != (e.parent, e.name) and p == STAGING_ID:
@@ -980,6 +1083,9 @@ class Applier:
     # -- end of a session ----------------------------------------------------------
 
     def finish(self, msg: m.Finish) -> m.Finished:
+        """The end of a batch; the caller has collected the writes in flight (`collect_writes`)."""
+
+        assert not self.writes.busy
         deleted = 0
         try:
             if msg.mirror:
@@ -1049,6 +1155,7 @@ class Applier:
     def discard_incoming(self) -> None:
         """Remove the staging files of data still arriving (the session is ending)."""
 
+        self.writes.close()  # what it wrote and did not publish is removed with a dead agent's
         for seq in list(self.receiving):
             with contextlib.suppress(OSError):
                 self._drop_receiving(seq)
@@ -1059,6 +1166,7 @@ class Applier:
         return m.Resumed(msg.token == self.claim.token != b"")
 
     def seal(self) -> m.Sealed:
+        assert not self.writes.busy
         try:
             return m.Sealed(self.index.seal(self.claim, alive))
         except OSError as exc:
@@ -1126,6 +1234,12 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
     try:
         Applier.check_root(root, allow)
         while True:
+            if applier is not None and applier.writes.busy and not (
+                    _readable(in_fd) if hub is None else hub.wait(in_fd, 0) or hub.inbox):
+                # nothing to read: the files in flight are answered before this waits for more
+                written = applier.collect_writes(wait=True)
+                applier.index.commit_if_due()
+                _answers(session, applier, written, out)
             _write_all(out_fd, out)
             out.clear()
             if applier is not None and applier.index.in_transaction and not (
@@ -1137,6 +1251,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                 msgs, hub.inbox = hub.inbox, []
                 for msg in msgs:
                     lane_results.extend(applier.handle(msg))
+                lane_results.extend(applier.collect_writes(wait=False))
                 if lane_results or applier.outbox:
                     applier.index.commit_if_due()
                     _answers(session, applier, lane_results, out)
@@ -1179,6 +1294,8 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                             results.append(answer)
                     continue
                 assert applier is not None
+                if isinstance(msg, m.Bye | m.Finish | m.Seal | m.Resume | m.OpenLanes):
+                    results.extend(applier.collect_writes(wait=True))  # they answer after every item
                 if isinstance(msg, m.Bye):
                     _answers(session, applier, results, out)
                     applier.index.commit()
@@ -1200,6 +1317,8 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                         _answers(session, applier, [], out)
                         _write_all(out_fd, out)
                         out.clear()
+            if applier is not None and applier.writes.busy:
+                results.extend(applier.collect_writes(wait=False))
             if applier is not None and (results or applier.outbox):
                 applier.index.commit_if_due()
                 _answers(session, applier, results, out)

@@ -1,0 +1,214 @@
+"""Small files written and published on a worker thread while the agent reads on.
+
+Why: on a first copy the agent is the slowest stage.  Profiled on the *small* dataset it
+spent about half its time in the kernel (create in staging, write, set times, rename) and
+the other half in Python (decoding, the index), one after the other on one core, while the
+second core was partly idle.  The kernel half releases the GIL, so a thread can do it
+while the main thread decodes the next frame and keeps the index: the two halves overlap.
+
+The worker only ever touches what nobody else can see yet: a new name in staging, which it
+writes (the main thread checked the data against its digest), gives its metadata and then
+renames to its final name *only if that name is free* (renameat2 RENAME_NOREPLACE).  Everything that needs a look at
+other objects (a taken name, the index, cleaning up other names) stays on the main thread,
+which records each file when it collects its batch, in the order the batches were handed
+over.  What the main thread must not do while files are in flight (anything that could
+touch their names or ids) it does after collecting every batch (see `Applier.handle`).
+
+In Python the worker still needs the GIL back after each system call and waits for the main
+thread's switch interval to get it, so the halves barely overlapped (measured: the agent
+stayed at one core).  `georep._native` (built from ``native/georep_native.c``) writes a
+whole batch with the GIL released; `write_small` below is its pure-Python twin and the
+reference, used for files with xattrs, where the extension is not built, or with
+``GEOREP_NATIVE=0``.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+
+from georep.apply import fsops
+from georep.model import Meta
+from georep.protocol import messages as m
+
+
+def _load_native() -> ModuleType | None:
+    if os.environ.get("GEOREP_NATIVE") == "0":  # the twin only: for comparing the two
+        return None
+    try:
+        return importlib.import_module("georep._native")
+    except ImportError:  # not built (no compiler where it was installed): the twin does it all
+        return None
+
+
+#: the extension (None: not built, or GEOREP_NATIVE=0)
+native = _load_native()
+
+#: Batches handed over and not yet collected, at most: the reader waits beyond that, so the
+#: memory held is bounded (a Blobs frame carries about one chunk, 1 MiB).
+MAX_BATCHES = 8
+
+
+@dataclass(slots=True)
+class SmallJob:
+    """One small file to write in staging and publish under ``parent_fd``/``entry.name``."""
+
+    entry: m.EntryMsg
+    new: bool
+    parent_fd: int
+    tmp: bytes
+    file: m.SmallFile
+    meta: Meta
+    #: set by the worker: the file's inode, and whether it now stands at its name
+    ino: int = 0
+    published: bool = False
+    #: set by the worker: why the file is not published (an OSError; anything else is a
+    #: bug, raised again on the main thread)
+    error: Exception | None = None
+
+    def as_native(self, privileged: bool) -> tuple[object, ...]:
+        """The job as `georep._native.write_small` takes it."""
+
+        meta = self.meta
+        return (self.tmp, self.parent_fd, self.entry.name, meta.mode, meta.uid, meta.gid, privileged,
+                meta.mtime_ns, self.file.size, self.file.extents)
+
+
+def write_small(staging_fd: int, privileged: bool, job: SmallJob) -> None:
+    """Write ``job``'s file in staging and publish it if its name is free (fills in the job).
+
+    Runs on the worker thread; touches only ``job.tmp`` in staging and, by a rename that
+    never replaces anything, the final name.  The temporary file is removed on any failure.
+    """
+
+    f = job.file
+    fd = os.open(
+        job.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        (job.meta.mode & 0o777) | 0o600, dir_fd=staging_fd,
+    )
+    try:
+        for off, data in f.extents:
+            assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
+            fsops.write_all_at(fd, data, off)
+        st = os.fstat(fd)
+        if st.st_size != f.size:  # a trailing hole
+            os.ftruncate(fd, f.size)
+        fsops.apply_meta_fd(fd, job.meta, privileged, fresh=st)
+    except BaseException:
+        os.close(fd)
+        os.unlink(job.tmp, dir_fd=staging_fd)
+        raise
+    os.close(fd)
+    job.ino = st.st_ino
+    try:
+        job.published = fsops.rename_noreplace_at(staging_fd, job.tmp, job.parent_fd, job.entry.name)
+    except BaseException:
+        os.unlink(job.tmp, dir_fd=staging_fd)
+        raise
+
+
+class StagedWrites:
+    """A worker thread writing batches of `SmallJob` in order; the main thread collects them in order."""
+
+    def __init__(self, staging_fd: int, privileged: bool) -> None:
+        self._staging_fd = staging_fd
+        self._privileged = privileged
+        self._lock = threading.Condition()
+        self._todo: collections.deque[list[SmallJob] | None] = collections.deque()
+        self._done: collections.deque[list[SmallJob]] = collections.deque()
+        #: batches handed over and not collected yet
+        self._open = 0
+        #: batches handed over, and collected, since the start (collected in that order)
+        self.submitted = 0
+        self.collected = 0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Batches are handed over and not collected yet."""
+
+        return self._open > 0
+
+    def submit(self, batch: list[SmallJob]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="staged-writes", daemon=True)
+            self._thread.start()
+        with self._lock:
+            self._todo.append(batch)
+            self._open += 1
+            self.submitted += 1
+            self._lock.notify_all()
+
+    @property
+    def full(self) -> bool:
+        return self._open >= MAX_BATCHES
+
+    def collect(self, wait: bool) -> list[list[SmallJob]]:
+        """The batches finished, oldest first; ``wait``: all of them, waiting for the worker."""
+
+        with self._lock:
+            if wait:
+                self._lock.wait_for(lambda: len(self._done) == self._open)
+            out = list(self._done)
+            self._done.clear()
+            self._open -= len(out)
+            self.collected += len(out)
+        return out
+
+    def collect_oldest(self) -> list[SmallJob]:
+        """Wait for the oldest batch handed over (the one that makes room for the next)."""
+
+        with self._lock:
+            self._lock.wait_for(lambda: bool(self._done))
+            self._open -= 1
+            self.collected += 1
+            return self._done.popleft()
+
+    def close(self) -> None:
+        """Let the worker finish what it has and end (their temporary files stay for the cleanup)."""
+
+        if self._thread is None:
+            return
+        with self._lock:
+            self._todo.append(None)
+            self._lock.notify_all()
+        self._thread.join()
+        self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._todo))
+                batch = self._todo.popleft()
+            if batch is None:
+                return
+            write_batch(self._staging_fd, self._privileged, batch)
+            with self._lock:
+                self._done.append(batch)
+                self._lock.notify_all()
+
+
+def write_batch(staging_fd: int, privileged: bool, batch: list[SmallJob]) -> None:
+    """`write_small` for each job, natively where it can be (files without xattrs)."""
+
+    if native is not None and not any(job.meta.xattrs for job in batch):
+        try:
+            done = native.write_small(staging_fd, [job.as_native(privileged) for job in batch])
+        except Exception as exc:  # a malformed job: a bug, raised again on the main thread
+            for job in batch:
+                job.error = exc
+            return
+        for job, (err, ino, published) in zip(batch, done, strict=True):
+            if err:
+                job.error = OSError(err, os.strerror(err))
+            job.ino, job.published = ino, published
+        return
+    for job in batch:
+        try:
+            write_small(staging_fd, privileged, job)
+        except Exception as exc:  # the main thread decides what each means
+            job.error = exc
