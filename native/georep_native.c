@@ -8,7 +8,8 @@
  * halves barely overlap.  Here a whole batch of files runs with the GIL released.
  *
  * The reference is the pure-Python twin, georep.apply.writer.write_small: this file does
- * exactly what it does for a file without xattrs, in the same order, and
+ * exactly what it does for a file without xattrs (fsops.create_staged_at, the writes,
+ * fsops.seal_staged, a rename that replaces nothing), in the same order, and
  * tests/apply/test_writer.py runs both on the same jobs and compares the results.
  *
  * write_small(staging_fd, jobs) -> [(errno, ino, published), ...]

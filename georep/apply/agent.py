@@ -262,8 +262,6 @@ class Applier:
         self.writes = StagedWrites(self.staging_fd, self.privileged)
         self._writing_ids: set[bytes] = set()
         self._writing_names: set[tuple[bytes, bytes]] = set()
-        #: results of written files collected while handling another message, not returned yet
-        self._written: list[m.Result] = []
         self._clean_staging_tmp()
 
     @staticmethod
@@ -293,11 +291,9 @@ class Applier:
         effect in the order they came, as if applied one by one.
         """
 
-        early = self.collect_writes(wait=True) if self.writes.busy and not self._may_overtake(msg) else []
-        results = self._handle(msg)
-        if self._written:  # a full worker queue made room for the files just handed over
-            early += self._take_written()
-        return early + results if early else results
+        if self.writes.busy and not self._may_overtake(msg):
+            return self.collect_writes(wait=True) + self._handle(msg)
+        return self._handle(msg)
 
     def _may_overtake(self, msg: m.Message) -> bool:
         if isinstance(msg, m.Blobs):
@@ -652,18 +648,8 @@ class Applier:
         return e, new
 
     def _open_tmp(self, e: m.EntryMsg, size: int, new: bool = False) -> Receiving:
-        """A new file in staging (a 0700 directory), made with the entry's permission bits.
-
-        Made with the final bits (the umask permitting), a file usually needs no fchmod
-        once written; setuid/setgid/sticky bits are only ever set by fchmod, at the end.
-        """
-
         tmp = self._tmp_name()
-        fd = os.open(
-            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, (e.mode & 0o777) | 0o600,
-            dir_fd=self.staging_fd,
-        )
-        return Receiving(e, fd, tmp, size, new=new)
+        return Receiving(e, fsops.create_staged_at(self.staging_fd, tmp, e.mode), tmp, size, new=new)
 
     def _data_begin(self, msg: m.DataBegin) -> list[m.Result]:
         e, new = self._take_pending(msg.seq)
@@ -824,10 +810,9 @@ class Applier:
     def _blobs(self, msg: m.Blobs) -> list[m.Result]:
         """Hand the files of ``msg`` to the worker thread; what fails before that is answered now."""
 
-        results: list[m.Result] = []
+        # memory stays bounded: the oldest batch is recorded before another goes
+        results = self._record(self.writes.collect_oldest()) if self.writes.full else []
         batch: list[SmallJob] = []
-        if self.writes.full:  # memory stays bounded: the oldest batch is recorded before another goes
-            self._record(self.writes.collect_oldest())
         self.dirs.epoch = self.writes.submitted  # the number this batch will have
         for f in msg.files:
             e, new = self._take_pending(f.seq)
@@ -857,21 +842,14 @@ class Applier:
     def collect_writes(self, wait: bool) -> list[m.Result]:
         """Record the small files the worker finished (``wait``: all in flight); their results."""
 
-        for batch in self.writes.collect(wait):
-            self._record(batch)
-        if not self.writes.busy:
-            self._writing_ids.clear()
-            self._writing_names.clear()
+        results = [r for batch in self.writes.collect(wait) for r in self._record(batch)]
         self.dirs.release(self.writes.collected if self.writes.busy else None)
-        return self._take_written()
+        return results
 
-    def _take_written(self) -> list[m.Result]:
-        out, self._written = self._written, []
-        return out
+    def _record(self, batch: list[SmallJob]) -> list[m.Result]:
+        """The main thread's share of a written batch: the index, a taken name; the results."""
 
-    def _record(self, batch: list[SmallJob]) -> None:
-        """The main thread's share of a written batch: the index, a taken name, the results."""
-
+        results = []
         for job in batch:
             e = job.entry
             self._writing_ids.discard(e.id)
@@ -890,7 +868,8 @@ class Applier:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                     raise self._fatal(exc) from None
                 status, why = m.FAILED, f"{exc.strerror or exc}"
-            self._written.append(m.Result(seq, status, why))
+            results.append(m.Result(seq, status, why))
+        return results
 
     def _adopt_staged(self, msg: m.Adopt) -> int:
         """Publish what a data lane staged for this item (its digest was checked there)."""
@@ -922,10 +901,7 @@ class Applier:
         """Give a complete file in staging its final length and metadata, then publish it."""
 
         try:
-            st = os.fstat(rec.fd)
-            if st.st_size != rec.size:  # a trailing hole (or a longer basis copy): cut or extend
-                os.ftruncate(rec.fd, rec.size)
-            fsops.apply_meta_fd(rec.fd, _meta(rec.entry, mtime_ns), self.privileged, fresh=st)
+            st = fsops.seal_staged(rec.fd, rec.size, _meta(rec.entry, mtime_ns), self.privileged)
         except BaseException:
             self._discard_receiving(rec)
             raise

@@ -171,6 +171,27 @@ def apply_meta_fd(fd: int, meta: Meta, privileged: bool, times: bool = True,
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
+def create_staged_at(dir_fd: int, name: bytes, mode: int) -> int:
+    """A new file in staging (a 0700 directory), made with its final permission bits.
+
+    Made with them (the umask permitting), a file usually needs no fchmod once written;
+    setuid/setgid/sticky bits are only ever set by fchmod, at the end (`seal_staged`).
+    """
+
+    return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   (mode & 0o777) | 0o600, dir_fd=dir_fd)
+
+
+def seal_staged(fd: int, size: int, meta: Meta, privileged: bool) -> os.stat_result:
+    """Give a complete file made by `create_staged_at` its final length and metadata; its stat."""
+
+    st = os.fstat(fd)
+    if st.st_size != size:  # a trailing hole (or a longer basis copy): cut or extend
+        os.ftruncate(fd, size)
+    apply_meta_fd(fd, meta, privileged, fresh=st)
+    return st
+
+
 def apply_meta_symlink(dir_fd: int, name: bytes, meta: Meta, privileged: bool) -> None:
     if privileged:
         os.chown(name, meta.uid, meta.gid, dir_fd=dir_fd, follow_symlinks=False)

@@ -86,18 +86,12 @@ def write_small(staging_fd: int, privileged: bool, job: SmallJob) -> None:
     """
 
     f = job.file
-    fd = os.open(
-        job.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        (job.meta.mode & 0o777) | 0o600, dir_fd=staging_fd,
-    )
+    fd = fsops.create_staged_at(staging_fd, job.tmp, job.meta.mode)
     try:
         for off, data in f.extents:
             assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
             fsops.write_all_at(fd, data, off)
-        st = os.fstat(fd)
-        if st.st_size != f.size:  # a trailing hole
-            os.ftruncate(fd, f.size)
-        fsops.apply_meta_fd(fd, job.meta, privileged, fresh=st)
+        st = fsops.seal_staged(fd, f.size, job.meta, privileged)
     except BaseException:
         os.close(fd)
         os.unlink(job.tmp, dir_fd=staging_fd)
