@@ -162,9 +162,11 @@ class JoinedChannel:
     async def read(self) -> bytes:
         try:
             data = await self._reader.read(1 << 20)
-        except ConnectionResetError:
-            # the agent closed the socket with our last bytes unread: it ended the session
-            # (the main session's Bye overtook this lane's), or it died; the same to a reader
+        except ConnectionError:
+            # the agent closed the socket with our last bytes unread (reset), or before our
+            # Bye was written (broken pipe, reported by asyncio's stream on the next read): it
+            # ended the session (the main session's Bye overtook this lane's), or it died;
+            # the same to a reader
             data = b""
         if not data:
             self._eof.set()

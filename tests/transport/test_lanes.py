@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,29 @@ def test_lanes_the_secondary_refuses_are_a_warning_not_a_failure(tmp_path: Path)
     assert "over 2 lane(s) and the main session" in warnings[0] and "MaxSessions" in warnings[0]
     assert "georep-sync: warning: 2 of 4 data lanes" in r.stderr
     assert _staging(dst) == []
+
+
+def test_a_joined_lane_whose_bye_met_a_closed_socket_still_ends() -> None:
+    """The agent exits (the main Bye overtook the lane's) before the lane's Bye is written.
+
+    asyncio's stream reports the broken pipe on the next read; the lane's reader must take
+    that as the end, or the lane's close waits 30 s and the run ends as an internal error
+    (seen in CI once small files were written on the agent's worker thread, which made the
+    agent exit sooner).  Real sockets: a socketpair whose far end is closed.
+    """
+
+    async def scenario() -> None:
+        near, far = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=near)
+        far.close()
+        chan = JoinedChannel(reader, writer)
+        for _ in range(50):  # write until the kernel reports the closed peer to asyncio
+            chan.write(b"x" * 65536)
+            with contextlib.suppress(ConnectionError):
+                await chan.drain()
+            if writer.is_closing():
+                break
+        assert await asyncio.wait_for(chan.read(), 5) == b""
+        assert await asyncio.wait_for(chan.wait(), 5) is None
+
+    asyncio.run(scenario())
