@@ -18,7 +18,7 @@ In Python the worker still needs the GIL back after each system call and waits f
 thread's switch interval to get it, so the halves barely overlapped (measured: the agent
 stayed at one core).  `georep._native` (built from ``native/georep_native.c``) writes a
 whole batch with the GIL released; `write_small` below is its pure-Python twin and the
-reference, used for files with xattrs, where the extension is not built, or with
+reference, used for files with xattrs (in runs of the batch), where the extension is not built, or with
 ``GEOREP_NATIVE=0``.
 """
 
@@ -187,21 +187,42 @@ class StagedWrites:
 
 
 def write_batch(staging_fd: int, privileged: bool, batch: list[SmallJob]) -> None:
-    """`write_small` for each job, natively where it can be (files without xattrs)."""
+    """`write_small` for each job in order: natively where it can be, by the twin for files with xattrs.
 
-    if native is not None and not any(job.meta.xattrs for job in batch):
-        try:
-            done = native.write_small(staging_fd, [job.as_native(privileged) for job in batch])
-        except Exception as exc:  # a malformed job: a bug, raised again on the main thread
-            for job in batch:
-                job.error = exc
-            return
-        for job, (err, ino, published) in zip(batch, done, strict=True):
-            if err:
-                job.error = OSError(err, os.strerror(err))
-            job.ino, job.published = ino, published
+    The batch is cut into runs of consecutive jobs of one kind, so a tree where some files
+    carry user xattrs keeps the native path for the others, and the order of writes is the
+    order of the batch.
+    """
+
+    if native is None:
+        _write_by_twin(staging_fd, privileged, batch)
         return
-    for job in batch:
+    start = 0
+    while start < len(batch):
+        tagged = bool(batch[start].meta.xattrs)
+        stop = start + 1
+        while stop < len(batch) and bool(batch[stop].meta.xattrs) == tagged:
+            stop += 1
+        (_write_by_twin if tagged else _write_natively)(staging_fd, privileged, batch[start:stop])
+        start = stop
+
+
+def _write_natively(staging_fd: int, privileged: bool, run: list[SmallJob]) -> None:
+    assert native is not None
+    try:
+        done = native.write_small(staging_fd, [job.as_native(privileged) for job in run])
+    except Exception as exc:  # a malformed job: a bug, raised again on the main thread
+        for job in run:
+            job.error = exc
+        return
+    for job, (err, ino, published) in zip(run, done, strict=True):
+        if err:
+            job.error = OSError(err, os.strerror(err))
+        job.ino, job.published = ino, published
+
+
+def _write_by_twin(staging_fd: int, privileged: bool, run: list[SmallJob]) -> None:
+    for job in run:
         try:
             write_small(staging_fd, privileged, job)
         except Exception as exc:  # the main thread decides what each means

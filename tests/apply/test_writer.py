@@ -193,6 +193,33 @@ def test_files_with_xattrs_are_written_by_the_twin(places: Callable[[str], Place
     assert os.getxattr(p.root / "dir" / "tagged", "user.origin") == b"fr"
 
 
+@needs_native
+def test_a_batch_is_cut_so_files_without_xattrs_still_go_natively(
+        places: Callable[[str], Place], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert native is not None
+    runs: list[list[bytes]] = []
+
+    class Recording:
+        """The real extension, with a record of which names each call wrote."""
+
+        @staticmethod
+        def write_small(staging_fd: int, jobs: list[tuple[object, ...]]) -> list[tuple[int, int, bool]]:
+            runs.append([j[2] for j in jobs])  # type: ignore[misc]
+            return native.write_small(staging_fd, jobs)  # type: ignore[no-any-return, union-attr]
+
+    monkeypatch.setattr(writer, "native", Recording)
+    p = places("c")
+    batch = [job(p, b"a", [[0, b"1"]], 1, tmp=b"t0"), job(p, b"b", [[0, b"2"]], 1, tmp=b"t1"),
+             job(p, b"tagged", [[0, b"3"]], 1, tmp=b"t2", xattrs=((b"user.origin", b"fr"),)),
+             job(p, b"c", [[0, b"4"]], 1, tmp=b"t3")]
+    write_batch(p.staging, False, batch)
+    assert runs == [[b"a", b"b"], [b"c"]]
+    assert all(j.published and j.error is None for j in batch)
+    assert [(p.root / "dir" / n).read_bytes() for n in ("a", "b", "tagged", "c")] == [b"1", b"2", b"3", b"4"]
+    assert os.getxattr(p.root / "dir" / "tagged", "user.origin") == b"fr"
+    assert os.listxattr(p.root / "dir" / "c") == [] and os.listdir(p.staging) == []
+
+
 def test_batches_are_collected_in_order_and_the_queue_is_bounded(places: Callable[[str], Place]) -> None:
     p = places("w")
     writes = StagedWrites(p.staging, False)
