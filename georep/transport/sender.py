@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from georep.batch.ledger import Moved
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
-from georep.model import Entry, Problem, Summary
+from georep.model import Entry, Kind, Problem, Summary
 from georep.protocol import messages as m
 from georep.protocol.delta import BlockMatcher, DeltaEncoder
 from georep.protocol.digest import ExtentDigest
@@ -146,6 +146,10 @@ class Sender:
         self.sums: dict[int, m.BlockSums] = {}
         #: items whose data went as a delta (a NEED for one of them asks for the whole file)
         self._delta_sent: set[int] = set()
+        #: items in flight whose next answer is their last: nothing the agent can say about
+        #: them makes the sender send more (whole data sent on this session, an Adopt, a
+        #: DataAbort, a name op, an entry that is no regular file).  A subset of `inflight`.
+        self._answer_final: set[int] = set()
         self.changed = asyncio.Event()
         self.finished: asyncio.Future[m.Finished] = asyncio.get_running_loop().create_future()
         self.failure: BaseException | None = None
@@ -293,6 +297,7 @@ class Sender:
                 item = self.inflight.get(r.seq)
                 if item is None:
                     raise ProtocolError(f"result for unknown item {r.seq}")
+                self._answer_final.discard(r.seq)
                 if r.status == m.NEED:
                     if r.seq in self._moves:  # the agent cannot rename it by id: the whole entry
                         self._moves.discard(r.seq)
@@ -543,10 +548,12 @@ class Sender:
 
     def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None:
         self._send(m.Adopt(seq, name, size, mtime_ns))
+        self._answer_final.add(seq)
         self._flush()
 
     def lane_failed(self, seq: int, cause: str) -> None:
         self._send(m.DataAbort(seq, cause))
+        self._answer_final.add(seq)
         self._flush()
 
     # -- the main loop -------------------------------------------------------------------
@@ -575,22 +582,24 @@ class Sender:
                     await self.send_move(se.se)
                 else:
                     await self.send_entry(se)
-            await self.settle()  # every inode exists before its extra names are linked
+            # The agent applies this session's messages in order, so what follows only has to
+            # come behind every item's last data, not behind its answer (`_sent_in_full`):
+            # the extra names, the removals and Finish each skip a round trip.
+            await self._sent_in_full()  # every inode's data is ahead of its extra names
             while page := links():
                 for oid, parent, name, path in page:
                     await self.send_link(oid, parent, name, path)
-            await self.settle()
             if removals is not None:
                 for oid, parent, name, path in removals():
                     await self.send_remove(oid, parent, name, path)
-                await self.settle()
+            await self._sent_in_full()
             # nothing more goes to a lane: they close while the agent sweeps, and Bye rides
             # behind Finish, so the end of a run costs one round trip, not one per channel
             await self._stop_opening_lanes()
             lanes_closed = asyncio.ensure_future(self._close_lanes())
             try:
                 self.summary.deleted += await self.finish(
-                    self.opts.mirror and removals is None, source_entries(), bye=True, seal=seal
+                    self.opts.mirror and removals is None, source_entries(), bye=True, seal=seal, in_full=True
                 )
             except BaseException:
                 lanes_closed.cancel()
@@ -627,6 +636,8 @@ class Sender:
             self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
         else:
             self._send(self._entry_msg(self._seq, e))
+            if e.kind is not Kind.FILE:  # only a regular file is ever answered NEED
+                self._answer_final.add(self._seq)
         self.summary.entries += 1
 
     async def send_move(self, se: SourceEntry) -> None:
@@ -639,12 +650,14 @@ class Sender:
         await self._room_for_one()
         self._seq += 1
         self.inflight[self._seq] = NameOp("link", oid, parent, name, path)
+        self._answer_final.add(self._seq)
         self._send(m.LinkMsg(self._seq, oid, parent, name))
 
     async def send_remove(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
         await self._room_for_one()
         self._seq += 1
         self.inflight[self._seq] = NameOp("remove", oid, parent, name, path)
+        self._answer_final.add(self._seq)
         self._send(m.RemoveMsg(self._seq, oid, parent, name))
 
     async def settle(self) -> None:
@@ -652,15 +665,21 @@ class Sender:
 
         await self._drain_all()
 
-    async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False, seal: bool = False) -> int:
+    async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False, seal: bool = False,
+                     in_full: bool = False) -> int:
         """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs.
 
         ``seal``: then ask for a token vouching for this session (`sealed`).  ``bye``: this is
         the session's last request; Bye goes right behind, so the agent answers and exits in
-        the same round trip (`run` then only waits for the channels to close).
+        the same round trip (`run` then only waits for the channels to close).  ``in_full``:
+        Finish may go as soon as every item's data is sent (`_sent_in_full`); the answers of
+        the items still in flight come before Finished, which is checked.
         """
 
-        await self._drain_all()
+        if in_full:
+            await self._sent_in_full()
+        else:
+            await self._drain_all()
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
@@ -671,6 +690,8 @@ class Sender:
             self._send(m.Bye())
         await self._drain()
         finished = await self._await(self.finished)
+        if self.inflight:  # the agent answers in order: every item before Finished
+            raise ProtocolError(f"Finished came before the answers of {len(self.inflight)} items")
         if self._sealed is not None:
             self.sealed = await self._await(self._sealed)
         return finished.deleted
@@ -695,7 +716,8 @@ class Sender:
         if not bye_sent:
             self._send(m.Bye())
         self._flush()
-        await asyncio.wait_for(self.chan.drain(), 30)
+        with contextlib.suppress(ConnectionError):  # the agent read Bye and exited first: its end is closed
+            await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
         await self.chan.wait()
 
@@ -736,6 +758,27 @@ class Sender:
                 self._flush()
                 await self.changed.wait()
 
+    async def _sent_in_full(self) -> None:
+        """Wait until every item in flight has had all it will get: only its last answer is due.
+
+        The first answers (NEED, block sums) are still awaited, data sent where asked, and a
+        delta or a rename by id answered (the agent may ask again for the whole); the last
+        answers of the rest are not.  A message sent after this reaches the agent behind
+        everything those items still need.
+        """
+
+        await self._drain()
+        while len(self.inflight) > len(self._answer_final) or self.need:
+            self._check()
+            if self.need:
+                await self._send_data()
+                continue
+            self.changed.clear()
+            if len(self.inflight) > len(self._answer_final) and not self.need:
+                self._flush()
+                await self.changed.wait()
+        self._flush()
+
     # -- data ----------------------------------------------------------------------------
 
     async def _send_data(self) -> None:
@@ -752,6 +795,7 @@ class Sender:
             if sums is None and not again and any(lane.ready for lane in self.lanes):
                 await self.lane_work.put((seq, se))  # a delta needs the main session's copy
                 continue
+            self._answer_final.add(seq)  # but for a delta (below), the agent may ask again
             try:
                 fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
@@ -764,6 +808,7 @@ class Sender:
                     if (rest := packer.take()) is not None:
                         self._send(rest)
                     self._delta_sent.add(seq)
+                    self._answer_final.discard(seq)
                     await self._delta(seq, fd, st0, mtime, sums)
                 elif st0.st_size <= SMALL_FILE:
                     small, carried = read_small(seq, fd, st0, mtime)

@@ -1,0 +1,103 @@
+"""The real sender and the real agent: the end of a run does not wait a round trip for answers.
+
+The agent applies a session's messages in order, so Finish may follow the last file's data
+at once; only items whose answer could make the sender send more (NEED, block sums, a
+delta that may be refused) are waited for.  A channel that delays the agent's answers
+(a slow return path, as a WAN would) shows which: Finish must be written while the
+answers to data already sent are still on their way, and the run must still end with
+every file answered and in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from treecmp import diff, snapshot
+
+from georep.model import Summary
+from georep.protocol import messages as m
+from georep.protocol.session import Role, Session
+from georep.source.crawl import Crawler
+from georep.source.identity import IdStore
+from georep.transport.channel import PipeChannel, local_agent_argv
+from georep.transport.sender import Options, Sender
+
+DELAY_S = 0.2
+
+
+class SlowReturn:
+    """A pipe channel to the real agent whose answers arrive ``DELAY_S`` late; it notes, when
+    the sender writes Finish, how many final answers to file data it has read by then."""
+
+    def __init__(self, inner: PipeChannel) -> None:
+        self.inner = inner
+        self.outgoing = Session(Role.AGENT)  # passive decoders of both streams
+        self.incoming = Session(Role.SENDER)
+        self.data_sent: set[int] = set()
+        self.answered: set[int] = set()
+        self.answered_at_finish: int | None = None
+
+    @property
+    def bytes_written(self) -> int:
+        return self.inner.bytes_written
+
+    async def read(self) -> bytes:
+        data = await self.inner.read()
+        if data:
+            await asyncio.sleep(DELAY_S)
+        for msg in self.incoming.receive(data):
+            if isinstance(msg, m.Results):
+                self.answered.update(r.seq for r in msg.items if r.status != m.NEED and r.seq in self.data_sent)
+        return data
+
+    def write(self, data: bytes) -> None:
+        for msg in self.outgoing.receive(data):
+            if isinstance(msg, m.Blobs):
+                self.data_sent.update(f.seq for f in msg.files)
+            elif isinstance(msg, m.Finish):
+                self.answered_at_finish = len(self.answered)
+        self.inner.write(data)
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def close_input(self) -> None:
+        await self.inner.close_input()
+
+    async def wait(self) -> int | None:
+        return await self.inner.wait()
+
+    def stderr_text(self) -> str:
+        return self.inner.stderr_text()
+
+
+async def replicate(src: Path, dst: Path, state: Path) -> tuple[Summary, SlowReturn]:
+    store = IdStore(state, os.fsencode(src))
+    try:
+        crawler = Crawler(os.fsencode(src), store)
+        chan = SlowReturn(await PipeChannel.start(local_agent_argv(str(dst))))
+        sender = Sender(chan, Options())  # type: ignore[arg-type]
+        await sender.handshake()
+        summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
+        return summary, chan
+    finally:
+        store.close()
+
+
+def test_finish_follows_the_last_data_without_waiting_for_its_answers(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    (src / "d").mkdir(parents=True)
+    for i in range(300):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(1000 + i))
+    os.link(src / "d" / "f0", src / "extra name")  # a link goes out behind the data too
+
+    summary, chan = asyncio.run(replicate(src, dst, state))
+
+    assert len(chan.data_sent) == 300
+    assert chan.answered_at_finish is not None and chan.answered_at_finish < len(chan.data_sent)
+    assert chan.answered == chan.data_sent  # ... and every answer still came, before Finished
+    assert summary.problems == [] and summary.files == 300
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert os.stat(dst / "extra name").st_ino == os.stat(dst / "d" / "f0").st_ino
