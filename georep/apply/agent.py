@@ -64,7 +64,7 @@ from georep.protocol import messages as m
 from georep.protocol.delta import MIN_BASIS, DeltaError, Rebuild, block_hash, block_size_for, pieces
 from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import CHUNK_SIZE
-from georep.protocol.session import Role, Session, State
+from georep.protocol.session import Role, Session
 
 ANY_HOLDER = m.ANY_HOLDER
 
@@ -1241,7 +1241,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
             for msg in session.receive(data):
                 if isinstance(msg, m.Hello):
                     out += session.answer_hello(msg)
-                    if session.state is State.CLOSED:
+                    if session.refused:  # (not the state: a Bye in Hello's flight closed it too)
                         _write_all(out_fd, out)
                         return 25
                     scope = msg.scope

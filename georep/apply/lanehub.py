@@ -158,7 +158,7 @@ class LaneHub:
             if isinstance(msg, m.Hello):
                 with contextlib.suppress(OSError):  # gone already: seen at the next read, like any lane that left
                     conn.sock.sendall(conn.session.answer_hello(msg))
-                if not conn.session.can_send:  # another version: told so, and let go
+                if conn.session.refused:  # another version: told so, and let go
                     self._drop(conn)
                     return
             elif not conn.joined:

@@ -8,6 +8,11 @@ the first bytes, and the error shows what arrived instead.  Then the sender send
 `Hello`; the agent answers `HelloOk` when it speaks the same version, or `ErrorMsg`
 naming `AgentVersionMismatch` and closes.
 
+The sender need not wait for ``HelloOk``: unless it must learn something from the
+agent first (a ``Resume`` answer, the round trip that decides on lanes), its requests
+follow Hello in the same flight.  An agent that refuses the version reads nothing behind
+Hello and answers the refusal.
+
 Version-skew policy: both ends must speak the same ``PROTOCOL_VERSION``; there is no
 negotiation.  A release that changes the message set bumps the version, and the
 operator upgrades both sides (the error says so).  This keeps every decoder exact.
@@ -70,6 +75,8 @@ class Session:
         self._head = b""
         self._allowed = m.FROM_SENDER if role is Role.AGENT else m.FROM_AGENT
         self._can_send = True
+        #: the agent's: answer_hello refused the sender's version (what follows Hello is not read)
+        self.refused = False
 
     @property
     def can_send(self) -> bool:
@@ -116,6 +123,8 @@ class Session:
             handled = self._handle(msg)
             if handled is not None:
                 out.append(handled)
+            if isinstance(handled, m.Hello) and self.state is State.CLOSED:
+                break  # another version: what it sent behind Hello is not read, the refusal is answered
         return out
 
     def answer_hello(self, hello: m.Hello) -> bytes:
@@ -124,6 +133,7 @@ class Session:
         if hello.version != PROTOCOL_VERSION:
             self.state = State.CLOSED
             self._can_send = False
+            self.refused = True
             err = AgentVersionMismatch(
                 f"the sender speaks protocol v{hello.version} ({hello.software}), "
                 f"this agent speaks v{PROTOCOL_VERSION} ({SOFTWARE})"

@@ -126,6 +126,26 @@ def test_version_mismatch_both_directions() -> None:
         sender.receive(MAGIC + encode(m.HelloOk(PROTOCOL_VERSION + 1, "future", False)))
 
 
+def test_requests_behind_hello_flow_and_another_version_is_still_answered() -> None:
+    """The sender may send its requests in Hello's flight; a refused Hello hides them."""
+
+    sender = Session(Role.SENDER)
+    flight = sender.initiate() + sender.send(SAMPLES[m.EntryMsg]) + sender.send(SAMPLES[m.Finish])
+    agent = Session(Role.AGENT)
+    assert [type(x) for x in agent.receive(flight)] == [m.Hello, m.EntryMsg, m.Finish]
+    agent = Session(Role.AGENT)
+    (hello, bye) = agent.receive(sender.initiate() + encode(m.Bye()))  # a whole (empty) run in one flight
+    assert isinstance(hello, m.Hello) and isinstance(bye, m.Bye) and agent.state is State.CLOSED
+    peer = Session(Role.SENDER)  # closed by Bye, not refused: the answer is HelloOk
+    assert peer.receive(MAGIC + agent.answer_hello(hello)) == [] and peer.state is State.READY
+    assert not agent.refused
+    future = MAGIC + encode(m.Hello(PROTOCOL_VERSION + 1, "future", "")) + encode(SAMPLES[m.EntryMsg])
+    agent = Session(Role.AGENT)
+    (hello,) = agent.receive(future)
+    assert isinstance(hello, m.Hello) and agent.state is State.CLOSED
+    assert b"AgentVersionMismatch" in agent.answer_hello(hello) and agent.refused
+
+
 def test_shell_noise_instead_of_magic_is_shown() -> None:
     with pytest.raises(ProtocolError, match="Welcome"):
         Session(Role.SENDER).receive(b"Welcome to host\n\x1b[31m")

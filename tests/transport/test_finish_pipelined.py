@@ -1,4 +1,7 @@
-"""The real sender and the real agent: the end of a run does not wait a round trip for answers.
+"""The real sender and the real agent: neither the start nor the end of a run waits a round trip.
+
+At the start, the entries follow Hello in its flight: nothing in HelloOk changes what a
+first copy sends.
 
 The agent applies a session's messages in order, so Finish may follow the last file's data
 at once; only items whose answer could make the sender send more (NEED, block sums, a
@@ -12,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
+import pytest
 from treecmp import diff, snapshot
 
+from georep.errors import AgentVersionMismatch
 from georep.model import Summary
 from georep.protocol import messages as m
-from georep.protocol.session import Role, Session
+from georep.protocol.session import Role, Session, State
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
 from georep.transport.channel import PipeChannel, local_agent_argv
@@ -38,6 +44,8 @@ class SlowReturn:
         self.data_sent: set[int] = set()
         self.answered: set[int] = set()
         self.answered_at_finish: int | None = None
+        self.entries_before_hello_ok = 0
+        self.hello_ok_read = False
 
     @property
     def bytes_written(self) -> int:
@@ -50,6 +58,7 @@ class SlowReturn:
         for msg in self.incoming.receive(data):
             if isinstance(msg, m.Results):
                 self.answered.update(r.seq for r in msg.items if r.status != m.NEED and r.seq in self.data_sent)
+        self.hello_ok_read = self.hello_ok_read or self.incoming.state is State.READY  # the sender has it now
         return data
 
     def write(self, data: bytes) -> None:
@@ -58,6 +67,8 @@ class SlowReturn:
                 self.data_sent.update(f.seq for f in msg.files)
             elif isinstance(msg, m.Finish):
                 self.answered_at_finish = len(self.answered)
+            elif isinstance(msg, m.EntryMsg) and not self.hello_ok_read:
+                self.entries_before_hello_ok += 1
         self.inner.write(data)
 
     async def drain(self) -> None:
@@ -73,11 +84,11 @@ class SlowReturn:
         return self.inner.stderr_text()
 
 
-async def replicate(src: Path, dst: Path, state: Path) -> tuple[Summary, SlowReturn]:
+async def replicate(src: Path, dst: Path, state: Path, argv: list[str] | None = None) -> tuple[Summary, SlowReturn]:
     store = IdStore(state, os.fsencode(src))
     try:
         crawler = Crawler(os.fsencode(src), store)
-        chan = SlowReturn(await PipeChannel.start(local_agent_argv(str(dst))))
+        chan = SlowReturn(await PipeChannel.start(argv or local_agent_argv(str(dst))))
         sender = Sender(chan, Options())  # type: ignore[arg-type]
         await sender.handshake()
         summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
@@ -101,3 +112,29 @@ def test_finish_follows_the_last_data_without_waiting_for_its_answers(tmp_path: 
     assert summary.problems == [] and summary.files == 300
     assert diff(snapshot(src), snapshot(dst)) == []
     assert os.stat(dst / "extra name").st_ino == os.stat(dst / "d" / "f0").st_ino
+
+
+def test_entries_follow_hello_without_waiting_for_its_answer(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").write_bytes(b"x" * i)
+
+    summary, chan = asyncio.run(replicate(src, dst, state))
+
+    assert chan.entries_before_hello_ok == 51  # the root and every file, all in Hello's flight
+    assert summary.problems == [] and summary.files == 50
+    assert diff(snapshot(src), snapshot(dst)) == []
+
+
+def test_an_agent_of_another_version_refuses_clearly_what_came_behind_hello(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    future_agent = [sys.executable, "-c",
+                    "import georep; georep.PROTOCOL_VERSION += 1\n"
+                    "from georep.cli.main import main; raise SystemExit(main())", "agent", str(dst)]
+
+    with pytest.raises(AgentVersionMismatch, match="this agent speaks v"):
+        asyncio.run(replicate(src, dst, state, future_agent))
+    assert not (dst / "f").exists()
