@@ -16,14 +16,20 @@ import getpass
 import os
 import shlex
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import asyncssh
-
 from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
 from georep.transport.channel import STDERR_KEEP, JoinedChannel
+
+with warnings.catch_warnings():
+    # asyncssh names DSA types at import, which cryptography 51 deprecates with a warning on
+    # stderr: nothing an operator can act on (the user's keys are not involved), so it is
+    # not shown.  Only that warning, and only while asyncssh is imported.
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    import asyncssh
 
 #: Fastest first on this hardware (measured: aes128-gcm ≈ 527 MB/s on loopback).
 CIPHERS = [
