@@ -18,14 +18,15 @@ In Python the worker still needs the GIL back after each system call and waits f
 thread's switch interval to get it, so the halves barely overlapped (measured: the agent
 stayed at one core).  `georep._native` (built from ``native/georep_native.c``) writes a
 whole batch with the GIL released; `write_small` below is its pure-Python twin and the
-reference, used for files with xattrs (in runs of the batch), where the extension is not built, or with
-``GEOREP_NATIVE=0``.
+reference, used for files with xattrs (the rest of their batch stays native), where the
+extension is not built, or with ``GEOREP_NATIVE=0``.
 """
 
 from __future__ import annotations
 
 import collections
 import importlib
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -194,17 +195,8 @@ def write_batch(staging_fd: int, privileged: bool, batch: list[SmallJob]) -> Non
     order of the batch.
     """
 
-    if native is None:
-        _write_by_twin(staging_fd, privileged, batch)
-        return
-    start = 0
-    while start < len(batch):
-        tagged = bool(batch[start].meta.xattrs)
-        stop = start + 1
-        while stop < len(batch) and bool(batch[stop].meta.xattrs) == tagged:
-            stop += 1
-        (_write_by_twin if tagged else _write_natively)(staging_fd, privileged, batch[start:stop])
-        start = stop
+    for by_twin, run in itertools.groupby(batch, key=lambda job: native is None or bool(job.meta.xattrs)):
+        (_write_by_twin if by_twin else _write_natively)(staging_fd, privileged, list(run))
 
 
 def _write_natively(staging_fd: int, privileged: bool, run: list[SmallJob]) -> None:

@@ -75,7 +75,8 @@ class Session:
         self._head = b""
         self._allowed = m.FROM_SENDER if role is Role.AGENT else m.FROM_AGENT
         self._can_send = True
-        #: the agent's: answer_hello refused the sender's version (what follows Hello is not read)
+        #: the agent's: the sender's Hello names another version (what follows it is not read;
+        #: `answer_hello` refuses it)
         self.refused = False
 
     @property
@@ -123,8 +124,8 @@ class Session:
             handled = self._handle(msg)
             if handled is not None:
                 out.append(handled)
-            if isinstance(handled, m.Hello) and self.state is State.CLOSED:
-                break  # another version: what it sent behind Hello is not read, the refusal is answered
+            if self.refused:
+                break  # what the sender sent behind a refused Hello is not read: the refusal is answered
         return out
 
     def answer_hello(self, hello: m.Hello) -> bytes:
@@ -133,7 +134,6 @@ class Session:
         if hello.version != PROTOCOL_VERSION:
             self.state = State.CLOSED
             self._can_send = False
-            self.refused = True
             err = AgentVersionMismatch(
                 f"the sender speaks protocol v{hello.version} ({hello.software}), "
                 f"this agent speaks v{PROTOCOL_VERSION} ({SOFTWARE})"
@@ -167,7 +167,8 @@ class Session:
             if self.role is Role.AGENT and isinstance(msg, m.Hello):
                 self.peer_software = msg.software
                 self.scope = msg.scope
-                self.state = State.READY if msg.version == PROTOCOL_VERSION else State.CLOSED
+                self.refused = msg.version != PROTOCOL_VERSION
+                self.state = State.CLOSED if self.refused else State.READY
                 return msg
             if self.role is Role.SENDER and isinstance(msg, m.HelloOk):
                 if msg.version != PROTOCOL_VERSION:

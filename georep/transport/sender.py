@@ -591,16 +591,16 @@ class Sender:
                 else:
                     await self.send_entry(se)
             # The agent applies this session's messages in order, so what follows only has to
-            # come behind every item's last data, not behind its answer (`_sent_in_full`):
+            # come behind every item's last data, not behind its answer (`_drain_all`):
             # the extra names, the removals and Finish each skip a round trip.
-            await self._sent_in_full()  # every inode's data is ahead of its extra names
+            await self._drain_all(in_full=True)  # every inode's data is ahead of its extra names
             while page := links():
                 for oid, parent, name, path in page:
                     await self.send_link(oid, parent, name, path)
             if removals is not None:
                 for oid, parent, name, path in removals():
                     await self.send_remove(oid, parent, name, path)
-            await self._sent_in_full()
+            await self._drain_all(in_full=True)  # the lanes' work is done: they may close
             # nothing more goes to a lane: they close while the agent sweeps, and Bye rides
             # behind Finish, so the end of a run costs one round trip, not one per channel
             await self._stop_opening_lanes()
@@ -680,14 +680,11 @@ class Sender:
         ``seal``: then ask for a token vouching for this session (`sealed`).  ``bye``: this is
         the session's last request; Bye goes right behind, so the agent answers and exits in
         the same round trip (`run` then only waits for the channels to close).  ``in_full``:
-        Finish may go as soon as every item's data is sent (`_sent_in_full`); the answers of
+        Finish may go as soon as every item's data is sent (`_drain_all`); the answers of
         the items still in flight come before Finished, which is checked.
         """
 
-        if in_full:
-            await self._sent_in_full()
-        else:
-            await self._drain_all()
+        await self._drain_all(in_full=in_full)
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
@@ -754,38 +751,25 @@ class Sender:
     def _window(self) -> int:
         return self.opts.window_with_lanes if self._lanes_task is not None else self.opts.window
 
-    async def _drain_all(self) -> None:
-        await self._drain()
-        while self.inflight:
-            self._check()
-            if self.need:
-                await self._send_data()
-                continue
-            self.changed.clear()
-            if self.inflight and not self.need:
-                self._flush()
-                await self.changed.wait()
+    async def _drain_all(self, *, in_full: bool = False) -> None:
+        """Wait until every item in flight has its last answer, data sent where asked.
 
-    async def _sent_in_full(self) -> None:
-        """Wait until every item in flight has had all it will get: only its last answer is due.
-
-        The first answers (NEED, block sums) are still awaited, data sent where asked, and a
-        delta or a rename by id answered (the agent may ask again for the whole); the last
-        answers of the rest are not.  A message sent after this reaches the agent behind
-        everything those items still need.
+        ``in_full``: only until nothing the agent could still say would make the sender send
+        more (`_answer_final`): the first answers (NEED, block sums) and those to a delta or
+        a rename by id (the agent may ask again for the whole) are awaited, the last answers
+        of the rest are not.  The agent applies messages in order, so what is sent after
+        this reaches it behind everything those items still need.
         """
 
         await self._drain()
-        while len(self.inflight) > len(self._answer_final) or self.need:
+        while len(self.inflight) > (len(self._answer_final) if in_full else 0):
             self._check()
             if self.need:
                 await self._send_data()
                 continue
-            self.changed.clear()
-            if len(self.inflight) > len(self._answer_final) and not self.need:
-                self._flush()
-                await self.changed.wait()
-        self._flush()
+            self.changed.clear()  # (no await since the test above: no answer can slip by)
+            self._flush()
+            await self.changed.wait()
 
     # -- data ----------------------------------------------------------------------------
 

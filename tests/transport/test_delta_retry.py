@@ -7,69 +7,38 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import passthrough
+from passthrough import Passthrough
 from treecmp import diff, snapshot
 
 from georep.model import Summary
 from georep.protocol import messages as m
 from georep.protocol.session import Role, Session
-from georep.source.crawl import Crawler
-from georep.source.identity import IdStore
-from georep.transport.channel import PipeChannel, local_agent_argv
-from georep.transport.sender import Options, Sender
+from georep.transport.channel import PipeChannel
 
 MIB = 1 << 20
 
 
-class Watched:
-    """A pipe channel to the real agent that calls ``on_sums`` when a BlockSums passes (nothing altered)."""
+class Watched(Passthrough):
+    """Calls ``on_sums`` when a BlockSums passes (nothing altered)."""
 
     def __init__(self, inner: PipeChannel, on_sums: Callable[[m.BlockSums], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.on_sums = on_sums
         self.seen = Session(Role.SENDER)  # a passive decoder of the agent's stream
         self.sums = 0
 
-    @property
-    def bytes_written(self) -> int:
-        return self.inner.bytes_written
-
-    async def read(self) -> bytes:
-        data = await self.inner.read()
+    async def from_agent(self, data: bytes) -> None:
         for msg in self.seen.receive(data):
             if isinstance(msg, m.BlockSums):
                 self.sums += 1
                 self.on_sums(msg)
-        return data
-
-    def write(self, data: bytes) -> None:
-        self.inner.write(data)
-
-    async def drain(self) -> None:
-        await self.inner.drain()
-
-    async def close_input(self) -> None:
-        await self.inner.close_input()
-
-    async def wait(self) -> int | None:
-        return await self.inner.wait()
-
-    def stderr_text(self) -> str:
-        return self.inner.stderr_text()
 
 
 async def replicate(
     src: Path, dst: Path, state: Path, on_sums: Callable[[m.BlockSums], None]
 ) -> tuple[Summary, Watched]:
-    store = IdStore(state, os.fsencode(src))
-    try:
-        crawler = Crawler(os.fsencode(src), store)
-        chan = Watched(await PipeChannel.start(local_agent_argv(str(dst))), on_sums)
-        sender = Sender(chan, Options())  # type: ignore[arg-type]
-        await sender.handshake()
-        summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
-        return summary, chan
-    finally:
-        store.close()
+    return await passthrough.replicate(src, dst, state, lambda chan: Watched(chan, on_sums))
 
 
 def test_basis_changed_between_hashing_and_copying_is_resent_whole(tmp_path: Path) -> None:

@@ -18,27 +18,26 @@ import os
 import sys
 from pathlib import Path
 
+import passthrough
 import pytest
+from passthrough import Passthrough
 from treecmp import diff, snapshot
 
 from georep.errors import AgentVersionMismatch
 from georep.model import Summary
 from georep.protocol import messages as m
 from georep.protocol.session import Role, Session, State
-from georep.source.crawl import Crawler
-from georep.source.identity import IdStore
-from georep.transport.channel import PipeChannel, local_agent_argv
-from georep.transport.sender import Options, Sender
+from georep.transport.channel import PipeChannel
 
 DELAY_S = 0.2
 
 
-class SlowReturn:
-    """A pipe channel to the real agent whose answers arrive ``DELAY_S`` late; it notes, when
-    the sender writes Finish, how many final answers to file data it has read by then."""
+class SlowReturn(Passthrough):
+    """The agent's answers arrive ``DELAY_S`` late; noted: how many final answers to file data
+    the sender had read when it wrote Finish, and how many entries it wrote before HelloOk."""
 
     def __init__(self, inner: PipeChannel) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.outgoing = Session(Role.AGENT)  # passive decoders of both streams
         self.incoming = Session(Role.SENDER)
         self.data_sent: set[int] = set()
@@ -47,21 +46,15 @@ class SlowReturn:
         self.entries_before_hello_ok = 0
         self.hello_ok_read = False
 
-    @property
-    def bytes_written(self) -> int:
-        return self.inner.bytes_written
-
-    async def read(self) -> bytes:
-        data = await self.inner.read()
+    async def from_agent(self, data: bytes) -> None:
         if data:
             await asyncio.sleep(DELAY_S)
         for msg in self.incoming.receive(data):
             if isinstance(msg, m.Results):
                 self.answered.update(r.seq for r in msg.items if r.status != m.NEED and r.seq in self.data_sent)
         self.hello_ok_read = self.hello_ok_read or self.incoming.state is State.READY  # the sender has it now
-        return data
 
-    def write(self, data: bytes) -> None:
+    def from_sender(self, data: bytes) -> None:
         for msg in self.outgoing.receive(data):
             if isinstance(msg, m.Blobs):
                 self.data_sent.update(f.seq for f in msg.files)
@@ -69,32 +62,10 @@ class SlowReturn:
                 self.answered_at_finish = len(self.answered)
             elif isinstance(msg, m.EntryMsg) and not self.hello_ok_read:
                 self.entries_before_hello_ok += 1
-        self.inner.write(data)
-
-    async def drain(self) -> None:
-        await self.inner.drain()
-
-    async def close_input(self) -> None:
-        await self.inner.close_input()
-
-    async def wait(self) -> int | None:
-        return await self.inner.wait()
-
-    def stderr_text(self) -> str:
-        return self.inner.stderr_text()
 
 
 async def replicate(src: Path, dst: Path, state: Path, argv: list[str] | None = None) -> tuple[Summary, SlowReturn]:
-    store = IdStore(state, os.fsencode(src))
-    try:
-        crawler = Crawler(os.fsencode(src), store)
-        chan = SlowReturn(await PipeChannel.start(argv or local_agent_argv(str(dst))))
-        sender = Sender(chan, Options())  # type: ignore[arg-type]
-        await sender.handshake()
-        summary = await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
-        return summary, chan
-    finally:
-        store.close()
+    return await passthrough.replicate(src, dst, state, SlowReturn, argv)
 
 
 def test_finish_follows_the_last_data_without_waiting_for_its_answers(tmp_path: Path) -> None:
