@@ -94,6 +94,47 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
 
 
 @pytest.mark.ssh
+def test_every_joined_lane_is_opened_in_the_same_round_trip(sshd: Sshd, tmp_path: Path) -> None:
+    """No lane waits for another to open: at 40 ms, all four channel opens leave before the first is answered.
+
+    (Opening lane #1 alone to learn whether sshd forwards to the agent's socket cost the other
+    lanes a round trip at the start of every run.)
+    """
+
+    from bench.proxy import Link, WanProxy
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    proxy = WanProxy(sshd.port, Link(rtt=0.040)).start()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
+    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
+    events: list[str] = []
+
+    async def ssh() -> object:
+        chan = await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
+        join = chan.join
+
+        async def recorded_join(path: bytes) -> JoinedChannel:
+            events.append("asked")
+            try:
+                return await join(path)
+            finally:
+                events.append("answered")
+
+        chan.join = recorded_join  # type: ignore[method-assign]
+        return chan
+
+    try:
+        sender = asyncio.run(_oneshot(ssh, src, state, Lanes(4)))
+    finally:
+        proxy.stop()
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert (sender.summary.lanes_kind, sender.summary.lanes) == ("joined", 4)
+    assert events == ["asked"] * 4 + ["answered"] * 4
+
+
+@pytest.mark.ssh
 @pytest.mark.parametrize(("rtt_ms", "opened"), [(0, 0), (20, 2), (60, 2)])
 def test_by_default_lanes_open_only_on_a_long_round_trip(sshd: Sshd, tmp_path: Path, rtt_ms: int,
                                                          opened: int) -> None:
