@@ -499,7 +499,6 @@ class Sender:
         which seven of eight lanes carried nothing.)
         """
 
-        failed: list[BaseException] = []
         if self.opts.lanes.join and hasattr(self.chan, "join"):
             offer = await self._ask_lane_socket()
             if offer.path:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
 from georep.transport.channel import JoinedChannel, PipeChannel, local_agent_argv
 from georep.transport.sender import Lanes, Options, Sender
-from georep.transport.ssh import SshTarget, open_ssh
+from georep.transport.ssh import SshChannel, SshTarget, open_ssh
 
 MIB = 1 << 20
 
@@ -54,28 +55,37 @@ def _staging(dst: Path) -> list[str]:
     return os.listdir(dst / ".georep" / "staging")
 
 
+@contextlib.contextmanager
+def _ssh_through_proxy(sshd: Sshd, tmp_path: Path, dst: Path, rtt: float
+                       ) -> Iterator[Callable[[], Awaitable[SshChannel]]]:
+    """An opener of SSH channels to ``dst`` on ``sshd``, through the WAN proxy adding ``rtt`` seconds."""
+
+    from bench.proxy import Link, WanProxy
+
+    proxy = WanProxy(sshd.port, Link(rtt=rtt)).start()
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
+        target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
+
+        async def ssh() -> SshChannel:
+            return await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
+
+        yield ssh
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.ssh
 def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     """At 40 ms one channel moves 2 MiB per round trip: once ready, the lanes take the big files."""
-
-    from bench.proxy import Link, WanProxy
 
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     build_fidelity_tree(src, files=300)
     for i in range(3):
         (src / f"big{i}.bin").write_bytes(os.urandom(24 * MIB + i))
-    proxy = WanProxy(sshd.port, Link(rtt=0.040)).start()
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
-    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
-
-    async def ssh() -> object:
-        return await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
-
-    try:
+    with _ssh_through_proxy(sshd, tmp_path, dst, 0.040) as ssh:
         sender = asyncio.run(_oneshot(ssh, src, state, Lanes(3)))
-    finally:
-        proxy.stop()
     assert sender.summary.problems == []
     assert diff(snapshot(src), snapshot(dst)) == []
     assert len(sender.lanes) == 3
@@ -101,18 +111,12 @@ def test_every_joined_lane_is_opened_in_the_same_round_trip(sshd: Sshd, tmp_path
     lanes a round trip at the start of every run.)
     """
 
-    from bench.proxy import Link, WanProxy
-
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     _tree(src)
-    proxy = WanProxy(sshd.port, Link(rtt=0.040)).start()
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
-    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
     events: list[str] = []
 
-    async def ssh() -> object:
-        chan = await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
+    async def recording(ssh: Callable[[], Awaitable[SshChannel]]) -> SshChannel:
+        chan = await ssh()
         join = chan.join
 
         async def recorded_join(path: bytes) -> JoinedChannel:
@@ -125,10 +129,8 @@ def test_every_joined_lane_is_opened_in_the_same_round_trip(sshd: Sshd, tmp_path
         chan.join = recorded_join  # type: ignore[method-assign]
         return chan
 
-    try:
-        sender = asyncio.run(_oneshot(ssh, src, state, Lanes(4)))
-    finally:
-        proxy.stop()
+    with _ssh_through_proxy(sshd, tmp_path, dst, 0.040) as ssh:
+        sender = asyncio.run(_oneshot(lambda: recording(ssh), src, state, Lanes(4)))
     assert diff(snapshot(src), snapshot(dst)) == []
     assert (sender.summary.lanes_kind, sender.summary.lanes) == ("joined", 4)
     assert events == ["asked"] * 4 + ["answered"] * 4
@@ -141,22 +143,10 @@ def test_by_default_lanes_open_only_on_a_long_round_trip(sshd: Sshd, tmp_path: P
     """Through a userspace proxy adding the delay: at 60 ms the connection's own time says so
     (six round trips), at 20 ms the Ping after the handshake does, at 0 ms neither."""
 
-    from bench.proxy import Link, WanProxy
-
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     _tree(src)
-    proxy = WanProxy(sshd.port, Link(rtt=rtt_ms / 1000)).start()
-    known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_key_pub}\n")
-    target = SshTarget.parse(f"ssh://root@127.0.0.1:{proxy.port}{dst}")
-
-    async def ssh() -> object:
-        return await open_ssh(target, sshd.remote_command, known_hosts=known, identities=[sshd.identity])
-
-    try:
+    with _ssh_through_proxy(sshd, tmp_path, dst, rtt_ms / 1000) as ssh:
         sender = asyncio.run(_oneshot(ssh, src, state, Lanes(2, min_rtt=0.010)))
-    finally:
-        proxy.stop()
     assert sender.rtt is not None and sender.rtt >= rtt_ms / 1000
     assert len(sender.lanes) == opened
     assert diff(snapshot(src), snapshot(dst)) == []
