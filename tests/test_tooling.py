@@ -48,3 +48,33 @@ def test_layers_point_one_way() -> None:
                 continue
             bad.append(f"{'/'.join(rel)}: {line.strip()}")
     assert bad == []
+
+
+def test_records_are_read_only_to_the_type_checker(tmp_path: Path) -> None:
+    """`georep.model.record` drops the runtime freeze for speed: mypy must still refuse every assignment."""
+
+    snippet = tmp_path / "assign.py"
+    snippet.write_text(
+        "from georep.model import Entry, Kind, Meta, ROOT_ID\n"
+        "from georep.protocol.messages import EntryMsg, Result\n"
+        "from georep.source.crawl import SourceEntry\n"
+        "meta = Meta(0o644, 0, 0, 0)\n"
+        "meta.mode = 0o600\n"
+        "entry = Entry(b'i' * 16, ROOT_ID, b'n', Kind.FILE, meta)\n"
+        "entry.name = b'other'\n"
+        "SourceEntry(entry, b'/p').path = b'/q'\n"
+        "Result(1, 0, '').status = 2\n"
+        "EntryMsg(1, b'', b'', b'', 1, 0, 0, 0, 0, [], 0, b'', 0).size = 5\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", str(snippet)], cwd=TOP, capture_output=True,
+                       text=True)
+    refused = sorted(int(line.split(":")[1]) for line in r.stdout.splitlines() if "is read-only" in line)
+    assert refused == [5, 7, 8, 9, 10], r.stdout + r.stderr
+
+
+def test_records_compare_and_hash_by_value() -> None:
+    from georep.model import Kind, Meta
+    from georep.protocol.messages import Result
+
+    assert Meta(0o644, 1, 2, 3) == Meta(0o644, 1, 2, 3) != Meta(0o644, 1, 2, 4)
+    assert len({Meta(0o644, 1, 2, 3), Meta(0o644, 1, 2, 3), Result(1, int(Kind.FILE), "")}) == 2

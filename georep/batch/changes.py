@@ -13,10 +13,9 @@ GlusterFS).  Names are raw bytes; kinds are `georep.model.Kind`, or None when un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
-from georep.model import ROOT_ID, Kind
+from georep.model import ROOT_ID, Kind, record
 from georep.source.changelog import DataRecord, EntryRecord, Fop, MetaRecord, Record
 
 #: Pseudo parent id of the secondary's staging directory (the all-ones gfid,
@@ -31,7 +30,7 @@ NameKey = tuple[bytes, bytes]  # (parent id, name)
 # -- changes (input) ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Create:
     """A new object got its first name (CREATE, MKDIR, MKNOD, SYMLINK)."""
 
@@ -41,7 +40,7 @@ class Create:
     kind: Kind | None  # None: unknown (treated like a directory for ordering)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Link:
     """An existing non-directory got one more name (LINK)."""
 
@@ -50,7 +49,7 @@ class Link:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rename:
     """A name moved (RENAME); whatever held the new name lost it (no UNLINK is journalled)."""
 
@@ -65,7 +64,7 @@ class Rename:
     kind: Kind | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unlink:
     """A non-directory lost one name (UNLINK); it is gone when it has no name left."""
 
@@ -74,7 +73,7 @@ class Unlink:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rmdir:
     """A directory was removed (RMDIR)."""
 
@@ -83,7 +82,7 @@ class Rmdir:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Data:
     """The object's content changed.  ``size``: a hint for batching by bytes, if known."""
 
@@ -91,7 +90,7 @@ class Data:
     size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Meta:
     """The object's metadata changed (mode, owner, times, xattrs); read at sync time."""
 
@@ -103,7 +102,7 @@ Change = Create | Link | Rename | Unlink | Rmdir | Data | Meta
 # -- operations (output) --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Make:
     """Make object ``id`` exist, as a new object named ``parent/name`` (see coalesce.py)."""
 
@@ -113,7 +112,7 @@ class Make:
     kind: Kind | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddLink:
     """Give existing non-directory ``id`` the extra name ``parent/name``."""
 
@@ -122,7 +121,7 @@ class AddLink:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Move:
     """Rename ``id`` from ``old_parent/old_name`` to ``new_parent/new_name``."""
 
@@ -133,7 +132,7 @@ class Move:
     new_name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Remove:
     """Take name ``parent/name`` away from ``id`` (set aside in staging until the batch ends)."""
 
@@ -142,7 +141,7 @@ class Remove:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Clear:
     """Set aside whatever holds ``parent/name``: a rename replaced it, then was coalesced away."""
 
@@ -150,7 +149,7 @@ class Clear:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncData:
     """Copy ``id``'s content as the source has it when the operation is sent."""
 
@@ -158,7 +157,7 @@ class SyncData:
     size: int | None = None  # the last size hint seen, for accounting only
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyncMeta:
     """Copy ``id``'s metadata as the source has it when the operation is sent."""
 

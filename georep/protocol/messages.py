@@ -1,21 +1,22 @@
 """The wire message set, version 5 (documented field by field in docs/PROTOCOL.md).
 
-Each message is a frozen dataclass with a numeric ``KIND``.  On the wire a message is
-the msgpack array ``[KIND, field1, field2, ...]`` in declaration order; the codec in
-`georep.protocol.framing` checks every field's type against the annotations below
-before a message object exists, so code past the decoder only ever sees well-typed
-values.  Names, ids, xattr values and file data travel as msgpack ``bin``.
+Each message is an immutable dataclass (`georep.model.record`) with a numeric ``KIND``.
+On the wire a message is the msgpack array ``[KIND, field1, field2, ...]`` in
+declaration order; the codec in `georep.protocol.framing` checks every field's type
+against the annotations below before a message object exists, so code past the decoder
+only ever sees well-typed values.  Names, ids, xattr values and file data travel as msgpack ``bin``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
+
+from georep.model import record
 
 # -- handshake ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hello:
     """Sender → agent, first message: who speaks which version."""
 
@@ -25,7 +26,7 @@ class Hello:
     scope: str  # which source this session speaks for (a brick of a volume; "" for a plain tree)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HelloOk:
     """Agent → sender, answer to Hello when the versions match."""
 
@@ -38,7 +39,7 @@ class HelloOk:
 # -- sender → agent ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EntryMsg:
     """Make ``parent/name`` be object ``id`` with this metadata.
 
@@ -64,7 +65,7 @@ class EntryMsg:
     rdev: int  # device nodes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LinkMsg:
     """Make ``parent/name`` one more hard link of ``id`` (already placed this session)."""
 
@@ -75,7 +76,7 @@ class LinkMsg:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MoveMsg:
     """Object ``id``, which the agent holds with the metadata last sent, is now at ``parent/name``.
 
@@ -96,7 +97,7 @@ class MoveMsg:
 ANY_HOLDER = bytes(16)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RemoveMsg:
     """Remove ``parent/name`` if it still holds ``id`` (a directory with everything below it).
 
@@ -111,7 +112,7 @@ class RemoveMsg:
     name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataBegin:
     """Data for the Entry ``seq`` follows in DataChunk messages, then DataEnd."""
 
@@ -120,7 +121,7 @@ class DataBegin:
     size: int  # final length (trailing holes are made by truncation)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataChunk:
     """Bytes at ``offset`` of the file being sent for ``seq`` (at most CHUNK_SIZE)."""
 
@@ -130,7 +131,7 @@ class DataChunk:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataEnd:
     """The file for ``seq`` is complete: check ``digest`` and publish it."""
 
@@ -140,7 +141,7 @@ class DataEnd:
     mtime_ns: int  # the mtime read after the data (the file may have changed meanwhile)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SmallFile:
     """One whole small file, packed with others into a Blobs message."""
 
@@ -151,7 +152,7 @@ class SmallFile:
     mtime_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Blobs:
     """Several small files in one frame: no per-file framing or round trip."""
 
@@ -159,7 +160,7 @@ class Blobs:
     files: list[SmallFile]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DataAbort:
     """The data for ``seq`` will not come (the source vanished or could not be read)."""
 
@@ -168,7 +169,7 @@ class DataAbort:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeltaBegin:
     """The new data for ``seq`` follows as a delta against the basis the agent hashed.
 
@@ -182,7 +183,7 @@ class DeltaBegin:
     size: int  # final length
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lane:
     """Sender → agent, first message after the handshake: this session is a data lane.
 
@@ -198,7 +199,7 @@ class Lane:
     KIND: ClassVar[int] = 26
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpenLanes:
     """Sender → agent (main session): "open a socket my data lanes can join you through".
 
@@ -211,7 +212,7 @@ class OpenLanes:
     KIND: ClassVar[int] = 33
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JoinLane:
     """Sender → agent, first message after the handshake on a connection to the `LaneSocket`."""
 
@@ -219,7 +220,7 @@ class JoinLane:
     token: bytes  # the LaneSocket's token: only the sender of the main session knows it
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Adopt:
     """Sender → agent (main session): the data asked for ``seq`` waits in staging as ``name``.
 
@@ -235,7 +236,7 @@ class Adopt:
     mtime_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ping:
     """Sender → agent: answer `Pong` with the same token at once (the sender measures the round trip)."""
 
@@ -243,7 +244,7 @@ class Ping:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resume:
     """Sender → agent, right after Hello: "my record of what you hold was sealed as ``token``".
 
@@ -256,7 +257,7 @@ class Resume:
     token: bytes  # 16 bytes from an earlier `Sealed`
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Seal:
     """Sender → agent, after a Finish: "vouch that this scope holds what I sent and nothing else wrote it".
 
@@ -266,7 +267,7 @@ class Seal:
     KIND: ClassVar[int] = 32
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finish:
     """Everything was sent: remove what the source no longer has, settle directories.
 
@@ -279,7 +280,7 @@ class Finish:
     allow_mass_delete: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Bye:
     """End of session; the agent exits 0."""
 
@@ -293,7 +294,7 @@ NEED = 1
 FAILED = 2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Result:
     """The outcome of one item (Entry, Link or data)."""
 
@@ -302,7 +303,7 @@ class Result:
     cause: str  # empty unless FAILED: one line, for the operator
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Results:
     """Per-item acknowledgements, packed: one failure never forces a resend of others."""
 
@@ -310,7 +311,7 @@ class Results:
     items: list[Result]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finished:
     """Answer to Finish."""
 
@@ -318,7 +319,7 @@ class Finished:
     deleted: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockSums:
     """Answer to an Entry instead of NEED: send the data, as a delta against my copy if you like.
 
@@ -335,7 +336,7 @@ class BlockSums:
     sums: bytes  # 16 × ceil(basis_size / block_size) bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Staged:
     """Lane → sender: the data of ``seq`` arrived whole, its digest matched, it waits as ``name``."""
 
@@ -344,7 +345,7 @@ class Staged:
     name: bytes  # in the agent's staging directory
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pong:
     """Agent → sender: the answer to `Ping`."""
 
@@ -352,7 +353,7 @@ class Pong:
     token: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resumed:
     """Agent → sender, the answer to `Resume`: whether the sender's record may be trusted."""
 
@@ -360,7 +361,7 @@ class Resumed:
     valid: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sealed:
     """Agent → sender, the answer to `Seal`: a token for the next `Resume`, or b"" if it cannot vouch."""
 
@@ -368,7 +369,7 @@ class Sealed:
     token: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LaneSocket:
     """Agent → sender, the answer to `OpenLanes`: lanes connect to ``path`` and present ``token``.
 
@@ -383,7 +384,7 @@ class LaneSocket:
     token: bytes  # 32 bytes when path is not empty
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorMsg:
     """A fatal error: the session ends.  ``error`` names a georep.errors class."""
 

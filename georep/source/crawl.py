@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from georep.errors import SourceMissing
-from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, replicable_xattr
+from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, record, replicable_xattr
 from georep.source.identity import IdStore
 
 #: Directory entries read ahead per level: their ids are looked up in one query (plain
@@ -42,7 +42,7 @@ LINKTO_XATTR = "trusted.glusterfs.dht.linkto"
 BRICK_SKIP_TOP = (b".glusterfs", b".trashcan")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SourceEntry:
     entry: Entry
     path: bytes  # absolute path on the source, to read data and metadata from
