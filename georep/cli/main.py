@@ -6,6 +6,7 @@ place that prints a traceback, and only with ``--debug``.
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from collections.abc import Callable
@@ -36,6 +37,26 @@ def _dispatch(argv: list[str]) -> Callable[[list[str]], int]:
     return oneshot.run
 
 
+#: Container allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _quiet_gc() -> None:
+    """Collect cycles less often, and never walk what was imported.
+
+    Per file, the sender and the agent allocate a few dozen short-lived lists, tuples and
+    records, and free them by reference counting: none of it forms a cycle.  With the
+    default threshold the cycle collector still ran every 700 allocations and walked
+    every young object: 4.5 % of the sender's samples on a first copy of small files
+    (py-spy --native).  Freezing what the imports made (asyncssh, the message classes)
+    keeps the rare full collections from walking it too.  Memory stays bounded: at most
+    this many young objects wait for a collection.
+    """
+
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("--version", "-V"):
@@ -43,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     debug = "--debug" in args
     try:
-        return _dispatch(args)(args)
+        command = _dispatch(args)
+        if argv is None:  # this process is georep-sync (not a test calling in)
+            _quiet_gc()
+        return command(args)
     except GeorepError as exc:
         if debug:
             traceback.print_exc()
