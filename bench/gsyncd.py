@@ -31,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -174,11 +176,33 @@ def utf8_copy_names(root: Path) -> int:
     return renamed
 
 
+#: Copies running side by side while a dataset is loaded into a primary volume.
+LOAD_COPIES = 4
+
+
 def _load(src: Path, vol: Volume, rel: str) -> float:
-    """Copy a dataset into the primary volume through FUSE; seconds taken (not part of any figure)."""
+    """Copy a dataset into the primary volume through FUSE; seconds taken (not part of any figure).
+
+    What ``cp -a SRC/. DST`` does, one ``cp -a`` per top-level entry, ``LOAD_COPIES`` at a
+    time: through FUSE every create waits for the brick, so one copy left both cores mostly
+    idle (the small tree: 41 s alone, 17 s four at a time).  The root's owner, mode and
+    times are set last, as ``cp -a`` would.
+    """
 
     t = time.perf_counter()
-    subprocess.run(["cp", "-a", f"{src}/.", str(vol.mount / rel)], check=True, capture_output=True)
+    dst = vol.mount / rel
+    dst.mkdir(exist_ok=True)
+
+    def copy(name: str) -> None:
+        subprocess.run(["cp", "-a", "--", str(src / name), f"{dst}/"], check=True, capture_output=True)
+
+    with ThreadPoolExecutor(LOAD_COPIES) as pool:
+        for _ in pool.map(copy, sorted(os.listdir(src))):
+            pass
+    st = os.lstat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
     roll_over(vol)
     return time.perf_counter() - t
 
