@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing has it from Python 3.12 on; it only informs the type checker
     from typing_extensions import dataclass_transform
 else:
     def dataclass_transform(**_kwargs: Any) -> Any:
