@@ -197,8 +197,7 @@ def _load(src: Path, vol: Volume, rel: str) -> float:
         subprocess.run(["cp", "-a", "--", str(src / name), f"{dst}/"], check=True, capture_output=True)
 
     with ThreadPoolExecutor(LOAD_COPIES) as pool:
-        for _ in pool.map(copy, sorted(os.listdir(src))):
-            pass
+        list(pool.map(copy, sorted(os.listdir(src))))  # (list: a failed copy raises here)
     st = os.lstat(src)
     os.chown(dst, st.st_uid, st.st_gid)
     os.chmod(dst, stat.S_IMODE(st.st_mode))

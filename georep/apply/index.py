@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from georep.model import Kind, ino_from_sql, ino_to_sql
+from georep.model import Kind, ino_from_sql, ino_to_sql, record
 
 #: Pseudo parent of objects moved aside into the staging directory.
 STAGING_ID = b"\xff" * 16
@@ -99,7 +99,7 @@ class SessionClaim:
     overlapped: bool  # another writer of the scope was running when this one started
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Obj:
     id: bytes
     kind: Kind

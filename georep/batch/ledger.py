@@ -42,13 +42,12 @@ import os
 import sqlite3
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
 from georep.errors import DaemonRunning, StateError
-from georep.model import Entry, Kind
+from georep.model import Entry, Kind, record
 from georep.source.crawl import SourceEntry
 
 _SCHEMA = """
@@ -88,7 +87,7 @@ class Verdict(enum.Enum):
     NEW = "new"  # the name is not recorded
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Moved:
     """An entry whose only change is its name: it goes as a rename by id (`MoveMsg`)."""
 

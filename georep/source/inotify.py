@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyEvent, InotifyFD, Mask, WatchDescriptor
 
 from georep.errors import GeorepError, SourceMissing
-from georep.model import Kind, Problem
+from georep.model import Kind, Problem, record
 from georep.source.crawl import SourceEntry, make_entry
 from georep.source.identity import IdStore
 
@@ -168,7 +168,7 @@ class Hint:
         self.linked.extend(k for k in other.linked if k not in self.linked)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Change:
     """One name to look at now: ``dir_path/name`` (``name`` empty: the root itself)."""
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from georep.batch.ledger import Moved
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
-from georep.model import Entry, Kind, Problem, Summary
+from georep.model import Entry, Kind, Problem, Summary, record
 from georep.protocol import messages as m
 from georep.protocol.delta import BlockMatcher, DeltaEncoder
 from georep.protocol.digest import ExtentDigest
@@ -81,7 +81,7 @@ class Lanes:
 NO_LANES = Lanes()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NameOp:
     """A Link or Remove item in flight: what it does to which name (for the record and for messages)."""
 
