@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS names (
     PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS names_by_id ON names (id);
-CREATE INDEX IF NOT EXISTS names_by_gen ON names (gen);
+DROP INDEX IF EXISTS names_by_gen;
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS scopes (scope TEXT PRIMARY KEY, epoch INTEGER NOT NULL, token BLOB);
 CREATE TABLE IF NOT EXISTS writers (pid INTEGER PRIMARY KEY, scope TEXT NOT NULL);
@@ -275,6 +275,13 @@ class Index:
     def count_names(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM names").fetchone()[0])
 
+    # Stale names are found by scanning, not through an index on ``gen``: such an index
+    # made every name written (and every name a rerun confirms) cost a third B-tree
+    # update, about 4 µs of the agent's CPU per file (0.47 s against 0.40 s for 20,000
+    # files), while the scan it saves runs once per full crawl, which reads every entry
+    # of the tree anyway (measured: 0.15 s per scan of 1,000,000 names, page cache warm).
+    # Index files of earlier versions lose the index when opened.
+
     def _stale_where(self, mirror: bool) -> tuple[str, tuple[object, ...]]:
         """This scope's names set aside in staging, plus (mirror) those not confirmed this session."""
 
@@ -283,17 +290,24 @@ class Index:
         return "src = ? AND parent = ?", (self.scope, STAGING_ID)
 
     def stale_names(self, mirror: bool) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(parent, name, id) of stale names, in pages.
+        """(parent, name, id) of stale names, in pages, in key order.
 
-        Read in pages so that a huge sweep never sits in memory; the caller deletes rows
-        as it goes, so each page query starts from what is left.
+        Read in pages so that a huge sweep never sits in memory.  Each page starts after
+        the last key of the one before, so the whole sweep is one pass over the table
+        however many names are stale; the caller deletes rows as it goes (and nothing
+        writes a stale row behind the cursor meanwhile).
         """
 
         where, args = self._stale_where(mirror)
+        after: tuple[bytes, bytes] = (b"", b"")
         while True:
-            rows = self._db.execute(f"SELECT parent, name, id FROM names WHERE {where} LIMIT 500", args).fetchall()
+            rows = self._db.execute(
+                f"SELECT parent, name, id FROM names WHERE (parent, name) > (?, ?) AND {where}"
+                " ORDER BY parent, name LIMIT 500", (*after, *args)
+            ).fetchall()
             if not rows:
                 return
+            after = (bytes(rows[-1][0]), bytes(rows[-1][1]))
             for r in rows:
                 yield bytes(r[0]), bytes(r[1]), bytes(r[2])
 

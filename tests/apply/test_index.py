@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,51 @@ def test_a_transaction_sqlite_already_rolled_back_is_not_committed_again(tmp_pat
     assert again.occupant(b"p" * 16, b"lost") is None
     assert again.occupant(b"p" * 16, b"after") == b"k" * 16
     again.close()
+
+
+def test_a_sweep_finds_every_stale_name_once_across_pages(tmp_path: Path) -> None:
+    """The sweep reads stale names in pages of 500, in key order, while its caller deletes them.
+
+    1,300 stale names under three parents (more than two pages) and 700 confirmed ones in
+    between: each stale name comes exactly once and no confirmed one comes at all.  Also
+    the case the paging must survive: the caller drops a name the sweep has not reached yet.
+    """
+
+    idx = Index(tmp_path / "index.db", scope="s")
+    parents = [bytes([k]) * 16 for k in (1, 2, 3)]
+    stale = {(parents[k % 3], b"old-%05d" % k, os.urandom(16)) for k in range(1300)}
+    for p, n, oid in stale:
+        idx.put_name(p, n, oid)
+    idx.commit()
+    idx.new_generation()
+    kept = {(parents[k % 3], b"new-%05d" % k) for k in range(700)}
+    for p, n in kept:
+        idx.put_name(p, n, os.urandom(16))
+    ahead = max(stale)  # the last key: dropped before the sweep reaches it
+    seen = []
+    for parent, name, oid in idx.stale_names(mirror=True):
+        seen.append((parent, name, oid))
+        idx.drop_name(parent, name)
+        if ahead[:2] != (parent, name):
+            idx.drop_name(*ahead[:2])
+    assert sorted(seen) == sorted(stale - {ahead})
+    assert idx.count_stale(True) == 0
+    assert idx.count_names() == len(kept)
+    idx.close()
+
+
+def test_an_index_of_an_earlier_version_loses_the_gen_index(tmp_path: Path) -> None:
+    """Index files of earlier versions have ``names_by_gen``; opening one drops it (each write paid for it)."""
+
+    path = tmp_path / "index.db"
+    Index(path).close()
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX names_by_gen ON names (gen)")
+    db.commit()
+    db.close()
+    Index(path).close()
+    db = sqlite3.connect(path)
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    db.close()
+    assert "names_by_gen" not in names
+    assert "names_by_id" in names
