@@ -142,6 +142,7 @@ def test_a_failure_removes_the_temporary_file_and_says_why(places: Callable[[str
     # the final name is under a regular file: the rename fails with ENOTDIR, after the write
     def plant(p: Place) -> None:
         (p.root / "dir" / "plain").write_bytes(b"")
+        os.utime(p.root / "dir" / "plain", ns=(1, 1))  # the same in both places
 
     py, c, pp, cp = both(places, lambda p: [job(p, b"plain/f", [[0, b"data"]], 4)], before=plant)
     assert outcome(py[0]) == outcome(c[0]) == (False, 20)  # ENOTDIR
