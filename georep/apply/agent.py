@@ -1064,9 +1064,10 @@ class Applier:
         assert not self.writes.busy
         deleted = 0
         try:
-            if msg.mirror:
+            if msg.mirror and msg.source_entries == 0 and not msg.allow_mass_delete:
+                # counted only when it could refuse: without an index on gen, a count scans the names
                 stale = self.index.count_stale(True)
-                if stale and msg.source_entries == 0 and not msg.allow_mass_delete:
+                if stale:
                     raise SourceLooksUnmounted(
                         f"the source sent no entries but the secondary holds {stale}: refusing to delete them"
                     )
