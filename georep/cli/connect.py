@@ -20,31 +20,35 @@ def add_secondary_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--identity", type=Path, action="append", default=None, help="SSH private key to offer")
     p.add_argument("--lanes", type=int, default=None, metavar="N",
                    help=f"extra SSH channels for file data, each with its own window (default: {SSH_LANES} over "
-                        f"SSH when the round trip is {LANES_MIN_RTT * 1000:g} ms or more, else none)")
+                        f"SSH when the round trip is {LANES_MIN_RTT * 1000:g} ms or more, "
+                        f"{SSH_LANE_SESSIONS} if they must be sessions, else none)")
 
 
 #: Data lanes over SSH by default: OpenSSH grants each channel a 2 MiB window, so one
-#: channel moves at most 2 MiB per round trip (13 MB/s at 150 ms).  Eight, with the main
-#: session, fit sshd's default MaxSessions (10) should lanes have to be sessions; measured
-#: at 150 ms on the small dataset (bench/, both ends on one 2-core machine), as sessions:
-#: 4 lanes 6.0 s, 6 lanes 5.3 s, 8 lanes 5.0 s, 12 lanes 5.4 s, 16 lanes 5.7 s; joined to
-#: the agent (georep.apply.lanehub), two runs each: 4 lanes 5.7 s, 8 lanes 4.8 s, 12 lanes
-#: 4.9 s, 16 lanes 4.9-5.0 s.
-SSH_LANES = 8
+#: channel moves at most 2 MiB per round trip (13 MB/s at 150 ms).  Joined to the agent
+#: (georep.apply.lanehub) a lane costs the secondary no process and sshd no session; measured
+#: at 150 ms on the small dataset (bench/, both ends on one 2-core machine), interleaved runs:
+#: 8 lanes 4.5-5.7 s (median 5.0), 16 lanes 4.0-5.0 s (median 4.9); 24 and 32 no better.
+#: Earlier, as sessions: 4 lanes 6.0 s, 6 lanes 5.3 s, 8 lanes 5.0 s, 12 lanes 5.4 s,
+#: 16 lanes 5.7 s -- so where lanes must be sessions, eight, which with the main session
+#: also fit sshd's default MaxSessions (10).
+SSH_LANES = 16
+SSH_LANE_SESSIONS = 8
 #: Below this round trip one channel is not window-bound: lanes would only cost processes
 #: (measured on loopback: 6 % slower with four lanes).
 LANES_MIN_RTT = 0.010
 
 
 def lane_policy(args: argparse.Namespace) -> Lanes:
-    """``--lanes N``: always N; by default 4 over SSH on a long round trip, none locally."""
+    """``--lanes N``: always N; by default 16 over SSH on a long round trip (8 if they must
+    be sessions), none locally."""
 
     if args.lanes is not None:
-        if not 0 <= args.lanes <= 16:
-            raise UsageError(f"--lanes {args.lanes} is out of range", hint="use 0 (no lanes) to 16")
+        if not 0 <= args.lanes <= 32:
+            raise UsageError(f"--lanes {args.lanes} is out of range", hint="use 0 (no lanes) to 32")
         return Lanes(int(args.lanes))
     if str(args.secondary).startswith("ssh://"):
-        return Lanes(SSH_LANES, min_rtt=LANES_MIN_RTT)
+        return Lanes(SSH_LANES, min_rtt=LANES_MIN_RTT, sessions=SSH_LANE_SESSIONS)
     return NO_LANES
 
 

@@ -75,6 +75,9 @@ class Lanes:
     #: join the main agent through its lane socket where the channel and sshd allow it
     #: (`georep.apply.lanehub`); False: every lane is an agent session of its own
     join: bool = True
+    #: at most this many when lanes have to be agent sessions (sshd's MaxSessions, default 10,
+    #: counts the main session too); None: ``count`` either way
+    sessions: int | None = None
 
 
 #: No data lanes: everything on the main channel.
@@ -510,6 +513,8 @@ class Sender:
                     self._report_lane_failures(failed, count)
                     return
         self.summary.lanes_kind = "sessions"
+        if self.opts.lanes.sessions is not None:
+            count = min(count, self.opts.lanes.sessions)
         failed = await self._open_lane_batch(self.chan.sibling, count, b"")  # type: ignore[attr-defined]
         self._report_lane_failures(failed, count)
 

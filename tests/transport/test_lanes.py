@@ -260,6 +260,34 @@ def test_where_sshd_forwards_no_socket_lanes_are_sessions(tmp_path: Path) -> Non
     assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
 
 
+@pytest.mark.ssh
+def test_the_session_cap_bounds_only_lanes_that_must_be_sessions(sshd: Sshd, tmp_path: Path) -> None:
+    """By default 16 joined lanes but only 8 sessions (sshd's MaxSessions): the cap applies to sessions alone."""
+
+    from conftest import running_sshd
+
+    async def run(server: Sshd, dst: Path, state: Path) -> Sender:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{server.port} {server.host_key_pub}\n")
+        target = SshTarget.parse(f"ssh://root@127.0.0.1:{server.port}{dst}")
+
+        async def ssh() -> SshChannel:
+            return await open_ssh(target, server.remote_command, known_hosts=known, identities=[server.identity])
+
+        return await _oneshot(ssh, src, state, Lanes(4, sessions=2))
+
+    src = tmp_path / "src"
+    _tree(src)
+    joined = asyncio.run(run(sshd, tmp_path / "dst-joined", tmp_path / "state-joined"))
+    assert (joined.summary.lanes_kind, joined.summary.lanes, joined.summary.warnings) == ("joined", 4, [])
+    (tmp_path / "sshd").mkdir()
+    with running_sshd(tmp_path / "sshd", "AllowStreamLocalForwarding no\n") as server:
+        sessions = asyncio.run(run(server, tmp_path / "dst-sessions", tmp_path / "state-sessions"))
+    assert (sessions.summary.lanes_kind, sessions.summary.lanes, sessions.summary.warnings) == ("sessions", 2, [])
+    for dst in ("dst-joined", "dst-sessions"):
+        assert diff(snapshot(src), snapshot(tmp_path / dst)) == []
+
+
 # -- the agent's side, message by message ------------------------------------------------
 
 
