@@ -52,6 +52,7 @@ from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
 from georep.apply.lanehub import LaneHub, alive
 from georep.apply.writer import SmallJob, StagedWrites
 from georep.errors import (
+    ConnectionLost,
     DiskFull,
     GeorepError,
     ProtocolError,
@@ -1271,6 +1272,8 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                             results.append(answer)
                     continue
                 assert applier is not None
+                if isinstance(msg, m.Finish) and hub is not None:
+                    results.extend(_lane_data_first(hub, applier))
                 if isinstance(msg, m.Bye | m.Finish | m.Seal | m.Resume | m.OpenLanes):
                     results.extend(applier.collect_writes(wait=True))  # they answer after every item
                 if isinstance(msg, m.Bye):
@@ -1316,6 +1319,39 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
             applier.close()
         if stager is not None:
             stager.close()
+
+
+#: How long Finish waits for a joined lane to connect when it owes data and none is connected
+#: (sshd connects a lane's socket before the sender may write to it: this is a margin).
+LANE_CONNECT_GRACE = 5.0
+
+
+def _lane_data_first(hub: LaneHub, applier: Applier) -> list[m.Result]:
+    """Before Finish: the data of every item a joined lane carries; their results.
+
+    The sender sends Finish once its lanes have written their files into their channels,
+    not once each was answered (a round trip less at the end of every copy), so their data
+    may still be on its way when Finish comes.  Only data this agent asked for (NEED) can be
+    owed: what is still pending or being received.  Should every lane be gone with data
+    still owed, it will not come: the session fails rather than waiting for ever.
+    """
+
+    results: list[m.Result] = []
+    while applier.pending or applier.receiving:
+        if not hub.inbox:
+            if hub.connections:
+                hub.wait(None)
+            else:
+                hub.wait(None, LANE_CONNECT_GRACE)
+                if not hub.inbox and not hub.connections:
+                    owed = len(applier.pending) + len(applier.receiving)
+                    raise ConnectionLost(f"the data lanes closed with the data of {owed} files not sent",
+                                         hint="a lane's connection broke; run again: what arrived is kept")
+            continue
+        msgs, hub.inbox = hub.inbox, []
+        for msg in msgs:
+            results.extend(applier.handle(msg))
+    return results
 
 
 def _open_hub(applier: Applier) -> LaneHub | None:

@@ -88,18 +88,21 @@ class LaneHub:
         #: data messages read from joined lanes, for the caller to apply
         self.inbox: list[m.Message] = []
 
-    def wait(self, main_fd: int, timeout: float | None = None) -> bool:
+    def wait(self, main_fd: int | None, timeout: float | None = None) -> bool:
         """Serve the lanes until ``main_fd`` is readable (True), lane data came, or ``timeout`` passed.
 
-        ``timeout`` in seconds; None waits as long as it takes.  Data messages from joined
-        lanes are left in `inbox`.  Raises `ProtocolError` if a joined lane breaks the protocol.
+        ``timeout`` in seconds; None waits as long as it takes.  ``main_fd`` None: the lanes
+        alone.  Data messages from joined lanes are left in `inbox`.  Raises `ProtocolError`
+        if a joined lane breaks the protocol.
         """
 
-        self._poll.register(main_fd, select.POLLIN)
+        if main_fd is not None:
+            self._poll.register(main_fd, select.POLLIN)
         try:
             events = self._poll.poll(None if timeout is None else int(timeout * 1000))
         finally:
-            self._poll.unregister(main_fd)
+            if main_fd is not None:
+                self._poll.unregister(main_fd)
         main_ready = False
         for fd, _ev in events:
             if fd == main_fd:
@@ -109,6 +112,12 @@ class LaneHub:
             elif fd in self._conns:
                 self._read(self._conns[fd])
         return main_ready
+
+    @property
+    def connections(self) -> int:
+        """Lanes connected (joined, or about to say so)."""
+
+        return len(self._conns)
 
     def close(self) -> None:
         for conn in list(self._conns.values()):

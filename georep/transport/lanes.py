@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from georep import errors
@@ -78,6 +78,8 @@ class LaneOwner(Protocol):
     def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None: ...
 
     def lane_failed(self, seq: int, cause: str) -> None: ...
+
+    def lane_sent(self, seqs: Iterable[int]) -> None: ...
 
 
 def agent_error(msg: m.ErrorMsg) -> GeorepError:
@@ -277,6 +279,11 @@ class Lane:
                     os.close(fd)
             if (rest := packer.take()) is not None:
                 self._send(rest)
+            self._flush()
+            if self.join_token:
+                # all of it is in the channel: the main agent answers each item (even one
+                # given up above, through its DataAbort), and holds Finish until then
+                self.owner.lane_sent(seq for seq, _se in jobs)
             await self._drain()
 
     async def _stream(self, seq: int, fd: int, size: int, mtime: int) -> None:

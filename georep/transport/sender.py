@@ -153,6 +153,11 @@ class Sender:
         #: them makes the sender send more (whole data sent on this session, an Adopt, a
         #: DataAbort, a name op, an entry that is no regular file).  A subset of `inflight`.
         self._answer_final: set[int] = set()
+        #: items whose whole data a joined lane has written to its channel: their answer is
+        #: final too, but it may only be awaited after the links and removals, not before
+        #: Finish, which the agent holds until every joined lane's data arrived (`run`).
+        #: Disjoint from `_answer_final`, a subset of `inflight`.
+        self._lane_sent: set[int] = set()
         self.changed = asyncio.Event()
         self.finished: asyncio.Future[m.Finished] = asyncio.get_running_loop().create_future()
         self.failure: BaseException | None = None
@@ -309,6 +314,7 @@ class Sender:
                 if item is None:
                     raise ProtocolError(f"result for unknown item {r.seq}")
                 self._answer_final.discard(r.seq)
+                self._lane_sent.discard(r.seq)
                 if r.status == m.NEED:
                     if r.seq in self._moves:  # the agent cannot rename it by id: the whole entry
                         self._moves.discard(r.seq)
@@ -571,6 +577,10 @@ class Sender:
         self._answer_final.add(seq)
         self._flush()
 
+    def lane_sent(self, seqs: Iterable[int]) -> None:
+        self._lane_sent.update(seq for seq in seqs if seq in self.inflight and seq not in self._answer_final)
+        self.changed.set()
+
     # -- the main loop -------------------------------------------------------------------
 
     async def run(
@@ -599,15 +609,21 @@ class Sender:
                     await self.send_entry(se)
             # The agent applies this session's messages in order, so what follows only has to
             # come behind every item's last data, not behind its answer (`_drain_all`):
-            # the extra names, the removals and Finish each skip a round trip.
-            await self._drain_all(in_full=True)  # every inode's data is ahead of its extra names
-            while page := links():
+            # the extra names, the removals and Finish each skip a round trip.  Data that
+            # joined lanes carry is not in that order: an extra name or a removal waits for
+            # its answer, Finish only for the lane to have written it (the agent holds
+            # Finish until it arrived), which saves a round trip at the end of a copy.
+            page = links()
+            if page or removals is not None:
+                await self._drain_all(in_full=True)  # every inode's data is ahead of its extra names
+            while page:
                 for oid, parent, name, path in page:
                     await self.send_link(oid, parent, name, path)
+                page = links()
             if removals is not None:
                 for oid, parent, name, path in removals():
                     await self.send_remove(oid, parent, name, path)
-            await self._drain_all(in_full=True)  # the lanes' work is done: they may close
+            await self._drain_all(in_full=True, lane_sent=True)  # the lanes' work is done: they may close
             # nothing more goes to a lane: they close while the agent sweeps, and Bye rides
             # behind Finish, so the end of a run costs one round trip, not one per channel
             await self._stop_opening_lanes()
@@ -758,18 +774,20 @@ class Sender:
     def _window(self) -> int:
         return self.opts.window_with_lanes if self._lanes_task is not None else self.opts.window
 
-    async def _drain_all(self, *, in_full: bool = False) -> None:
+    async def _drain_all(self, *, in_full: bool = False, lane_sent: bool = False) -> None:
         """Wait until every item in flight has its last answer, data sent where asked.
 
         ``in_full``: only until nothing the agent could still say would make the sender send
         more (`_answer_final`): the first answers (NEED, block sums) and those to a delta or
         a rename by id (the agent may ask again for the whole) are awaited, the last answers
         of the rest are not.  The agent applies messages in order, so what is sent after
-        this reaches it behind everything those items still need.
+        this reaches it behind everything those items still need.  ``lane_sent`` (with
+        ``in_full``, right before Finish): nor those of items a joined lane has sent whole.
         """
 
         await self._drain()
-        while len(self.inflight) > (len(self._answer_final) if in_full else 0):
+        while len(self.inflight) > ((len(self._answer_final) + (len(self._lane_sent) if lane_sent else 0))
+                                    if in_full else 0):
             self._check()
             if self.need:
                 await self._send_data()

@@ -114,8 +114,8 @@ def test_a_stranger_on_the_socket_is_turned_away_and_the_session_goes_on(tmp_pat
     main, offer = _main_with_socket(root)
     other = LaneClient(offer.path)
     if stranger == "wrong token":
-        other.join(bytes(32))
-        other.send(*_data_msgs(1, b"HACKED"))
+        # one write: sent after the refusal, the data would meet a closed socket (EPIPE, seen in CI)
+        other.send(m.JoinLane(bytes(32)), *_data_msgs(1, b"HACKED"), hello=True)
     elif stranger == "data before joining":
         other.send(*_data_msgs(1, b"HACKED"), hello=True)
     elif stranger == "not the protocol":
@@ -180,3 +180,43 @@ def test_magic_opens_the_agents_side_of_a_lane(tmp_path: Path) -> None:
     assert raw.recv(len(MAGIC)) == MAGIC
     raw.close()
     assert main.finish() == 0
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_finish_ahead_of_a_lanes_data_is_held_until_it_arrived(tmp_path: Path, mirror: bool) -> None:
+    """The sender sends Finish once its lanes wrote their files, not once they were answered: the agent
+    answers the lane's items, then Finished, and a mirror sweep never takes a name whose data was late."""
+
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root)
+    lane = LaneClient(offer.path)
+    lane.join(offer.token)
+    main.send(m.Finish(mirror, 1, False))
+    ready, _, _ = select.select([main.proc.stdout], [], [], 0.5)
+    assert not ready, "the agent answered Finish before the lane's data came"
+    lane.send(*_data_msgs(1, b"hello"), m.Bye())
+    (r,) = main.results(1)
+    assert (r.seq, r.status) == (1, m.DONE)
+    while not main.inbox:
+        assert main._pump(), "agent closed its output"
+    assert isinstance(main.inbox.pop(0), m.Finished)
+    assert (root / "f").read_bytes() == b"hello"
+    assert main.finish() == 0
+
+
+def test_finish_with_data_owed_and_every_lane_gone_fails_the_session(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    main, offer = _main_with_socket(root, size=1 << 20)
+    lane = LaneClient(offer.path)
+    lane.join(offer.token)
+    lane.send(m.DataBegin(1, 1 << 20), m.DataChunk(1, 0, b"x" * 1000))  # then the lane breaks
+    lane.sock.close()
+    main.send(m.Finish(False, 1, False))
+    while not main.inbox:
+        assert main._pump(), "agent closed its output"
+    err = main.inbox.pop(0)
+    assert isinstance(err, m.ErrorMsg) and err.error == "ConnectionLost", err
+    assert "1 files" in err.message
+    assert main.proc.wait(timeout=20) != 0
+    assert not (root / "f").exists()
+    assert os.listdir(root / ".georep" / "staging") == []

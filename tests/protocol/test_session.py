@@ -50,12 +50,12 @@ def test_samples_cover_every_message() -> None:
     assert set(SAMPLES) == set(m.ALL_MESSAGES)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5])
 def test_an_older_peer_is_refused(old: int) -> None:
-    """v2 added block deltas, v3 data lanes, v4 Bye behind Finish, v5 lanes joining the agent: an older
-    sender is refused, not half understood."""
+    """v2 added block deltas, v3 data lanes, v4 Bye behind Finish, v5 lanes joining the agent, v6 Finish
+    ahead of joined lanes' data: an older sender is refused, not half understood."""
 
-    assert PROTOCOL_VERSION == 5
+    assert PROTOCOL_VERSION == 6
     agent = Session(Role.AGENT)
     hello = agent.receive(MAGIC + encode(m.Hello(old, "georep-sync 0.0", "")))[0]
     assert isinstance(hello, m.Hello)
