@@ -61,14 +61,15 @@ class Kind(enum.IntEnum):
     def from_mode(cls, mode: int) -> Kind | None:
         """The kind for an ``st_mode``; None for a type we do not replicate."""
 
-        return _KIND_BY_FMT.get(stat.S_IFMT(mode))
+        return KIND_BY_FMT.get(stat.S_IFMT(mode))
 
     @property
     def fmt(self) -> int:
         return _FMT_BY_KIND[self]
 
 
-_KIND_BY_FMT = {
+#: File type bits (``stat.S_IFMT``) to kind; a type missing here is not replicated.
+KIND_BY_FMT = {
     stat.S_IFREG: Kind.FILE,
     stat.S_IFDIR: Kind.DIR,
     stat.S_IFLNK: Kind.SYMLINK,
@@ -77,7 +78,7 @@ _KIND_BY_FMT = {
     stat.S_IFBLK: Kind.BLK,
     stat.S_IFSOCK: Kind.SOCK,
 }
-_FMT_BY_KIND = {v: k for k, v in _KIND_BY_FMT.items()}
+_FMT_BY_KIND = {v: k for k, v in KIND_BY_FMT.items()}
 
 
 def ino_to_sql(ino: int) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from georep.errors import SourceMissing
-from georep.model import ROOT_ID, Entry, Kind, Meta, Problem, record, replicable_xattr
+from georep.model import KIND_BY_FMT, ROOT_ID, Entry, Kind, Meta, Problem, record, replicable_xattr
 from georep.source.identity import IdStore
 
 #: Directory entries read ahead per level: their ids are looked up in one query (plain
@@ -64,6 +64,8 @@ def read_xattrs(path: bytes, privileged: bool) -> tuple[tuple[bytes, bytes], ...
         keys = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return ()
+    if not keys:  # most files: nothing to sort or filter
+        return ()
     out = []
     for k in sorted(keys):
         kb = os.fsencode(k)
@@ -97,12 +99,17 @@ def make_entry(oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_
     one, and a non-directory's link count leaves out its ``.glusterfs`` handle.
     """
 
-    kind = Kind.from_mode(st.st_mode)
+    mode = st.st_mode
+    kind = KIND_BY_FMT.get(stat.S_IFMT(mode))
     if kind is None:
         return None
+    if kind is Kind.FILE and not brick:  # most of a crawl: no mdata, target, rdev or handle to look at
+        return Entry(oid, parent, name, kind,
+                     Meta(stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_mtime_ns, read_xattrs(path, privileged)),
+                     st.st_size, b"", 0, st.st_nlink)
     mtime_ns = brick_mtime(path) if brick else None
     meta = Meta(
-        stat.S_IMODE(st.st_mode),
+        stat.S_IMODE(mode),
         st.st_uid,
         st.st_gid,
         st.st_mtime_ns if mtime_ns is None else mtime_ns,
@@ -181,46 +188,54 @@ class Crawler:
         yield SourceEntry(root_entry, self.root, st.st_mtime_ns)
         stack: list[_Listing] = []
         self._push(stack, ROOT_ID, self.root, st.st_dev)
+        # Per entry, this loop is most of a crawl's own time (the rest is lstat and
+        # listxattr): names it uses for every entry are bound once, out here.
+        brick, privileged, store, problems = self.brick, self.privileged, self.store, self.problems
+        lstat = os.lstat
         while stack:
             top = stack[-1]
-            pid = top.id
-            if not top.ahead:
+            ahead = top.ahead
+            if not ahead:
                 if not top.failed:
                     self._read_ahead(top, READ_AHEAD if len(stack) < DEEP else READ_AHEAD_DEEP)
-                if not top.ahead:
+                if not ahead:
                     stack.pop()
                     self._listed(top, complete=not top.failed)
                     continue
-            de = top.ahead.popleft()
-            name = de.name
-            path = de.path
-            try:
-                st = os.lstat(path)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:  # vanished since listed: nothing to send
-                    self.problems.append(Problem(path, f"cannot stat: {exc.strerror}"))
-                continue
-            if self._skip(pid == ROOT_ID, name, path, st):
-                continue
-            oid = top.ids.get(st.st_ino) if st.st_dev == top.dev else None
-            if oid is None:
-                oid = self._id(path, st)
-            if oid is None:
-                self.problems.append(Problem(path, "no trusted.gfid on a brick object (not healed yet?)"))
-                continue
-            entry = self.entry_for(oid, pid, name, path, st)
-            if entry is None:
-                continue
-            self.count += 1
-            top.count += 1
-            if entry.kind is not Kind.DIR and entry.nlink > 1 and not self.store.first_sighting(oid):
-                self.store.defer_link(oid, pid, name, path)
-                if self.observer is not None:
-                    self.observer.deferred(oid, pid, name)
-                continue
-            yield SourceEntry(entry, path, st.st_mtime_ns)
-            if entry.kind is Kind.DIR:
-                self._push(stack, oid, path, st.st_dev)
+            pid, ids, dev = top.id, top.ids, top.dev
+            while ahead:  # this directory's names read ahead, until one is a directory to descend into
+                de = ahead.popleft()
+                name = de.name
+                path = de.path
+                try:
+                    st = lstat(path)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:  # vanished since listed: nothing to send
+                        problems.append(Problem(path, f"cannot stat: {exc.strerror}"))
+                    continue
+                if brick and self._skip(pid == ROOT_ID, name, path, st):
+                    continue
+                oid = ids.get(st.st_ino) if st.st_dev == dev else None
+                if oid is None:
+                    oid = self._id(path, st)
+                    if oid is None:
+                        problems.append(Problem(path, "no trusted.gfid on a brick object (not healed yet?)"))
+                        continue
+                entry = make_entry(oid, pid, name, path, st, brick=brick, privileged=privileged)
+                if entry is None:
+                    continue
+                self.count += 1
+                top.count += 1
+                kind = entry.kind
+                if kind is not Kind.DIR and entry.nlink > 1 and not store.first_sighting(oid):
+                    store.defer_link(oid, pid, name, path)
+                    if self.observer is not None:
+                        self.observer.deferred(oid, pid, name)
+                    continue
+                yield SourceEntry(entry, path, st.st_mtime_ns)
+                if kind is Kind.DIR:
+                    self._push(stack, oid, path, st.st_dev)
+                    break
 
     def _listed(self, listing: _Listing, complete: bool) -> None:
         if self.observer is not None:
