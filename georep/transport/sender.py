@@ -786,8 +786,7 @@ class Sender:
         """
 
         await self._drain()
-        while len(self.inflight) > ((len(self._answer_final) + (len(self._lane_sent) if lane_sent else 0))
-                                    if in_full else 0):
+        while len(self.inflight) > self._settled(in_full, lane_sent):
             self._check()
             if self.need:
                 await self._send_data()
@@ -795,6 +794,13 @@ class Sender:
             self.changed.clear()  # (no await since the test above: no answer can slip by)
             self._flush()
             await self.changed.wait()
+
+    def _settled(self, in_full: bool, lane_sent: bool) -> int:
+        """How many items in flight `_drain_all` need not wait for (see its arguments)."""
+
+        if not in_full:
+            return 0
+        return len(self._answer_final) + (len(self._lane_sent) if lane_sent else 0)
 
     # -- data ----------------------------------------------------------------------------
 
