@@ -40,6 +40,7 @@ import select
 import sqlite3
 import stat
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1321,7 +1322,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
             stager.close()
 
 
-#: How long Finish waits for a joined lane to connect when it owes data and none is connected
+#: How long Finish waits for a lane to join when it owes data and no lane has joined
 #: (sshd connects a lane's socket before the sender may write to it: this is a margin).
 LANE_CONNECT_GRACE = 5.0
 
@@ -1332,21 +1333,28 @@ def _lane_data_first(hub: LaneHub, applier: Applier) -> list[m.Result]:
     The sender sends Finish once its lanes have written their files into their channels,
     not once each was answered (a round trip less at the end of every copy), so their data
     may still be on its way when Finish comes.  Only data this agent asked for (NEED) can be
-    owed: what is still pending or being received.  Should every lane be gone with data
-    still owed, it will not come: the session fails rather than waiting for ever.
+    owed: what is still pending or being received.  It can come only from a lane that
+    joined (or joins within `LANE_CONNECT_GRACE`): should none be left with data still owed,
+    it will not come, and the session fails rather than waiting for ever.  Connections that
+    never joined do not count, so a local process holding the socket open cannot hold the
+    session either.
     """
 
     results: list[m.Result] = []
+    deadline: float | None = None  # set while no lane is joined
     while applier.pending or applier.receiving:
         if not hub.inbox:
-            if hub.connections:
+            if hub.joined:
+                deadline = None
                 hub.wait(None)
-            else:
-                hub.wait(None, LANE_CONNECT_GRACE)
-                if not hub.inbox and not hub.connections:
-                    owed = len(applier.pending) + len(applier.receiving)
-                    raise ConnectionLost(f"the data lanes closed with the data of {owed} files not sent",
-                                         hint="a lane's connection broke; run again: what arrived is kept")
+                continue
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + LANE_CONNECT_GRACE
+            if now >= deadline:
+                owed = len(applier.pending) + len(applier.receiving)
+                raise ConnectionLost(f"the data lanes closed with the data of {owed} files not sent",
+                                     hint="a lane's connection broke; run again: what arrived is kept")
+            hub.wait(None, deadline - now)
             continue
         msgs, hub.inbox = hub.inbox, []
         for msg in msgs:

@@ -114,10 +114,10 @@ class LaneHub:
         return main_ready
 
     @property
-    def connections(self) -> int:
-        """Lanes connected (joined, or about to say so)."""
+    def joined(self) -> int:
+        """Connections that presented this session's token: the sender's own lanes."""
 
-        return len(self._conns)
+        return sum(1 for conn in self._conns.values() if conn.joined)
 
     def close(self) -> None:
         for conn in list(self._conns.values()):
