@@ -1,0 +1,173 @@
+"""Where the CPU goes in an initial copy of the small tree: georep-sync and rsync, per side.
+
+``python -m bench.cpusplit [--rounds N] [--rtt MS] [--files N] [--work DIR]``
+
+The targets table (`python -m bench`) says whether georep-sync copies the small tree as fast
+as rsync; this says where each one spends its processor time, so that tuning starts from a
+measurement.  The contenders take turns, each round into fresh secondaries, through the same
+proxy and private sshd as the main runner; for each, the median over rounds of:
+
+* **wall**: seconds from process start to exit;
+* **sender**: CPU seconds of the command and its reaped children (rsync's include its ssh);
+* **secondary**: CPU seconds of everything sshd ran for the session (sshd's per-connection
+  processes, and the agent or the rsync receivers under them), from the listener's
+  ``cutime + cstime`` once the session's processes are gone;
+* **proxy**: CPU seconds of this process: bench/proxy.py's relay threads (and the memory
+  sampler of bench/measure.py, a small share);
+* **machine**: busy CPU seconds of the whole machine (``/proc/stat``, kernel included).
+
+On a machine with C cores, wall ≥ machine / C: a contender that needs more processor time
+than the other cannot overtake it by overlapping better.  The work directory defaults to
+tmpfs (``/dev/shm``): the disk's writeback, and ext4's inode allocator after a mass delete
+(see ``Runner.discard``), vary more between runs than the contenders do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import datasets
+from bench.contenders import GeorepOneshot, Path2Secondary, Rsync
+from bench.measure import run_measured, tree
+from bench.proxy import Link, WanProxy
+from bench.sshd import start_sshd
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of every CPU since boot (all but idle and iowait)."""
+
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
+
+
+def reaped_cpu(pid: int) -> float:
+    """CPU seconds of the children ``pid`` has reaped (cutime + cstime)."""
+
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / _TICK
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def wait_sessions_gone(sshd_pid: int, timeout: float = 10.0) -> bool:
+    """Wait until nothing runs under the sshd listener: the session's CPU is then in its cutime."""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not tree([sshd_pid], include_roots=False):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def on_tmpfs(path: Path) -> bool:
+    """Whether ``path`` lies on a tmpfs (the longest mount point above it says)."""
+
+    best, fstype = "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            mount = fields[1].replace("\\040", " ")
+            if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
+                best, fstype = mount, fields[2]
+    return fstype == "tmpfs"
+
+
+@dataclass
+class Split:
+    """One contender's figures, one entry per round."""
+
+    wall: list[float] = field(default_factory=list)
+    sender: list[float] = field(default_factory=list)
+    secondary: list[float] = field(default_factory=list)
+    proxy: list[float] = field(default_factory=list)
+    machine: list[float] = field(default_factory=list)
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in vars(self).items()}
+
+
+def table(results: dict[str, Split], cores: int) -> str:
+    cols = ("wall", "sender", "secondary", "proxy", "machine")
+    lines = ["| contender | wall s | sender CPU s | secondary CPU s | proxy CPU s | machine CPU s | "
+             f"machine ÷ {cores} cores s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, split in results.items():
+        med = split.medians()
+        lines.append(f"| {name} | " + " | ".join(f"{med[c]:.2f}" for c in cols)
+                     + f" | {med['machine'] / cores:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpusplit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="copies per contender, taking turns (default 5)")
+    p.add_argument("--rtt", type=float, default=0.0, help="round-trip time the proxy adds, ms (default 0)")
+    p.add_argument("--files", type=int, default=20_000, help="files in the small tree (default 20,000)")
+    p.add_argument("--work", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
+                   help="where the tree and the secondaries go (default /dev/shm)")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.files < 1:
+        p.error("--rounds and --files must be at least 1")
+    work = Path(tempfile.mkdtemp(prefix="georep-cpusplit-", dir=args.work))
+    sshd = proxy = None
+    try:
+        src = work / "src"
+        datasets.make_small(src, files=args.files, dirs=max(1, args.files // 100))
+        sshd = start_sshd(work)
+        proxy = WanProxy(sshd.port, Link(rtt=args.rtt / 1000)).start()
+        path = Path2Secondary(proxy, sshd.pid, sshd.identity, sshd.known_hosts(proxy.port))
+        # on a disk, a copy made right after a mass delete pays the kernel for it: keep them all
+        delete_between = on_tmpfs(work)
+        contenders = (GeorepOneshot(), Rsync())
+        results = {c.name: Split() for c in contenders}
+        for r in range(args.rounds):
+            for c in contenders if r % 2 == 0 else tuple(reversed(contenders)):
+                dst, state = work / "dst" / f"{r}-{type(c).__name__}", work / "state" / f"{r}-{type(c).__name__}"
+                os.sync()
+                m0, s0, p0 = machine_busy(), reaped_cpu(sshd.pid), own_cpu()
+                m = run_measured(c.argv(path, src, dst, state), proxy=proxy, sshd_pid=sshd.pid)
+                if not wait_sessions_gone(sshd.pid):
+                    print(f"cpusplit: {c.name}: sshd's session did not end within 10 s", file=sys.stderr)
+                    return 1
+                if m.exit_code != 0:
+                    print(f"cpusplit: {c.name} failed (exit {m.exit_code}): {m.stderr.strip()[-500:]}",
+                          file=sys.stderr)
+                    return 1
+                split = results[c.name]
+                split.wall.append(m.wall)
+                split.sender.append(m.cpu_local)
+                split.secondary.append(reaped_cpu(sshd.pid) - s0)
+                split.proxy.append(own_cpu() - p0)
+                split.machine.append(machine_busy() - m0)
+                if delete_between:
+                    shutil.rmtree(dst)
+        print(f"small tree, {args.files:,} files, {args.rounds} rounds, RTT {args.rtt:g} ms, "
+              f"work in {work.parent} (medians)\n")
+        print(table(results, os.cpu_count() or 1))
+        return 0
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        if sshd is not None:
+            sshd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
