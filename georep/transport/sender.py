@@ -530,6 +530,7 @@ class Sender:
 
         async def one(i: int) -> None:
             lane = await open_lane(opener, self, f"#{i + 1}", self.lane_work, token)
+            self.summary.lanes_kind = "joined" if token else "sessions"  # known once a lane carries data
             self.lanes.append(lane)
             self.summary.lanes = len(self.lanes)
             self.changed.set()
