@@ -38,6 +38,8 @@ from bench import datasets
 from bench.contenders import GeorepOneshot, Path2Secondary, Rsync
 from bench.measure import run_measured, tree
 from bench.proxy import Link, WanProxy
+from bench.report import markdown_table
+from bench.runner import filesystem_type
 from bench.sshd import start_sshd
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -75,19 +77,6 @@ def wait_sessions_gone(sshd_pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def on_tmpfs(path: Path) -> bool:
-    """Whether ``path`` lies on a tmpfs (the longest mount point above it says)."""
-
-    best, fstype = "", ""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            mount = fields[1].replace("\\040", " ")
-            if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
-                best, fstype = mount, fields[2]
-    return fstype == "tmpfs"
-
-
 @dataclass
 class Split:
     """One contender's figures, one entry per round."""
@@ -104,14 +93,12 @@ class Split:
 
 def table(results: dict[str, Split], cores: int) -> str:
     cols = ("wall", "sender", "secondary", "proxy", "machine")
-    lines = ["| contender | wall s | sender CPU s | secondary CPU s | proxy CPU s | machine CPU s | "
-             f"machine ÷ {cores} cores s |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for name, split in results.items():
         med = split.medians()
-        lines.append(f"| {name} | " + " | ".join(f"{med[c]:.2f}" for c in cols)
-                     + f" | {med['machine'] / cores:.2f} |")
-    return "\n".join(lines)
+        rows.append([name, *(f"{med[c]:.2f}" for c in cols), f"{med['machine'] / cores:.2f}"])
+    return "\n".join(markdown_table(["contender", "wall s", "sender CPU s", "secondary CPU s", "proxy CPU s",
+                                      "machine CPU s", f"machine ÷ {cores} cores s"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = WanProxy(sshd.port, Link(rtt=args.rtt / 1000)).start()
         path = Path2Secondary(proxy, sshd.pid, sshd.identity, sshd.known_hosts(proxy.port))
         # on a disk, a copy made right after a mass delete pays the kernel for it: keep them all
-        delete_between = on_tmpfs(work)
+        delete_between = filesystem_type(work) == "tmpfs"
         contenders = (GeorepOneshot(), Rsync())
         results = {c.name: Split() for c in contenders}
         for r in range(args.rounds):

@@ -33,7 +33,9 @@ def _ratio(row: SyncRow, rows: list[SyncRow]) -> str:
     return DASH
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table (a ``|`` in a cell escaped); every table of bench's reports goes through here."""
+
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     return out
@@ -52,7 +54,7 @@ def sync_table(res: Results) -> list[str]:
             _f(r.cpu_local), _ratio(r, res.sync), _f(r.days_for_target(), 2),
             "yes" if r.verified else ("NO" if r.exit_code == 0 else f"NO (exit {r.exit_code})"),
         ])
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _small_initial(res: Results) -> dict[str, dict[float, SyncRow]]:
@@ -81,7 +83,7 @@ def rtt_table(res: Results) -> list[str]:
                     + [_f(res.ssh_setup.get(t), 2) for t in rtts])
         rows += [[f"{c}, after that setup"] + [_f(after_setup(by[c][t], res), 0) if t in by[c] else DASH
                                               for t in rtts] for c in by]
-    return _table(["contender"] + [f"files/s at {t:g} ms" for t in rtts], rows)
+    return markdown_table(["contender"] + [f"files/s at {t:g} ms" for t in rtts], rows)
 
 
 def days_table(res: Results) -> list[str]:
@@ -91,19 +93,19 @@ def days_table(res: Results) -> list[str]:
         if days is None:
             continue
         rows.append([r.contender, r.dataset, f"{r.rtt_ms:g}", _f(r.mb_s), _f(days, 2)])
-    return _table(["contender", "measured on", "RTT ms", "MB/s", f"days for {TARGET_BYTES / 1e12:g} TB"], rows)
+    return markdown_table(["contender", "measured on", "RTT ms", "MB/s", f"days for {TARGET_BYTES / 1e12:g} TB"], rows)
 
 
 def baseline_table(res: Results) -> list[str]:
     rows = [[b.name, f"{b.wall:.2f}", _f(b.mb_s), f"{b.wire / MB:,.1f}"] for b in res.baseline]
-    out = _table(["SSH pipe ceiling (same proxy, same sshd)", "wall s", "MB/s", "wire MB"], rows)
+    out = markdown_table(["SSH pipe ceiling (same proxy, same sshd)", "wall s", "MB/s", "wire MB"], rows)
     ceilings = [(b.name.split(", ", 1)[-1], b.mb_s) for b in res.baseline if b.mb_s]
     large = [r for r in res.sync if r.dataset == "large" and r.phase == "initial" and r.mb_s]
     if ceilings and large:
         out.append("")
         pct_rows = [[r.contender, _f(r.mb_s)] + [f"{100 * (r.mb_s or 0) / c:.0f} %" for _, c in ceilings]
                     for r in large]
-        out += _table(["large, initial copy", "MB/s"] + [f"% of pipe ({n})" for n, _ in ceilings], pct_rows)
+        out += markdown_table(["large, initial copy", "MB/s"] + [f"% of pipe ({n})" for n, _ in ceilings], pct_rows)
     return out
 
 
@@ -113,8 +115,8 @@ def live_table(res: Results) -> list[str]:
         p50, p99 = lv.quantile(0.5), lv.quantile(0.99)
         rows.append([lv.contender, str(lv.writes), str(lv.delivered), _f(p50 and p50 * 1000, 0),
                      _f(p99 and p99 * 1000, 0), _f(max(lv.lags) * 1000 if lv.lags else None, 0), lv.note])
-    return _table(["live contender", "writes", "complete on secondary", "lag p50 ms", "lag p99 ms", "max ms",
-                   "note"], rows)
+    return markdown_table(["live contender", "writes", "complete on secondary", "lag p50 ms", "lag p99 ms", "max ms",
+                           "note"], rows)
 
 
 def live_tree_table(res: Results) -> list[str]:
@@ -129,23 +131,23 @@ def live_tree_table(res: Results) -> list[str]:
             DASH if not lv.target else f"{lv.target}: " + {True: "met", False: "NOT met", None: DASH}[lv.target_met],
             lv.note,
         ])
-    return _table(["measurement", "contender", "files", "complete on secondary", "lag p50 ms", "lag p99 ms",
-                   "lag max ms", "all complete after ms", "wire bytes ↑ / ↓", "replica equal", "issue target",
-                   "note"], rows)
+    return markdown_table(["measurement", "contender", "files", "complete on secondary", "lag p50 ms", "lag p99 ms",
+                           "lag max ms", "all complete after ms", "wire bytes ↑ / ↓", "replica equal", "issue target",
+                           "note"], rows)
 
 
 def scale_table(res: Results) -> list[str]:
     rows = [[s.tool, f"{s.entries:,}", f"{s.wall:.2f}", _f(s.rate, 0),
              _mib(s.rss) + ("" if s.rss_agent is None else f" / {_mib(s.rss_agent)}"),
              s.note or ("" if s.exit_code == 0 else f"exit {s.exit_code}")] for s in res.scale]
-    return _table(["pass over the scale tree", "entries", "wall s", "entries/s", "peak RSS MiB (sender / agent)",
-                   "note"], rows)
+    return markdown_table(["pass over the scale tree", "entries", "wall s", "entries/s",
+                           "peak RSS MiB (sender / agent)", "note"], rows)
 
 
 def micro_table(res: Results) -> list[str]:
     rows = [[m.name, f"{m.mean_s * 1e3:,.3f}", str(m.rounds),
              _f(m.rate, 1) + (f" {m.unit}/s" if m.rate is not None else "")] for m in res.micro]
-    return _table(["micro-benchmark (pytest-benchmark)", "mean ms per round", "rounds", "rate"], rows)
+    return markdown_table(["micro-benchmark (pytest-benchmark)", "mean ms per round", "rounds", "rate"], rows)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -250,7 +252,7 @@ def targets_table(res: Results) -> list[str]:
                      f"{_mib(big_t.rss_agent or 0)} MiB", _verdict(both)])
     if not res.quick:
         rows.append(["a full run fits in 15 minutes", f"{res.elapsed / 60:.1f} min", _verdict(res.elapsed <= 900)])
-    return _table(["target (issue 6)", "measured in this run", "verdict"], rows)
+    return markdown_table(["target (issue 6)", "measured in this run", "verdict"], rows)
 
 
 def render(res: Results) -> str:
@@ -282,9 +284,9 @@ def render(res: Results) -> str:
         "## Datasets",
         "",
     ]
-    out += _table(["dataset", "files", "dirs", "symlinks", "MB", "generated in s", "what"],
-                  [[d.name, f"{d.files:,}", f"{d.dirs:,}", str(d.symlinks), f"{d.bytes / MB:,.1f}",
-                    f"{d.generate_s:.1f}", d.description] for d in res.datasets])
+    out += markdown_table(["dataset", "files", "dirs", "symlinks", "MB", "generated in s", "what"],
+                          [[d.name, f"{d.files:,}", f"{d.dirs:,}", str(d.symlinks), f"{d.bytes / MB:,.1f}",
+                            f"{d.generate_s:.1f}", d.description] for d in res.datasets])
     if res.mutations:
         out += ["", "Mutations (applied once to the source, then every contender replicates them):", ""]
         out += [f"- **{k}**: {v}" for k, v in res.mutations.items()]

@@ -84,6 +84,13 @@ def _slug(c: Contender) -> str:
     return c.name.split()[0].replace("-", "_") + ("_" + c.name.split()[1] if len(c.name.split()) > 1 else "")
 
 
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (``df -T``), "?" if it cannot be told."""
+
+    fs = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True).stdout.strip().splitlines()
+    return fs[-1].split()[1] if len(fs) > 1 else "?"
+
+
 def machine_info() -> dict[str, str]:
     cpu = "?"
     try:
@@ -100,9 +107,8 @@ def machine_info() -> dict[str, str]:
     except (OSError, ValueError, IndexError):
         pass
     uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip() or " ".join(platform.uname())
-    fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True).stdout.strip().splitlines()
     return {"uname -a": uname, "CPU": f"{cpu} × {os.cpu_count()}", "memory": mem,
-            "work filesystem": fs[-1].split()[1] if len(fs) > 1 else "?",
+            "work filesystem": filesystem_type(Path("/tmp")),
             "load average at start (1/5/15 min)": load_average()}
 
 

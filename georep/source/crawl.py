@@ -178,12 +178,9 @@ class Crawler:
                 return False
         return False
 
-    def entry_for(self, oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_result) -> Entry | None:
-        return make_entry(oid, parent, name, path, st, brick=self.brick, privileged=self.privileged)
-
     def __iter__(self) -> Iterator[SourceEntry]:
         st = os.stat(self.root)
-        root_entry = self.entry_for(ROOT_ID, ROOT_ID, b"", self.root, st)
+        root_entry = make_entry(ROOT_ID, ROOT_ID, b"", self.root, st, brick=self.brick, privileged=self.privileged)
         assert root_entry is not None
         yield SourceEntry(root_entry, self.root, st.st_mtime_ns)
         stack: list[_Listing] = []
