@@ -18,6 +18,7 @@ The baseline is also measured with aes128-gcm so the two can be told apart.
 
 from __future__ import annotations
 
+import compileall
 import shlex
 import subprocess
 import sys
@@ -32,6 +33,19 @@ PYTHON = sys.executable
 CHECKOUT = Path(__file__).resolve().parent.parent
 #: What the remote shell runs to start the agent: this interpreter on this checkout.
 REMOTE_COMMAND = f"env PYTHONPATH={shlex.quote(str(CHECKOUT))} {PYTHON} -m georep"
+
+
+def byte_compile() -> None:
+    """Compile the checkout's georep to bytecode, as installing it (pip, a package) would.
+
+    Without it, every start of the sender and of the agent compiles the modules whose
+    bytecode is missing or stale, and none is written back where PYTHONDONTWRITEBYTECODE
+    is set (as on this machine; a fresh clone has none at all): measured here, the
+    agent's start-up took 0.19 s instead of 0.10 s, and every copy waits for it.
+    """
+
+    if not compileall.compile_dir(CHECKOUT / "georep", quiet=1):
+        raise RuntimeError(f"georep in {CHECKOUT} does not compile")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import datasets
-from bench.contenders import GeorepOneshot, Path2Secondary, Rsync
+from bench.contenders import GeorepOneshot, Path2Secondary, Rsync, byte_compile
 from bench.measure import run_measured, tree
 from bench.proxy import Link, WanProxy
 from bench.report import markdown_table
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = work / "src"
         datasets.make_small(src, files=args.files, dirs=max(1, args.files // 100))
+        byte_compile()
         sshd = start_sshd(work)
         proxy = WanProxy(sshd.port, Link(rtt=args.rtt / 1000)).start()
         path = Path2Secondary(proxy, sshd.pid, sshd.identity, sshd.known_hosts(proxy.port))

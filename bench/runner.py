@@ -28,7 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import datasets, gluster, live_tree, verify
-from bench.contenders import CONTENDERS, PYTHON, REMOTE_COMMAND, Contender, Path2Secondary, pipe_baseline, tool_versions
+from bench.contenders import (
+    CONTENDERS,
+    PYTHON,
+    REMOTE_COMMAND,
+    Contender,
+    Path2Secondary,
+    byte_compile,
+    pipe_baseline,
+    tool_versions,
+)
 from bench.live import daemon_available, measure_lag, names_and_sizes, wait_until, warm_up
 from bench.measure import Measured, TreeMonitor, run_measured
 from bench.proxy import Link, WanProxy
@@ -171,6 +180,7 @@ class Runner:
         return Link(rtt=rtt_ms / 1000, bandwidth=self.plan.bandwidth)
 
     def start(self) -> None:
+        byte_compile()
         self.sshd = start_sshd(self.work)
         self.proxy = WanProxy(self.sshd.port, self.link(self.plan.rtts_ms[0])).start()
         self.path = Path2Secondary(self.proxy, self.sshd.pid, self.sshd.identity,

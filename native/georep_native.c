@@ -25,10 +25,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<xxhash.h>)
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+#define GEOREP_HAVE_XXHASH 1
+#endif
+#endif
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -230,10 +239,201 @@ done:
     return result;
 }
 
+#ifdef GEOREP_HAVE_XXHASH
+/* The statuses of georep.transport.filedata.read_small_files, in its order. */
+enum { RS_READ = 0, RS_OPEN_FAILED = 1, RS_READ_FAILED = 2, RS_NOT_SMALL = 3, RS_NOT_REGULAR = 4 };
+
+/* At most this many paths per call: every one may hold an open fd between the phases. */
+#define RS_MAX_PATHS 1024
+
+typedef struct {
+    const char *path;
+    int fd;
+    int status;
+    int err;
+    long long size;
+    long long mtime_ns;
+    PyObject *data; /* a bytes object of `size` bytes, filled without the GIL */
+    Py_ssize_t got;
+    int stable;
+    unsigned char digest[16];
+} rs_t;
+
+static void le64(unsigned char *out, unsigned long long v) {
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(v >> (8 * i));
+}
+
+static long long mtime_of(const struct stat *st) {
+    return (long long)st->st_mtim.tv_sec * 1000000000LL + (long long)st->st_mtim.tv_nsec;
+}
+
+/* Phase 1: open and look; only a dense regular file within the limit stays open. */
+static void rs_open(rs_t *r, long long limit) {
+    struct stat st;
+    r->fd = open(r->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (r->fd < 0) {
+        r->status = RS_OPEN_FAILED;
+        r->err = errno;
+        return;
+    }
+    if (fstat(r->fd, &st) != 0) {
+        r->status = RS_READ_FAILED;
+        r->err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+        r->status = RS_NOT_REGULAR;
+    } else if ((long long)st.st_size > limit || (long long)st.st_blocks * 512 < (long long)st.st_size) {
+        r->status = RS_NOT_SMALL; /* large, or with holes: the caller's general path */
+    } else {
+        r->status = RS_READ;
+        r->size = (long long)st.st_size;
+        r->mtime_ns = mtime_of(&st);
+        return;
+    }
+    close(r->fd);
+    r->fd = -1;
+}
+
+/* Phase 3: read, digest (as georep.protocol.digest.ExtentDigest: one extent, then the size),
+ * look again, close. */
+static void rs_read(rs_t *r) {
+    char *buf = PyBytes_AS_STRING(r->data);
+    Py_ssize_t got = 0;
+    while (got < r->size) {
+        ssize_t n = pread(r->fd, buf + got, (size_t)(r->size - got), (off_t)got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            r->status = RS_READ_FAILED;
+            r->err = errno;
+            break;
+        }
+        if (n == 0)
+            break; /* it shrank: what was read is sent, and it is reported unstable */
+        got += n;
+    }
+    struct stat st;
+    if (r->status == RS_READ && fstat(r->fd, &st) != 0) {
+        r->status = RS_READ_FAILED;
+        r->err = errno;
+    }
+    close(r->fd);
+    r->fd = -1;
+    if (r->status != RS_READ)
+        return;
+    r->got = got;
+    r->stable = (long long)st.st_size == r->size && mtime_of(&st) == r->mtime_ns;
+    XXH3_state_t state;
+    XXH3_128bits_reset(&state);
+    if (r->size > 0) {
+        unsigned char head[16];
+        le64(head, 0);
+        le64(head + 8, (unsigned long long)got);
+        XXH3_128bits_update(&state, head, sizeof head);
+        XXH3_128bits_update(&state, buf, (size_t)got);
+    }
+    unsigned char tail[8];
+    le64(tail, (unsigned long long)r->size);
+    XXH3_128bits_update(&state, tail, sizeof tail);
+    XXH128_canonical_t canon;
+    XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(&state));
+    memcpy(r->digest, canon.digest, sizeof r->digest);
+}
+
+static PyObject *read_small_files(PyObject *self, PyObject *args) {
+    PyObject *paths;
+    long long limit;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OL", &paths, &limit))
+        return NULL;
+    paths = PySequence_Fast(paths, "paths must be a sequence");
+    if (paths == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(paths);
+    PyObject *result = NULL;
+    rs_t *rs = NULL;
+    if (n > RS_MAX_PATHS) {
+        PyErr_Format(PyExc_ValueError, "at most %d paths per call", RS_MAX_PATHS);
+        goto done;
+    }
+    rs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(rs_t));
+    if (rs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PySequence_Fast_GET_ITEM(paths, i);
+        if (!PyBytes_Check(p) || (Py_ssize_t)strlen(PyBytes_AS_STRING(p)) != PyBytes_GET_SIZE(p)) {
+            PyErr_SetString(PyExc_TypeError, "a path is bytes without NUL");
+            goto done;
+        }
+        rs[i].path = PyBytes_AS_STRING(p);
+        rs[i].fd = -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        rs_open(&rs[i], limit);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rs[i].status != RS_READ)
+            continue;
+        rs[i].data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rs[i].size);
+        if (rs[i].data == NULL)
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (rs[i].status == RS_READ)
+            rs_read(&rs[i]);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        rs_t *r = &rs[i];
+        PyObject *t;
+        if (r->status == RS_READ) {
+            if (r->got < r->size && _PyBytes_Resize(&r->data, r->got) != 0) {
+                r->data = NULL; /* _PyBytes_Resize freed it */
+                Py_CLEAR(result);
+                goto done;
+            }
+            t = Py_BuildValue("(iiLLOy#O)", r->status, 0, r->size, r->mtime_ns, r->data, (const char *)r->digest,
+                              (Py_ssize_t)16, r->stable ? Py_True : Py_False);
+        } else {
+            t = Py_BuildValue("(iiLLy#y#O)", r->status, r->err, 0LL, 0LL, "", (Py_ssize_t)0, "", (Py_ssize_t)0,
+                              Py_False);
+        }
+        if (t == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, t);
+    }
+done:
+    if (rs != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (rs[i].fd >= 0)
+                close(rs[i].fd);
+            Py_XDECREF(rs[i].data);
+        }
+        PyMem_Free(rs);
+    }
+    Py_DECREF(paths);
+    return result;
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"write_small", write_small, METH_VARARGS,
      "write_small(staging_fd, jobs) -> [(errno, ino, published)]: small files written and published "
      "without the GIL (see georep.apply.writer.write_small, the reference)."},
+#ifdef GEOREP_HAVE_XXHASH
+    {"read_small_files", read_small_files, METH_VARARGS,
+     "read_small_files(paths, limit) -> [(status, errno, size, mtime_ns, data, digest, stable)]: small "
+     "source files read and digested without the GIL (see georep.transport.filedata.read_small_files, "
+     "the reference)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

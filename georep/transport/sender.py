@@ -44,12 +44,19 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
+    NOT_REGULAR,
+    NOT_SMALL,
+    OPEN_FAILED,
+    READ,
+    READ_BATCH,
     SMALL_FILE,
     BlobPacker,
+    changed_while_read,
     file_extents,
     publish_mtime,
     read_chunks,
     read_small,
+    read_small_files,
     unstable,
 )
 from georep.transport.lanes import Lane, agent_error, open_lane, work_queue
@@ -62,6 +69,9 @@ LONG_CONNECT_S = 0.25
 
 #: Frames are queued and written to the transport in pieces of at least this size.
 WRITE_BATCH = 64 * 1024
+
+#: Listed bytes of small files read per `read_small_files` call, at most (but one file always).
+SMALL_BATCH_BYTES = CHUNK_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -810,6 +820,9 @@ class Sender:
 
         packer = BlobPacker()
         while self.need:
+            if batch := self._small_batch():
+                await self._send_small(batch, packer)
+                continue
             seq = self.need.popleft()
             se = self.inflight[seq]
             assert isinstance(se, SourceEntry)
@@ -819,43 +832,105 @@ class Sender:
             if sums is None and not again and any(lane.ready for lane in self.lanes):
                 await self.lane_work.put((seq, se))  # a delta needs the main session's copy
                 continue
-            self._answer_final.add(seq)  # but for a delta (below), the agent may ask again
-            try:
-                fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as exc:
-                self._send(m.DataAbort(seq, f"cannot open on the source: {exc.strerror}"))
-                continue
-            try:
-                st0 = os.fstat(fd)
-                mtime = publish_mtime(se, st0)
-                if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
-                    if (rest := packer.take()) is not None:
-                        self._send(rest)
-                    self._delta_sent.add(seq)
-                    self._answer_final.discard(seq)
-                    await self._delta(seq, fd, st0, mtime, sums)
-                elif st0.st_size <= SMALL_FILE:
-                    small, carried = read_small(seq, fd, st0, mtime)
-                    self.summary.bytes_data += carried
-                    if (full := packer.add(small)) is not None:
-                        self._send(full)
-                        await self._drain()
-                else:
-                    if (rest := packer.take()) is not None:
-                        self._send(rest)
-                    await self._large(seq, fd, st0, mtime)
-                problem = unstable(fd, st0, se)
-                if problem is not None:
-                    self.summary.problems.append(problem)
-                if not again:
-                    self.summary.files += 1
-            except OSError as exc:
-                self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
-            finally:
-                os.close(fd)
+            await self._send_file(seq, se, sums, again, packer)
         if (rest := packer.take()) is not None:
             self._send(rest)
         await self._drain()
+
+    def _small_batch(self) -> list[int]:
+        """The items at the head of `need` that `_send_small` reads many at a time (maybe none).
+
+        Listed as small, asked for whole (no block sums, no delta sent), and no lane ready
+        to take them; the batch ends at the first item that is not so.
+        """
+
+        need, inflight = self.need, self.inflight
+        if not need or any(lane.ready for lane in self.lanes):
+            return []
+        batch: list[int] = []
+        listed = 0
+        for seq in need:
+            se = inflight[seq]
+            assert isinstance(se, SourceEntry)
+            size = se.entry.size
+            if size > SMALL_FILE or seq in self.sums or seq in self._delta_sent or len(batch) == READ_BATCH:
+                break
+            listed += size
+            if listed > SMALL_BATCH_BYTES and batch:
+                break
+            batch.append(seq)
+        for _ in batch:
+            need.popleft()
+        return batch
+
+    async def _send_small(self, batch: list[int], packer: BlobPacker) -> None:
+        """The data of the small files ``batch``: read many per call (`read_small_files`), then packed."""
+
+        entries = [self.inflight[seq] for seq in batch]
+        reads = read_small_files([se.path for se in entries])
+        summary = self.summary
+        for seq, se, (status, err, size, mtime_ns, data, digest, stable) in zip(batch, entries, reads, strict=True):
+            assert isinstance(se, SourceEntry)
+            self._answer_final.add(seq)
+            if status != READ:
+                if status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+                    await self._send_file(seq, se, None, False, packer)
+                elif status == NOT_REGULAR:
+                    self._send(m.DataAbort(seq, "no regular file any more on the source; the next run sends what "
+                                                "is there"))
+                else:
+                    why = os.strerror(err)
+                    self._send(m.DataAbort(seq, f"cannot open on the source: {why}" if status == OPEN_FAILED
+                                           else f"cannot read on the source: {why}"))
+                continue
+            e = se.entry
+            mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
+            summary.bytes_data += len(data)
+            summary.files += 1
+            if not stable:
+                summary.problems.append(changed_while_read(se))
+            if (full := packer.add(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))) is not None:
+                self._send(full)
+                await self._drain()
+
+    async def _send_file(self, seq: int, se: SourceEntry, sums: m.BlockSums | None, again: bool,
+                         packer: BlobPacker) -> None:
+        """The data of one file, read one system call at a time: whole, as a delta, or streamed."""
+
+        self._answer_final.add(seq)  # but for a delta (below), the agent may ask again
+        try:
+            fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            self._send(m.DataAbort(seq, f"cannot open on the source: {exc.strerror}"))
+            return
+        try:
+            st0 = os.fstat(fd)
+            mtime = publish_mtime(se, st0)
+            if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
+                if (rest := packer.take()) is not None:
+                    self._send(rest)
+                self._delta_sent.add(seq)
+                self._answer_final.discard(seq)
+                await self._delta(seq, fd, st0, mtime, sums)
+            elif st0.st_size <= SMALL_FILE:
+                small, carried = read_small(seq, fd, st0, mtime)
+                self.summary.bytes_data += carried
+                if (full := packer.add(small)) is not None:
+                    self._send(full)
+                    await self._drain()
+            else:
+                if (rest := packer.take()) is not None:
+                    self._send(rest)
+                await self._large(seq, fd, st0, mtime)
+            problem = unstable(fd, st0, se)
+            if problem is not None:
+                self.summary.problems.append(problem)
+            if not again:
+                self.summary.files += 1
+        except OSError as exc:
+            self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
+        finally:
+            os.close(fd)
 
     async def _large(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> None:
         size = st0.st_size
