@@ -50,7 +50,21 @@ from georep.protocol.framing import chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
-from georep.transport.filedata import SMALL_FILE, BlobPacker, publish_mtime, read_chunks, read_small, unstable
+from georep.transport.filedata import (
+    NOT_REGULAR,
+    NOT_SMALL,
+    OPEN_FAILED,
+    READ,
+    SMALL_FILE,
+    BlobPacker,
+    SmallRead,
+    changed_while_read,
+    publish_mtime,
+    read_chunks,
+    read_small,
+    read_small_files,
+    unstable,
+)
 
 #: Items waiting for a lane, per lane (their data is read only when a writer pulls them).
 QUEUE = 256
@@ -243,40 +257,16 @@ class Lane:
         while True:
             jobs = await self._pull()
             packer = BlobPacker()
-            for seq, se in jobs:
-                try:
-                    fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                except OSError as exc:
-                    self._give_up(seq, f"cannot open on the source: {exc.strerror}")
-                    continue
-                streaming = False  # DataBegin went on this lane: an abort must follow it here
-                try:
-                    st0 = os.fstat(fd)
-                    mtime = publish_mtime(se, st0)
-                    if not self.join_token:
-                        self._sent[seq] = (st0.st_size, mtime)  # for the Adopt, once Staged
-                    if st0.st_size <= SMALL_FILE:
-                        small, carried = read_small(seq, fd, st0, mtime)
-                        self.owner.summary.bytes_data += carried
-                        if (full := packer.add(small)) is not None:
-                            self._send(full)
-                            await self._drain()
-                    else:
-                        if (rest := packer.take()) is not None:
-                            self._send(rest)
-                        streaming = True
-                        await self._stream(seq, fd, st0.st_size, mtime)
-                    problem = unstable(fd, st0, se)
-                    if problem is not None:
-                        self.owner.summary.problems.append(problem)
-                    self.owner.summary.files += 1
-                except OSError as exc:
-                    if streaming:
-                        self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
-                    else:
-                        self._give_up(seq, f"cannot read on the source: {exc.strerror}")
-                finally:
-                    os.close(fd)
+            # the small ones (all but perhaps the last, see _pull) are read many per call
+            n = 0
+            while n < len(jobs) and jobs[n][1].entry.size <= SMALL_FILE:
+                n += 1
+            small = jobs[:n]
+            reads = read_small_files([se.path for _seq, se in small]) if small else []
+            for (seq, se), found in zip(small, reads, strict=True):
+                await self._send_small(seq, se, found, packer)
+            for seq, se in jobs[len(small):]:
+                await self._send_file(seq, se, packer)
             if (rest := packer.take()) is not None:
                 self._send(rest)
             self._flush()
@@ -285,6 +275,70 @@ class Lane:
                 # given up above, through its DataAbort), and holds Finish until then
                 self.owner.lane_sent(seq for seq, _se in jobs)
             await self._drain()
+
+    async def _send_small(self, seq: int, se: SourceEntry, found: SmallRead, packer: BlobPacker) -> None:
+        """One small file as `read_small_files` found it."""
+
+        status, err, size, mtime_ns, data, digest, stable = found
+        if status != READ:
+            if status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+                await self._send_file(seq, se, packer)
+            elif status == NOT_REGULAR:
+                self._give_up(seq, "no regular file any more on the source; the next run sends what is there")
+            else:
+                why = os.strerror(err)
+                self._give_up(seq, f"cannot open on the source: {why}" if status == OPEN_FAILED
+                              else f"cannot read on the source: {why}")
+            return
+        e = se.entry
+        mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
+        if not self.join_token:
+            self._sent[seq] = (size, mtime)  # for the Adopt, once Staged
+        summary = self.owner.summary
+        summary.bytes_data += len(data)
+        summary.files += 1
+        if not stable:
+            summary.problems.append(changed_while_read(se))
+        if (full := packer.add(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))) is not None:
+            self._send(full)
+            await self._drain()
+
+    async def _send_file(self, seq: int, se: SourceEntry, packer: BlobPacker) -> None:
+        """One file read one system call at a time: whole if small, else streamed."""
+
+        try:
+            fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            self._give_up(seq, f"cannot open on the source: {exc.strerror}")
+            return
+        streaming = False  # DataBegin went on this lane: an abort must follow it here
+        try:
+            st0 = os.fstat(fd)
+            mtime = publish_mtime(se, st0)
+            if not self.join_token:
+                self._sent[seq] = (st0.st_size, mtime)  # for the Adopt, once Staged
+            if st0.st_size <= SMALL_FILE:
+                small, carried = read_small(seq, fd, st0, mtime)
+                self.owner.summary.bytes_data += carried
+                if (full := packer.add(small)) is not None:
+                    self._send(full)
+                    await self._drain()
+            else:
+                if (rest := packer.take()) is not None:
+                    self._send(rest)
+                streaming = True
+                await self._stream(seq, fd, st0.st_size, mtime)
+            problem = unstable(fd, st0, se)
+            if problem is not None:
+                self.owner.summary.problems.append(problem)
+            self.owner.summary.files += 1
+        except OSError as exc:
+            if streaming:
+                self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
+            else:
+                self._give_up(seq, f"cannot read on the source: {exc.strerror}")
+        finally:
+            os.close(fd)
 
     async def _stream(self, seq: int, fd: int, size: int, mtime: int) -> None:
         self._send(m.DataBegin(seq, size))
