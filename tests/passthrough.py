@@ -11,7 +11,7 @@ from typing import TypeVar
 from georep.model import Summary
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
-from georep.transport.channel import PipeChannel, local_agent_argv
+from georep.transport.channel import JoinedChannel, PipeChannel, local_agent_argv
 from georep.transport.sender import Options, Sender
 
 
@@ -52,6 +52,16 @@ class Passthrough:
 
     def stderr_text(self) -> str:
         return self.inner.stderr_text()
+
+    async def sibling(self) -> PipeChannel:
+        """A data lane as an agent of its own (not looked at)."""
+
+        return await self.inner.sibling()
+
+    async def join(self, path: bytes) -> JoinedChannel:
+        """A data lane into the agent's lane socket (not looked at)."""
+
+        return await self.inner.join(path)
 
 
 P = TypeVar("P", bound=Passthrough)

@@ -718,7 +718,9 @@ class Sender:
         the items still in flight come before Finished, which is checked.
         """
 
-        await self._drain_all(in_full=in_full)
+        # in full: nor for the answers of what joined lanes sent whole (the agent holds Finish
+        # until that data arrived, protocol v6); waiting for them cost a round trip per copy
+        await self._drain_all(in_full=in_full, lane_sent=in_full)
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))

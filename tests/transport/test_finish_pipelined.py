@@ -24,10 +24,13 @@ from passthrough import Passthrough
 from treecmp import diff, snapshot
 
 from georep.errors import AgentVersionMismatch
-from georep.model import Summary
+from georep.model import Kind, Summary
 from georep.protocol import messages as m
 from georep.protocol.session import Role, Session, State
-from georep.transport.channel import PipeChannel
+from georep.source.crawl import Crawler
+from georep.source.identity import IdStore
+from georep.transport.channel import PipeChannel, local_agent_argv
+from georep.transport.sender import Lanes, Options, Sender
 
 DELAY_S = 0.2
 
@@ -45,6 +48,9 @@ class SlowReturn(Passthrough):
         self.answered_at_finish: int | None = None
         self.entries_before_hello_ok = 0
         self.hello_ok_read = False
+        self.files: set[int] = set()  # entries of regular files, wherever their data goes
+        self.final: set[int] = set()  # items with their last answer
+        self.files_answered_at_finish: int | None = None
 
     async def from_agent(self, data: bytes) -> None:
         if data:
@@ -52,6 +58,7 @@ class SlowReturn(Passthrough):
         for msg in self.incoming.receive(data):
             if isinstance(msg, m.Results):
                 self.answered.update(r.seq for r in msg.items if r.status != m.NEED and r.seq in self.data_sent)
+                self.final.update(r.seq for r in msg.items if r.status != m.NEED)
         self.hello_ok_read = self.hello_ok_read or self.incoming.state is State.READY  # the sender has it now
 
     def from_sender(self, data: bytes) -> None:
@@ -60,8 +67,12 @@ class SlowReturn(Passthrough):
                 self.data_sent.update(f.seq for f in msg.files)
             elif isinstance(msg, m.Finish):
                 self.answered_at_finish = len(self.answered)
-            elif isinstance(msg, m.EntryMsg) and not self.hello_ok_read:
-                self.entries_before_hello_ok += 1
+                self.files_answered_at_finish = len(self.final & self.files)
+            elif isinstance(msg, m.EntryMsg):
+                if msg.kind == Kind.FILE:
+                    self.files.add(msg.seq)
+                if not self.hello_ok_read:
+                    self.entries_before_hello_ok += 1
 
 
 async def replicate(src: Path, dst: Path, state: Path, argv: list[str] | None = None) -> tuple[Summary, SlowReturn]:
@@ -83,6 +94,39 @@ def test_finish_follows_the_last_data_without_waiting_for_its_answers(tmp_path: 
     assert summary.problems == [] and summary.files == 300
     assert diff(snapshot(src), snapshot(dst)) == []
     assert os.stat(dst / "extra name").st_ino == os.stat(dst / "d" / "f0").st_ino
+
+
+def test_finish_does_not_wait_for_the_answers_to_what_joined_lanes_carried(tmp_path: Path) -> None:
+    """Protocol v6: the agent holds Finish until the joined lanes' data arrived, so the sender
+    sends it once the lanes wrote that data, a round trip before their answers are back."""
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    for i in range(400):
+        (src / f"f{i}").write_bytes(os.urandom(20_000 + i))
+
+    async def run() -> tuple[Summary, SlowReturn]:
+        store = IdStore(state, os.fsencode(src))
+        crawler = Crawler(os.fsencode(src), store)
+        chan = SlowReturn(await PipeChannel.start(local_agent_argv(str(dst))))
+        sender = Sender(chan, Options(lanes=Lanes(2, join=True)))  # type: ignore[arg-type]
+        try:
+            await sender.handshake()
+            while len(sender.lanes) < 2 or not all(lane.ready for lane in sender.lanes):  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # ready lanes take every file's data
+            return await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count), chan
+        finally:
+            await sender.abort()
+            store.close()
+
+    summary, chan = asyncio.run(asyncio.wait_for(run(), 60))
+
+    assert summary.lanes_kind == "joined" and chan.data_sent == set()  # all data went through the lanes
+    assert len(chan.files) == 400
+    assert chan.files_answered_at_finish is not None and chan.files_answered_at_finish < 400
+    assert chan.final >= chan.files  # ... and every answer still came, before Finished
+    assert summary.problems == [] and summary.files == 400
+    assert diff(snapshot(src), snapshot(dst)) == []
 
 
 def test_entries_follow_hello_without_waiting_for_its_answer(tmp_path: Path) -> None:
