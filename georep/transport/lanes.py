@@ -366,6 +366,10 @@ class Lane:
         self._write(self.session.send(msg))
 
     def _write(self, data: bytes) -> None:
+        if len(data) >= WRITE_BATCH:  # a big frame goes as it is, behind what is queued (as the sender's)
+            self._flush()
+            self._write_now(data)
+            return
         self._out += data
         if len(self._out) >= WRITE_BATCH:
             self._flush()
@@ -373,10 +377,13 @@ class Lane:
     def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            try:
-                self.chan.write(data)
-            except OSError as exc:
-                raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
+            self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
+        try:
+            self.chan.write(data)
+        except OSError as exc:
+            raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
 
     async def _drain(self) -> None:
         self._flush()

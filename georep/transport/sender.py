@@ -389,8 +389,17 @@ class Sender:
         One transport write per small frame costs an SSH packet (and a cipher call and a
         socket send) each: 20,000 entries made 40,000 sends.  Everything that waits on
         the agent flushes first (`_flush`), so nothing the agent needs stays queued.
+        A frame that big by itself (a Blobs of about a chunk) goes as it is, behind what is
+        queued: through the queue it was copied twice more (about 0.05 s of CPU per 170 MB).
         """
 
+        if len(data) >= WRITE_BATCH:
+            self._flush()
+            try:
+                self.chan.write(data)
+            except OSError as exc:
+                raise self._lost(exc) from None
+            return
         self._out += data
         if len(self._out) >= WRITE_BATCH:
             self._flush()
