@@ -241,6 +241,15 @@ def encode(msg: m.Message) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def encode_entry(seq: int, oid: bytes, parent: bytes, name: bytes, kind: int, mode: int, uid: int, gid: int,
+                 mtime_ns: int, xattrs: list[list[bytes]], size: int, target: bytes, rdev: int) -> bytes:
+    """``encode(m.EntryMsg(...))`` without making the message object: once per entry of a crawl."""
+
+    body: bytes = msgpack.packb([m.EntryMsg.KIND, seq, oid, parent, name, kind, mode, uid, gid, mtime_ns, xattrs,
+                                 size, target, rdev], use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
 def encode_chunk(seq: int, offset: int, data: bytes | memoryview) -> bytes:
     """A DataChunk frame built without an intermediate message object (the hot path)."""
 

@@ -35,8 +35,9 @@ import enum
 
 from georep import PROTOCOL_VERSION, __version__
 from georep.errors import AgentVersionMismatch, ProtocolError
+from georep.model import Entry
 from georep.protocol import messages as m
-from georep.protocol.framing import MAX_FRAME, FrameDecoder, encode
+from georep.protocol.framing import MAX_FRAME, FrameDecoder, encode, encode_entry
 
 MAGIC = b"\x89GEOREP\r\n\x1a\n"
 SOFTWARE = f"georep-sync {__version__}"
@@ -93,6 +94,15 @@ class Session:
         if self.role is Role.SENDER:
             return MAGIC + encode(m.Hello(PROTOCOL_VERSION, SOFTWARE, self.scope))
         return MAGIC
+
+    def send_entry(self, e: Entry, seq: int) -> bytes:
+        """``send(EntryMsg(seq, ...))`` for entry ``e``, the message object skipped (the crawl's hot path)."""
+
+        if not self._can_send:
+            raise ProtocolError("session already closed")
+        meta = e.meta
+        return encode_entry(seq, e.id, e.parent, e.name, int(e.kind), meta.mode, meta.uid, meta.gid, meta.mtime_ns,
+                            [[k, v] for k, v in meta.xattrs], e.size, e.target, e.rdev)
 
     def send(self, msg: m.Message) -> bytes:
         if not self._can_send:

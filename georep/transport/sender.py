@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from georep.batch.ledger import Moved
 from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepError, ProtocolError
-from georep.model import Entry, Kind, Problem, Summary, record
+from georep.model import Kind, Problem, Summary, record
 from georep.protocol import messages as m
 from georep.protocol.delta import BlockMatcher, DeltaEncoder
 from georep.protocol.digest import ExtentDigest
@@ -686,7 +686,7 @@ class Sender:
             self._moves.add(self._seq)
             self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
         else:
-            self._send(self._entry_msg(self._seq, e))
+            self._write(self.session.send_entry(e, self._seq))
             if e.kind is not Kind.FILE:  # only a regular file is ever answered NEED
                 self._answer_final.add(self._seq)
         self.summary.entries += 1
@@ -970,21 +970,3 @@ class Sender:
         self.summary.bytes_data += enc.sent
         self.summary.bytes_matched += enc.matched
         self._send(m.DataEnd(seq, enc.finish(), mtime))
-
-    @staticmethod
-    def _entry_msg(seq: int, e: Entry) -> m.EntryMsg:
-        return m.EntryMsg(
-            seq,
-            e.id,
-            e.parent,
-            e.name,
-            int(e.kind),
-            e.meta.mode,
-            e.meta.uid,
-            e.meta.gid,
-            e.meta.mtime_ns,
-            [[k, v] for k, v in e.meta.xattrs],
-            e.size,
-            e.target,
-            e.rdev,
-        )

@@ -20,6 +20,7 @@ from georep.protocol.framing import (
     decode_body,
     encode,
     encode_chunk,
+    encode_entry,
 )
 
 ids = st.binary(min_size=16, max_size=16)
@@ -126,6 +127,15 @@ def test_chunk_header_then_data_is_the_chunk_frame(seq: int, offset: int, length
     frame = chunk_header(seq, offset, length) + data
     assert frame == encode_chunk(seq, offset, data) == encode(m.DataChunk(seq, offset, data))
     assert FrameDecoder().feed(frame) == [m.DataChunk(seq, offset, data)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(BY_KIND[m.EntryMsg])
+def test_entry_fast_path_equals_message(msg: m.EntryMsg) -> None:
+    fields = (msg.seq, msg.id, msg.parent, msg.name, msg.kind, msg.mode, msg.uid, msg.gid, msg.mtime_ns, msg.xattrs,
+              msg.size, msg.target, msg.rdev)
+    assert encode_entry(*fields) == encode(msg)
+    assert FrameDecoder().feed(encode_entry(*fields)) == [msg]
 
 
 def test_oversized_frame_rejected_before_reading_it() -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from georep import PROTOCOL_VERSION
 from georep.errors import AgentVersionMismatch, ProtocolError
+from georep.model import Entry, Kind, Meta
 from georep.protocol import messages as m
 from georep.protocol.framing import encode
 from georep.protocol.session import MAGIC, Role, Session, State
@@ -190,3 +191,18 @@ def test_an_error_closes_both_directions() -> None:
     assert sender.state is State.CLOSED
     with pytest.raises(ProtocolError):
         sender.send(SAMPLES[m.EntryMsg])
+
+
+def test_an_entry_sent_from_the_crawl_is_the_entry_message() -> None:
+    """`Session.send_entry` skips making the EntryMsg; the bytes must be the same, and a closed
+    session refuses it like any message."""
+
+    e = Entry(b"\x01" * 16, b"\x02" * 16, b"name\xff", Kind.FILE,
+              Meta(0o4755, 1000, 100, 1_700_000_000_123_456_789, ((b"user.a", b"1"), (b"user.b", b""))), size=12_345)
+    s = Session(Role.SENDER)
+    expected = encode(m.EntryMsg(7, e.id, e.parent, e.name, int(Kind.FILE), 0o4755, 1000, 100,
+                                 1_700_000_000_123_456_789, [[b"user.a", b"1"], [b"user.b", b""]], 12_345, b"", 0))
+    assert s.send_entry(e, 7) == expected
+    s.send(m.Bye())
+    with pytest.raises(ProtocolError, match="closed"):
+        s.send_entry(e, 8)
