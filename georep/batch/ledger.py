@@ -50,11 +50,12 @@ from georep.errors import DaemonRunning, StateError
 from georep.model import Entry, Kind, record
 from georep.source.crawl import SourceEntry
 
-_SCHEMA = """
+_NAMES_BY_ID = "CREATE INDEX IF NOT EXISTS names_by_id ON names (id)"
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS names (
     parent BLOB NOT NULL, name BLOB NOT NULL, id BLOB NOT NULL, PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS names_by_id ON names (id);
+{_NAMES_BY_ID};
 CREATE TABLE IF NOT EXISTS objects (id BLOB PRIMARY KEY, kind INTEGER NOT NULL, meta BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS about (key TEXT PRIMARY KEY, value BLOB);
 """
@@ -145,6 +146,11 @@ class Ledger:
 
         for table in ("names", "objects", "about", "temp.dirty", "temp.orphans"):
             self._db.execute(f"DELETE FROM {table}")
+        # names by id are looked up only after the rebuild (`gc`), so the index is made once
+        # then, from the whole table (`seal`, or the next open): kept up to date row by row,
+        # it cost a third of the rebuild's writes (measured: 0.15 s for 20,000 entries against
+        # 0.13 s without it and 0.008 s to build it at the end)
+        self._db.execute("DROP INDEX IF EXISTS names_by_id")
         self.commit()
         self._fresh = True
 
@@ -152,6 +158,7 @@ class Ledger:
         """Everything this run did is recorded: keep it, with the agent's token for the next run."""
 
         self._flush_fresh()
+        self._db.execute(_NAMES_BY_ID)  # (dropped by `forget`)
         self.gc()
         self._db.execute("INSERT OR REPLACE INTO about(key, value) VALUES ('token', ?)", (token or None,))
         self.commit()

@@ -102,6 +102,31 @@ def test_forget_starts_over(ledger: Ledger) -> None:
     assert ledger.token == b"" and ledger.count(ROOT_ID) == 0
 
 
+def _has_names_by_id(led: Ledger) -> bool:
+    row = led._db.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='names_by_id'").fetchone()
+    return row is not None
+
+
+def test_a_rebuild_makes_the_by_id_index_once_at_the_end(tmp_path: Path, ledger: Ledger) -> None:
+    """Dropped while the rebuild writes its rows, made again when it is sealed, or on the next open
+    if the run ended without a seal; a rename found by id works on what the rebuild wrote."""
+
+    ledger.forget()
+    assert not _has_names_by_id(ledger)
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.seal(b"t" * 16)
+    assert _has_names_by_id(ledger)
+    assert ledger.verdict(entry(A, ROOT_ID, b"g")) is Verdict.MOVED
+    ledger.forget()
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.close()  # the run failed before its seal
+    again = Ledger(tmp_path, b"/src", "ssh://h/dst", "")
+    try:
+        assert _has_names_by_id(again)
+    finally:
+        again.close()
+
+
 def test_two_runs_cannot_share_a_ledger(tmp_path: Path, ledger: Ledger) -> None:
     with pytest.raises(DaemonRunning, match="another georep-sync run"):
         Ledger(tmp_path, b"/src", "ssh://h/dst", "")
