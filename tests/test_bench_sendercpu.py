@@ -1,0 +1,36 @@
+"""`python -m bench.sendercpu` copies with each checkout in turn and reports its sender's own CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_sendercpu_reports_each_checkout(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.sendercpu", "--rounds", "2", "--files", "300",
+                        "--work", str(tmp_path), f"a={TOP}", f"b={TOP}"], cwd=TOP, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("a", "b"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    assert set(rows) == {"a", "b"}, r.stdout
+    for name, (cpu, user, system, wall) in rows.items():
+        assert cpu > 0 and user > 0 and system >= 0 and wall > 0, (name, r.stdout)
+        assert abs(cpu - (user + system)) < 0.002 and cpu < 3 * wall, (name, r.stdout)
+    assert list(tmp_path.iterdir()) == []  # its work directory is gone
+
+
+def test_sendercpu_refuses_what_is_no_checkout(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.sendercpu", f"x={tmp_path}"], cwd=TOP,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "NAME=PATH" in r.stderr
