@@ -7,7 +7,8 @@ CPU seconds.  Over SSH those move with sshd, the proxy and the cipher as much as
 change (±10 % between runs here).  Against a local agent (a pipe, no SSH) they are steadier.
 Each checkout runs in turn, into a fresh secondary with fresh state every time.  The figures are
 medians of the sender's own CPU (``getrusage(RUSAGE_SELF)`` at its exit, so the agent, its
-child, is not counted), its user and system parts, and its wall time.
+child, is not counted), its user and system parts, its wall time, and apart the local agent's
+CPU (``RUSAGE_CHILDREN``: the sender reaps it before it exits).
 
 A checkout is ``NAME=PATH``: a georep-sync source tree whose ``georep/`` has the native
 extension built (or copied in).  Each one is byte-compiled first, as an install would be.  The
@@ -42,17 +43,19 @@ sys.stderr.write(f"GEOREPFROM {georep.__file__}\\n")
 t0 = time.perf_counter()
 def report():
     r = resource.getrusage(resource.RUSAGE_SELF)
-    sys.stderr.write(f"SENDERCPU {r.ru_utime:.4f} {r.ru_stime:.4f} {time.perf_counter() - t0:.4f}\\n")
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)  # the local agent, reaped before the sender exits
+    sys.stderr.write(f"SENDERCPU {r.ru_utime:.4f} {r.ru_stime:.4f} {time.perf_counter() - t0:.4f} "
+                     f"{c.ru_utime + c.ru_stime:.4f}\\n")
 atexit.register(report)
 sys.argv = ["georep-sync", *sys.argv[1:]]
 runpy.run_module("georep", run_name="__main__", alter_sys=True)
 """
 
-_REPORT = re.compile(r"SENDERCPU (\S+) (\S+) (\S+)")
+_REPORT = re.compile(r"SENDERCPU (\S+) (\S+) (\S+) (\S+)")
 
 
-def one_copy(checkout: Path, src: Path, work: Path) -> tuple[float, float, float]:
-    """(user, system, wall) seconds of one first copy of ``src`` by ``checkout``'s sender."""
+def one_copy(checkout: Path, src: Path, work: Path) -> tuple[float, float, float, float]:
+    """(user, system, wall, agent CPU) seconds of one first copy of ``src`` by ``checkout``."""
 
     dst, state = work / "dst", work / "state"
     for d in (dst, state):
@@ -68,9 +71,9 @@ def one_copy(checkout: Path, src: Path, work: Path) -> tuple[float, float, float
         raise RuntimeError(f"the copy by {checkout} failed (exit {r.returncode}): {r.stderr[-2000:]}")
     if f"GEOREPFROM {checkout}/georep/" not in r.stderr:
         raise RuntimeError(f"the copy meant for {checkout} ran another georep: {r.stderr[-2000:]}")
-    user, system, wall = (float(x) for x in found.groups())
+    user, system, wall, agent = (float(x) for x in found.groups())
     shutil.rmtree(dst, ignore_errors=True)
-    return user, system, wall
+    return user, system, wall, agent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = work / "src"
         datasets.make_small(src, files=args.files, dirs=max(1, args.files // 100))
-        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in checkouts}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in checkouts}
         for _ in range(args.rounds):
             for name, path in checkouts.items():
                 runs[name].append(one_copy(path, src, work))
@@ -103,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     rows = []
     for name, samples in runs.items():
-        med = [statistics.median(s[i] for s in samples) for i in range(3)]
-        rows.append([name, f"{med[0] + med[1]:.3f}", f"{med[0]:.3f}", f"{med[1]:.3f}", f"{med[2]:.3f}"])
+        med = [statistics.median(s[i] for s in samples) for i in range(4)]
+        rows.append([name, f"{med[0] + med[1]:.3f}", f"{med[0]:.3f}", f"{med[1]:.3f}", f"{med[2]:.3f}",
+                     f"{med[3]:.3f}"])
     print(f"small tree, {args.files:,} files, {args.rounds} rounds, local agent, work in {args.work} (medians)\n")
-    print("\n".join(markdown_table(["checkout", "sender CPU s", "user s", "system s", "wall s"], rows)))
+    print("\n".join(markdown_table(["checkout", "sender CPU s", "user s", "system s", "wall s", "agent CPU s"],
+                                    rows)))
     return 0
 
 

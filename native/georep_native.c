@@ -13,11 +13,13 @@
  * tests/apply/test_writer.py runs both on the same jobs and compares the results.
  *
  * write_small(staging_fd, jobs) -> [(errno, ino, published), ...]
- *   job: (tmp, parent_fd, name, mode, uid, gid, privileged, mtime_ns, size, extents)
- *   extents: a list of [offset, bytes]
+ *   job: (tmp, parent_fd, name, mode, uid, gid, privileged, mtime_ns, size, extents, digest)
+ *   extents: a list of [offset, bytes]; digest: what georep.protocol.digest.ExtentDigest
+ *   gives for those extents and size (xxh3-128), checked before anything is created
  *   errno 0: written; published says whether it now stands at parent_fd/name (the name
  *   was free) or is still tmp in staging (the name is taken: the caller makes room).
- *   errno != 0: nothing was published and tmp is removed.
+ *   errno -1: the data does not match the digest: nothing was created.
+ *   errno > 0: nothing was published and tmp is removed.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,13 +33,10 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#if defined(__has_include)
-#if __has_include(<xxhash.h>)
+/* xxHash's own header (Debian: libxxhash-dev), inlined: the file digest is xxh3-128.  Without it
+ * this extension is not built and the pure-Python twins do everything (pyproject: optional). */
 #define XXH_INLINE_ALL
 #include <xxhash.h>
-#define GEOREP_HAVE_XXHASH 1
-#endif
-#endif
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -53,6 +52,7 @@ typedef struct {
     int privileged;
     long long mtime_ns;
     long long size;
+    const char *digest; /* 16 bytes: xxh3-128 as georep.protocol.digest.ExtentDigest computes it */
     Py_ssize_t first_extent; /* into the extents arrays */
     Py_ssize_t n_extents;
     /* out */
@@ -82,8 +82,35 @@ static int write_full(int fd, const char *data, Py_ssize_t len, long long offset
     return 0;
 }
 
+static void le64(unsigned char *out, unsigned long long v) {
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Whether the extents and the size give the digest the sender computed (ExtentDigest). */
+static int digest_matches(const job_t *j, const extent_t *ext) {
+    XXH3_state_t state;
+    unsigned char head[16], tail[8];
+    XXH3_128bits_reset(&state);
+    for (Py_ssize_t i = 0; i < j->n_extents; i++) {
+        le64(head, (unsigned long long)ext[i].offset);
+        le64(head + 8, (unsigned long long)ext[i].len);
+        XXH3_128bits_update(&state, head, sizeof head);
+        XXH3_128bits_update(&state, ext[i].data, (size_t)ext[i].len);
+    }
+    le64(tail, (unsigned long long)j->size);
+    XXH3_128bits_update(&state, tail, sizeof tail);
+    XXH128_canonical_t canon;
+    XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(&state));
+    return memcmp(canon.digest, j->digest, sizeof canon.digest) == 0;
+}
+
 /* One file, as georep.apply.writer.write_small does it (no xattrs). */
 static void write_one(int staging_fd, job_t *j, const extent_t *ext) {
+    if (!digest_matches(j, ext)) {
+        j->err = -1; /* damaged in transit: nothing is created */
+        return;
+    }
     int fd = openat(staging_fd, j->tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                     (j->mode & 0777) | 0600);
     if (fd < 0) {
@@ -147,9 +174,15 @@ static int parse_job(PyObject *item, job_t *j) {
         PyErr_SetString(PyExc_TypeError, "a job is a tuple");
         return -1;
     }
-    if (!PyArg_ParseTuple(item, "yiyIIIpLLO!:job", &j->tmp, &j->parent_fd, &j->name, &mode, &uid, &gid,
-                          &j->privileged, &j->mtime_ns, &j->size, &PyList_Type, &extents))
+    Py_ssize_t digest_len;
+    if (!PyArg_ParseTuple(item, "yiyIIIpLLO!y#:job", &j->tmp, &j->parent_fd, &j->name, &mode, &uid, &gid,
+                          &j->privileged, &j->mtime_ns, &j->size, &PyList_Type, &extents, &j->digest,
+                          &digest_len))
         return -1;
+    if (digest_len != 16) {
+        PyErr_SetString(PyExc_ValueError, "a digest is 16 bytes");
+        return -1;
+    }
     j->mode = (mode_t)mode;
     j->uid = (uid_t)uid;
     j->gid = (gid_t)gid;
@@ -239,7 +272,6 @@ done:
     return result;
 }
 
-#ifdef GEOREP_HAVE_XXHASH
 /* The statuses of georep.transport.filedata.read_small_files, in its order. */
 enum { RS_READ = 0, RS_OPEN_FAILED = 1, RS_READ_FAILED = 2, RS_NOT_SMALL = 3, RS_NOT_REGULAR = 4 };
 
@@ -258,11 +290,6 @@ typedef struct {
     int stable;
     unsigned char digest[16];
 } rs_t;
-
-static void le64(unsigned char *out, unsigned long long v) {
-    for (int i = 0; i < 8; i++)
-        out[i] = (unsigned char)(v >> (8 * i));
-}
 
 static long long mtime_of(const struct stat *st) {
     return (long long)st->st_mtim.tv_sec * 1000000000LL + (long long)st->st_mtim.tv_nsec;
@@ -422,18 +449,15 @@ done:
     Py_DECREF(paths);
     return result;
 }
-#endif
 
 static PyMethodDef methods[] = {
     {"write_small", write_small, METH_VARARGS,
-     "write_small(staging_fd, jobs) -> [(errno, ino, published)]: small files written and published "
-     "without the GIL (see georep.apply.writer.write_small, the reference)."},
-#ifdef GEOREP_HAVE_XXHASH
+     "write_small(staging_fd, jobs) -> [(errno, ino, published)]: small files checked against their "
+     "digest, written and published without the GIL (see georep.apply.writer.write_small, the reference)."},
     {"read_small_files", read_small_files, METH_VARARGS,
      "read_small_files(paths, limit) -> [(status, errno, size, mtime_ns, data, digest, stable)]: small "
      "source files read and digested without the GIL (see georep.transport.filedata.read_small_files, "
      "the reference)."},
-#endif
     {NULL, NULL, 0, NULL},
 };
 

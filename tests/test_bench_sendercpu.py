@@ -24,8 +24,8 @@ def test_sendercpu_reports_each_checkout(tmp_path: Path) -> None:
         if line.startswith("| ") and cells[0] in ("a", "b"):
             rows[cells[0]] = [float(c) for c in cells[1:]]
     assert set(rows) == {"a", "b"}, r.stdout
-    for name, (cpu, user, system, wall) in rows.items():
-        assert cpu > 0 and user > 0 and system >= 0 and wall > 0, (name, r.stdout)
+    for name, (cpu, user, system, wall, agent) in rows.items():
+        assert cpu > 0 and user > 0 and system >= 0 and wall > 0 and agent > 0, (name, r.stdout)
         assert abs(cpu - (user + system)) < 0.002 and cpu < 3 * wall, (name, r.stdout)
     assert list(tmp_path.iterdir()) == []  # its work directory is gone
 

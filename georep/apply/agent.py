@@ -42,6 +42,7 @@ import stat
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index, Obj
 from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
 from georep.apply.lanehub import LaneHub, alive
-from georep.apply.writer import SmallJob, StagedWrites
+from georep.apply.writer import DigestMismatch, SmallJob, StagedWrites
 from georep.errors import (
     ConnectionLost,
     DiskFull,
@@ -112,8 +113,14 @@ class Receiving:
 def xattr_digest(meta: Meta) -> bytes:
     """A short digest of the xattrs an object should carry (compared instead of listing them)."""
 
+    return _pairs_digest(meta.xattrs)
+
+
+def _pairs_digest(pairs: Iterable[Sequence[bytes]]) -> bytes:
+    """`xattr_digest` of (key, value) pairs: an EntryMsg's own, without making its `Meta` first."""
+
     h = xxhash.xxh3_64()
-    for k, v in meta.xattrs:
+    for k, v in pairs:
         h.update(len(k).to_bytes(4, "little") + k + len(v).to_bytes(4, "little") + v)
     return h.digest()
 
@@ -818,17 +825,13 @@ class Applier:
         self.dirs.epoch = self.writes.submitted  # the number this batch will have
         for f in msg.files:
             e, new = self._take_pending(f.seq)
-            digest = ExtentDigest()
+            end = 0
             for off, data in f.extents:
                 assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
-                if off < digest.next_offset:
+                if off < end:
                     raise ProtocolError(f"data for item {f.seq} at {off} overlaps or goes backwards")
-                digest.update(off, data)
-            if digest.finish(f.size) != f.digest:
-                # checked on the data as received, which is what gets written
-                results.append(m.Result(f.seq, m.FAILED, "digest mismatch: the data was damaged in transit; "
-                                                         "not published"))
-                continue
+                end = off + len(data)
+            # the digest is checked by the writer, on the data as received (which is what gets written)
             try:
                 pfd = self.dirs.fd(e.parent)
             except ItemFailed as exc:
@@ -866,6 +869,8 @@ class Applier:
                     self._publish(job.tmp, e, Kind.FILE, job.file.mtime_ns, job.file.size, job.ino, new=job.new)
             except ItemFailed as exc:
                 status, why = m.FAILED, str(exc)
+            except DigestMismatch:
+                status, why = m.FAILED, "digest mismatch: the data was damaged in transit; not published"
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                     raise self._fatal(exc) from None
@@ -961,7 +966,7 @@ class Applier:
             if (p, n) != (e.parent, e.name) and p == STAGING_ID:
                 fsops.remove_at(self.staging_fd, n)
                 self.index.drop_name(p, n)
-        self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino, xattr_digest(_meta(e)))
+        self.index.put_obj(e.id, kind, size, mtime_ns, e.mode & 0o7777, ino, _pairs_digest(e.xattrs))
         self.index.put_name(e.parent, e.name, e.id)
 
     # -- making room, setting aside ------------------------------------------------

@@ -17,9 +17,10 @@ touch their names or ids) it does after collecting every batch (see `Applier.han
 In Python the worker still needs the GIL back after each system call and waits for the main
 thread's switch interval to get it, so the halves barely overlapped (measured: the agent
 stayed at one core).  `georep._native` (built from ``native/georep_native.c``) writes a
-whole batch with the GIL released; `write_small` below is its pure-Python twin and the
-reference, used for files with xattrs (the rest of their batch stays native), where the
-extension is not built, or with ``GEOREP_NATIVE=0``.
+whole batch with the GIL released, each file's digest checked there too (the main thread
+only hands the data over); `write_small` below is its pure-Python twin and the reference,
+used for files with xattrs (the rest of their batch stays native), where the extension is
+not built (it needs xxHash's header, libxxhash-dev), or with ``GEOREP_NATIVE=0``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from types import ModuleType
 from georep.apply import fsops
 from georep.model import Meta
 from georep.protocol import messages as m
+from georep.protocol.digest import ExtentDigest
 
 
 def _load_native() -> ModuleType | None:
@@ -76,7 +78,11 @@ class SmallJob:
 
         meta = self.meta
         return (self.tmp, self.parent_fd, self.entry.name, meta.mode, meta.uid, meta.gid, privileged,
-                meta.mtime_ns, self.file.size, self.file.extents)
+                meta.mtime_ns, self.file.size, self.file.extents, self.file.digest)
+
+
+class DigestMismatch(Exception):
+    """The data of a small file does not match the digest the sender computed: nothing was written."""
 
 
 def write_small(staging_fd: int, privileged: bool, job: SmallJob) -> None:
@@ -87,6 +93,12 @@ def write_small(staging_fd: int, privileged: bool, job: SmallJob) -> None:
     """
 
     f = job.file
+    digest = ExtentDigest()
+    for off, data in f.extents:
+        assert isinstance(off, int) and isinstance(data, bytes)  # checked by the decoder
+        digest.update(off, data)
+    if digest.finish(f.size) != f.digest:  # checked on the data as received, which is what gets written
+        raise DigestMismatch()
     fd = fsops.create_staged_at(staging_fd, job.tmp, job.meta.mode)
     try:
         for off, data in f.extents:
@@ -208,7 +220,9 @@ def _write_natively(staging_fd: int, privileged: bool, run: list[SmallJob]) -> N
             job.error = exc
         return
     for job, (err, ino, published) in zip(run, done, strict=True):
-        if err:
+        if err == -1:
+            job.error = DigestMismatch()
+        elif err:
             job.error = OSError(err, os.strerror(err))
         job.ino, job.published = ino, published
 

@@ -18,7 +18,7 @@ import xxhash
 
 from georep.apply import writer
 from georep.apply.agent import Applier
-from georep.apply.writer import MAX_BATCHES, SmallJob, StagedWrites, write_batch, write_small
+from georep.apply.writer import MAX_BATCHES, DigestMismatch, SmallJob, StagedWrites, write_batch, write_small
 from georep.model import ROOT_ID, Kind, Meta
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
@@ -62,11 +62,19 @@ def places(tmp_path: Path) -> Iterator[Callable[[str], Place]]:
         os.close(fd)
 
 
+def digest_of(extents: list[list[int | bytes]], size: int) -> bytes:
+    d = ExtentDigest()
+    for off, data in extents:
+        assert isinstance(off, int) and isinstance(data, bytes)
+        d.update(off, data)
+    return d.finish(size)
+
+
 def job(place: Place, name: bytes, extents: list[list[int | bytes]], size: int, mode: int = 0o644,
         mtime_ns: int = 1_500_000_000_123_456_789, tmp: bytes = b"tmp-1-0",
-        xattrs: tuple[tuple[bytes, bytes], ...] = ()) -> SmallJob:
+        xattrs: tuple[tuple[bytes, bytes], ...] = (), digest: bytes | None = None) -> SmallJob:
     e = m.EntryMsg(1, b"i" * 16, b"p" * 16, name, int(Kind.FILE), mode, 0, 0, mtime_ns, [], size, b"", 0)
-    f = m.SmallFile(1, size, extents, b"", mtime_ns)
+    f = m.SmallFile(1, size, extents, digest_of(extents, size) if digest is None else digest, mtime_ns)
     return SmallJob(e, True, place.parent, tmp, f, Meta(mode, os.getuid(), os.getgid(), mtime_ns, xattrs))
 
 
@@ -83,17 +91,19 @@ def both(places: Callable[[str], Place], make: Callable[[Place], list[SmallJob]]
     for j in py_jobs:
         try:
             write_small(py_place.staging, os.geteuid() == 0, j)
-        except OSError as exc:
+        except (OSError, DigestMismatch) as exc:
             j.error = exc
     for j, (err, ino, published) in zip(
         c_jobs, native.write_small(c_place.staging, [j.as_native(os.geteuid() == 0) for j in c_jobs]), strict=True
     ):
-        j.error = OSError(err, os.strerror(err)) if err else None
+        j.error = DigestMismatch() if err == -1 else OSError(err, os.strerror(err)) if err else None
         j.ino, j.published = ino, published
     return py_jobs, c_jobs, py_place, c_place
 
 
-def outcome(j: SmallJob) -> tuple[bool, int | None]:
+def outcome(j: SmallJob) -> tuple[bool, int | str | None]:
+    if isinstance(j.error, DigestMismatch):
+        return j.published, "digest"
     return j.published, j.error.errno if isinstance(j.error, OSError) else None
 
 
@@ -178,10 +188,35 @@ def test_the_extension_refuses_malformed_jobs_without_touching_the_disk(places: 
     assert native is not None
     p = places("c")
     good = job(p, b"f", [[0, b"x"]], 1).as_native(False)
-    for bad in (good[:9], (*good[:9], [[0, "text"]]), (*good[:9], [[5, b"x"], [0, b"y"]]), (*good[:9], [[0]])):
+    digest = good[10]
+    for bad in (good[:9], (*good[:9], [[0, "text"]], digest), (*good[:9], [[5, b"x"], [0, b"y"]], digest),
+                (*good[:9], [[0]], digest), good[:10], (*good[:10], b"short"), (*good[:10], "text")):
         with pytest.raises((TypeError, ValueError)):
             native.write_small(p.staging, [good, bad])
     assert os.listdir(p.staging) == [] and os.listdir(p.parent) == []
+
+
+@needs_native
+@pytest.mark.parametrize("damage", ["data", "size", "offset", "digest"])
+def test_a_file_whose_digest_does_not_match_is_not_created_by_either(places: Callable[[str], Place],
+                                                                      damage: str) -> None:
+    """The digest covers the bytes, their offsets and the size; either writer refuses a mismatch
+    before it creates anything, and the rest of the batch goes on."""
+
+    def make(p: Place) -> list[SmallJob]:
+        extents: list[list[int | bytes]] = [[0, b"hello"], [4096, b"world"]]
+        right = digest_of(extents, 8192)
+        wrong = {"data": ([[0, b"hellO"], [4096, b"world"]], 8192, right),
+                 "size": (extents, 8193, right),
+                 "offset": ([[0, b"hello"], [4097, b"world"]], 8192, right),
+                 "digest": (extents, 8192, bytes(16))}[damage]
+        return [job(p, b"bad", wrong[0], wrong[1], tmp=b"t0", digest=wrong[2]),
+                job(p, b"good", extents, 8192, tmp=b"t1")]
+
+    py, c, pp, cp = both(places, make)
+    assert [outcome(j) for j in py] == [outcome(j) for j in c] == [(False, "digest"), (True, None)]
+    assert pp.listing() == cp.listing()
+    assert sorted(os.listdir(cp.parent)) == ["good"] and os.listdir(cp.staging) == []
 
 
 @needs_native
