@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 
-from georep.model import Problem
+from georep.model import Problem, Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import CHUNK_SIZE
@@ -219,3 +219,29 @@ def unstable(fd: int, st0: os.stat_result, se: SourceEntry) -> Problem | None:
 
 def changed_while_read(se: SourceEntry) -> Problem:
     return Problem(se.path, "changed while being read; the next run sends it again", "changed")
+
+
+def unreadable_cause(status: int, err: int) -> str:
+    """Why a file `read_small_files` found OPEN_FAILED, READ_FAILED or NOT_REGULAR is not sent."""
+
+    if status == NOT_REGULAR:
+        return "no regular file any more on the source; the next run sends what is there"
+    why = os.strerror(err)
+    return f"cannot open on the source: {why}" if status == OPEN_FAILED else f"cannot read on the source: {why}"
+
+
+def as_small_file(seq: int, se: SourceEntry, found: SmallRead, summary: Summary) -> m.SmallFile:
+    """The `SmallFile` of a file `read_small_files` read whole (READ), counted in ``summary``.
+
+    Its mtime is the listed one while the file is as listed (see `publish_mtime`); a file
+    that changed while it was read is sent as read and reported in ``summary``.
+    """
+
+    _status, _err, size, mtime_ns, data, digest, stable = found
+    e = se.entry
+    mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
+    summary.bytes_data += len(data)
+    summary.files += 1
+    if not stable:
+        summary.problems.append(changed_while_read(se))
+    return m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime)

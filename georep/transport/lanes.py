@@ -51,18 +51,17 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
-    NOT_REGULAR,
     NOT_SMALL,
-    OPEN_FAILED,
     READ,
     SMALL_FILE,
     BlobPacker,
     SmallRead,
-    changed_while_read,
+    as_small_file,
     publish_mtime,
     read_chunks,
     read_small,
     read_small_files,
+    unreadable_cause,
     unstable,
 )
 
@@ -279,27 +278,16 @@ class Lane:
     async def _send_small(self, seq: int, se: SourceEntry, found: SmallRead, packer: BlobPacker) -> None:
         """One small file as `read_small_files` found it."""
 
-        status, err, size, mtime_ns, data, digest, stable = found
-        if status != READ:
-            if status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
-                await self._send_file(seq, se, packer)
-            elif status == NOT_REGULAR:
-                self._give_up(seq, "no regular file any more on the source; the next run sends what is there")
-            else:
-                why = os.strerror(err)
-                self._give_up(seq, f"cannot open on the source: {why}" if status == OPEN_FAILED
-                              else f"cannot read on the source: {why}")
+        if found[0] == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+            await self._send_file(seq, se, packer)
             return
-        e = se.entry
-        mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
+        if found[0] != READ:
+            self._give_up(seq, unreadable_cause(found[0], found[1]))
+            return
+        small = as_small_file(seq, se, found, self.owner.summary)
         if not self.join_token:
-            self._sent[seq] = (size, mtime)  # for the Adopt, once Staged
-        summary = self.owner.summary
-        summary.bytes_data += len(data)
-        summary.files += 1
-        if not stable:
-            summary.problems.append(changed_while_read(se))
-        if (full := packer.add(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))) is not None:
+            self._sent[seq] = (small.size, small.mtime_ns)  # for the Adopt, once Staged
+        if (full := packer.add(small)) is not None:
             self._send(full)
             await self._drain()
 

@@ -44,19 +44,18 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
-    NOT_REGULAR,
     NOT_SMALL,
-    OPEN_FAILED,
     READ,
     READ_BATCH,
     SMALL_FILE,
     BlobPacker,
-    changed_while_read,
+    as_small_file,
     file_extents,
     publish_mtime,
     read_chunks,
     read_small,
     read_small_files,
+    unreadable_cause,
     unstable,
 )
 from georep.transport.lanes import Lane, agent_error, open_lane, work_queue
@@ -879,28 +878,14 @@ class Sender:
 
         entries = [self.inflight[seq] for seq in batch]
         reads = read_small_files([se.path for se in entries])
-        summary = self.summary
-        for seq, se, (status, err, size, mtime_ns, data, digest, stable) in zip(batch, entries, reads, strict=True):
+        for seq, se, found in zip(batch, entries, reads, strict=True):
             assert isinstance(se, SourceEntry)
             self._answer_final.add(seq)
-            if status != READ:
-                if status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
-                    await self._send_file(seq, se, None, False, packer)
-                elif status == NOT_REGULAR:
-                    self._send(m.DataAbort(seq, "no regular file any more on the source; the next run sends what "
-                                                "is there"))
-                else:
-                    why = os.strerror(err)
-                    self._send(m.DataAbort(seq, f"cannot open on the source: {why}" if status == OPEN_FAILED
-                                           else f"cannot read on the source: {why}"))
-                continue
-            e = se.entry
-            mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
-            summary.bytes_data += len(data)
-            summary.files += 1
-            if not stable:
-                summary.problems.append(changed_while_read(se))
-            if (full := packer.add(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))) is not None:
+            if found[0] == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+                await self._send_file(seq, se, None, False, packer)
+            elif found[0] != READ:
+                self._send(m.DataAbort(seq, unreadable_cause(found[0], found[1])))
+            elif (full := packer.add(as_small_file(seq, se, found, self.summary))) is not None:
                 self._send(full)
                 await self._drain()
 
