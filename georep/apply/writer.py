@@ -26,30 +26,19 @@ not built (it needs xxHash's header, libxxhash-dev), or with ``GEOREP_NATIVE=0``
 from __future__ import annotations
 
 import collections
-import importlib
 import itertools
 import os
 import threading
 from dataclasses import dataclass
-from types import ModuleType
 
+from georep import accelerators
 from georep.apply import fsops
 from georep.model import Meta
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
 
-
-def _load_native() -> ModuleType | None:
-    if os.environ.get("GEOREP_NATIVE") == "0":  # the twin only: for comparing the two
-        return None
-    try:
-        return importlib.import_module("georep._native")
-    except ImportError:  # not built (no compiler where it was installed): the twin does it all
-        return None
-
-
 #: the extension (None: not built, or GEOREP_NATIVE=0)
-native = _load_native()
+native = accelerators.extension
 
 #: Batches handed over and not yet collected, at most: the reader waits beyond that, so the
 #: memory held is bounded (a Blobs frame carries about one chunk, 1 MiB).

@@ -9,12 +9,11 @@ while it was being read (the next pass sends it again).
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from types import ModuleType
 
+from georep import accelerators
 from georep.model import Problem, Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
@@ -79,21 +78,15 @@ SmallRead = tuple[int, int, int, int, bytes, bytes, bool]
 #: Paths per `read_small_files` call, at most (each may hold an open descriptor during it).
 READ_BATCH = 256
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: How every source file is opened for its data: never through a symlink, and O_NONBLOCK so
+#: that a name listed as a file that has become a FIFO meanwhile cannot hang the copy (the
+#: open returns, and the regular-file check after it refuses the FIFO: NOT_REGULAR).
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NOTHING: SmallRead = (READ, 0, 0, 0, b"", b"", False)
 
 
-def _load_native() -> ModuleType | None:
-    if os.environ.get("GEOREP_NATIVE") == "0":  # the twin only: for comparing the two
-        return None
-    try:
-        return importlib.import_module("georep._native")
-    except ImportError:
-        return None
-
-
 #: `georep._native.read_small_files`, where it was built (with xxhash.h); else the twin runs
-_native_read = getattr(_load_native(), "read_small_files", None)
+_native_read = getattr(accelerators.extension, "read_small_files", None)
 
 
 def read_small_files_py(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[SmallRead]:
@@ -102,7 +95,7 @@ def read_small_files_py(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list
     out: list[SmallRead] = []
     for path in paths:
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(path, OPEN_FLAGS)
         except OSError as exc:
             out.append((OPEN_FAILED, exc.errno or 0, *_NOTHING[2:]))
             continue
@@ -135,8 +128,7 @@ def read_small_files(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[Sm
     Python, each with its objects (two stat results); on a first copy of 20,000 files
     that was a fifth of its CPU, and the sender is what a copy waits for.  The native
     version (`georep._native`) does a batch with the GIL released; this dispatches to it
-    where it is built.  Opened with O_NONBLOCK: a name listed as a file that has become a
-    FIFO meanwhile must not hang the copy (NOT_REGULAR).  At most `READ_BATCH` paths.
+    where it is built.  Opened with `OPEN_FLAGS`.  At most `READ_BATCH` paths.
     """
 
     if len(paths) > READ_BATCH:

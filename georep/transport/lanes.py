@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
@@ -51,7 +52,9 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
+    NOT_REGULAR,
     NOT_SMALL,
+    OPEN_FLAGS,
     READ,
     SMALL_FILE,
     BlobPacker,
@@ -295,13 +298,16 @@ class Lane:
         """One file read one system call at a time: whole if small, else streamed."""
 
         try:
-            fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(se.path, OPEN_FLAGS)
         except OSError as exc:
             self._give_up(seq, f"cannot open on the source: {exc.strerror}")
             return
         streaming = False  # DataBegin went on this lane: an abort must follow it here
         try:
             st0 = os.fstat(fd)
+            if not stat.S_ISREG(st0.st_mode):
+                self._give_up(seq, unreadable_cause(NOT_REGULAR, 0))
+                return
             mtime = publish_mtime(se, st0)
             if not self.join_token:
                 self._sent[seq] = (st0.st_size, mtime)  # for the Adopt, once Staged

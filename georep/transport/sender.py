@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -44,7 +45,9 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
+    NOT_REGULAR,
     NOT_SMALL,
+    OPEN_FLAGS,
     READ,
     READ_BATCH,
     SMALL_FILE,
@@ -895,12 +898,15 @@ class Sender:
 
         self._answer_final.add(seq)  # but for a delta (below), the agent may ask again
         try:
-            fd = os.open(se.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(se.path, OPEN_FLAGS)
         except OSError as exc:
             self._send(m.DataAbort(seq, f"cannot open on the source: {exc.strerror}"))
             return
         try:
             st0 = os.fstat(fd)
+            if not stat.S_ISREG(st0.st_mode):
+                self._send(m.DataAbort(seq, unreadable_cause(NOT_REGULAR, 0)))
+                return
             mtime = publish_mtime(se, st0)
             if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
                 if (rest := packer.take()) is not None:

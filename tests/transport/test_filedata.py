@@ -158,10 +158,11 @@ class FifoSwapped(passthrough.Passthrough):
                 os.mkfifo(self.victim)
 
 
-def test_a_file_that_became_a_fifo_fails_alone_and_does_not_hang_the_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listed", [16, filedata.SMALL_FILE + 1], ids=["small: read in a batch", "large: read alone"])
+def test_a_file_that_became_a_fifo_fails_alone_and_does_not_hang_the_copy(tmp_path: Path, listed: int) -> None:
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     src.mkdir()
-    (src / "victim").write_bytes(b"listed as a file")
+    (src / "victim").write_bytes(b"x" * listed)  # listed as a file
     (src / "other").write_bytes(b"sent as usual")
     summary, _chan = asyncio.run(asyncio.wait_for(
         passthrough.replicate(src, dst, state, lambda chan: FifoSwapped(chan, src / "victim")), 60))
