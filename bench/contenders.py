@@ -35,8 +35,8 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 REMOTE_COMMAND = f"env PYTHONPATH={shlex.quote(str(CHECKOUT))} {PYTHON} -m georep"
 
 
-def byte_compile() -> None:
-    """Compile the checkout's georep to bytecode, as installing it (pip, a package) would.
+def byte_compile(checkout: Path = CHECKOUT) -> None:
+    """Compile a checkout's georep (this one's by default) to bytecode, as installing it would.
 
     Without it, every start of the sender and of the agent compiles the modules whose
     bytecode is missing or stale, and none is written back where PYTHONDONTWRITEBYTECODE
@@ -44,8 +44,8 @@ def byte_compile() -> None:
     agent's start-up took 0.19 s instead of 0.10 s, and every copy waits for it.
     """
 
-    if not compileall.compile_dir(CHECKOUT / "georep", quiet=1):
-        raise RuntimeError(f"georep in {CHECKOUT} does not compile")
+    if not compileall.compile_dir(checkout / "georep", quiet=1):
+        raise RuntimeError(f"georep in {checkout} does not compile")
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,16 +101,27 @@ def table(results: dict[str, Split], cores: int) -> str:
                                       "machine CPU s", f"machine ÷ {cores} cores s"], rows))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.cpusplit", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5, help="copies per contender, taking turns (default 5)")
-    p.add_argument("--rtt", type=float, default=0.0, help="round-trip time the proxy adds, ms (default 0)")
+def add_tree_options(p: argparse.ArgumentParser, rounds: int, each: str) -> None:
+    """--rounds, --files and --work: the options of a tool that copies the small tree in turns."""
+
+    p.add_argument("--rounds", type=int, default=rounds, help=f"copies per {each}, taking turns (default {rounds})")
     p.add_argument("--files", type=int, default=20_000, help="files in the small tree (default 20,000)")
     p.add_argument("--work", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
                    help="where the tree and the secondaries go (default /dev/shm)")
+
+
+def parse_tree_options(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.files < 1:
         p.error("--rounds and --files must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cpusplit", description=__doc__.split("\n\n")[0])
+    add_tree_options(p, 5, "contender")
+    p.add_argument("--rtt", type=float, default=0.0, help="round-trip time the proxy adds, ms (default 0)")
+    args = parse_tree_options(p, argv)
     work = Path(tempfile.mkdtemp(prefix="georep-cpusplit-", dir=args.work))
     sshd = proxy = None
     try:

@@ -21,7 +21,6 @@ default is this checkout, named ``here``.  Between two commits::
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import re
 import shutil
@@ -32,7 +31,8 @@ import tempfile
 from pathlib import Path
 
 from bench import datasets
-from bench.contenders import CHECKOUT, PYTHON
+from bench.contenders import CHECKOUT, PYTHON, byte_compile
+from bench.cpusplit import add_tree_options, parse_tree_options
 from bench.report import markdown_table
 
 #: Runs georep-sync's command line in this process and reports its own CPU on stderr at exit.
@@ -79,13 +79,8 @@ def one_copy(checkout: Path, src: Path, work: Path) -> tuple[float, float, float
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sendercpu", description=__doc__.split("\n\n")[0])
     p.add_argument("checkouts", nargs="*", metavar="NAME=CHECKOUT", help=f"default: here={CHECKOUT}")
-    p.add_argument("--rounds", type=int, default=8, help="copies per checkout, taking turns (default 8)")
-    p.add_argument("--files", type=int, default=20_000, help="files in the small tree (default 20,000)")
-    p.add_argument("--work", type=Path, default=Path("/dev/shm") if os.path.isdir("/dev/shm") else None,
-                   help="where the tree and the secondary go (default /dev/shm)")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.files < 1:
-        p.error("--rounds and --files must be at least 1")
+    add_tree_options(p, 8, "checkout")
+    args = parse_tree_options(p, argv)
     checkouts: dict[str, Path] = {}
     for spec in args.checkouts or [f"here={CHECKOUT}"]:
         name, sep, path = spec.partition("=")
@@ -93,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{spec!r}: expected NAME=PATH of a georep-sync source tree")
         checkouts[name] = Path(path).resolve()
     for path in checkouts.values():
-        compileall.compile_dir(path / "georep", quiet=1)
+        byte_compile(path)
     work = Path(tempfile.mkdtemp(prefix="georep-sendercpu-", dir=args.work))
     try:
         src = work / "src"
