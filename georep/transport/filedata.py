@@ -139,6 +139,28 @@ def read_small_files(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[Sm
     return read_small_files_py(paths, limit)
 
 
+def open_source(path: bytes) -> tuple[int, os.stat_result] | str:
+    """A source file opened for its data (`OPEN_FLAGS`) and its stat; or why it cannot be sent.
+
+    The caller closes the descriptor.  A name that is no regular file any more (replaced
+    since it was listed: a FIFO would hang a read) is refused like `read_small_files` does.
+    """
+
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError as exc:
+        return f"cannot open on the source: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        return f"cannot read on the source: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return unreadable_cause(NOT_REGULAR, 0)
+    return fd, st
+
+
 def read_small(seq: int, fd: int, st0: os.stat_result, mtime: int) -> tuple[m.SmallFile, int]:
     """A whole small file as one `SmallFile`, and the data bytes it carries."""
 

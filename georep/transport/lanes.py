@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import stat
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
@@ -46,27 +45,23 @@ from georep import errors
 from georep.errors import AgentFailed, ConnectionLost, GeorepError, ProtocolError
 from georep.model import Summary
 from georep.protocol import messages as m
-from georep.protocol.digest import ExtentDigest
-from georep.protocol.framing import chunk_header
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
-    NOT_REGULAR,
     NOT_SMALL,
-    OPEN_FLAGS,
     READ,
     SMALL_FILE,
     BlobPacker,
     SmallRead,
     as_small_file,
+    open_source,
     publish_mtime,
-    read_chunks,
-    read_small,
     read_small_files,
     unreadable_cause,
     unstable,
 )
+from georep.transport.framewriter import FrameWriter
 
 #: Items waiting for a lane, per lane (their data is read only when a writer pulls them).
 QUEUE = 256
@@ -79,10 +74,6 @@ Work = asyncio.Queue[tuple[int, SourceEntry]]
 
 def work_queue(lanes: int) -> Work:
     return asyncio.Queue(maxsize=QUEUE * max(lanes, 1))
-
-
-#: Frames are written to a lane's transport in pieces of at least this size.
-WRITE_BATCH = 64 * 1024
 
 
 class LaneOwner(Protocol):
@@ -121,7 +112,8 @@ class Lane:
         self.work = work
         self._taken: set[int] = set()  # items pulled here and not yet answered
         self._sent: dict[int, tuple[int, int]] = {}  # seq → (size, mtime) as sent
-        self._out = bytearray()
+        #: every frame of the lane's session goes through it
+        self.out = FrameWriter(chan, self.session, self._broke)
         self._closing = False
         #: the lane's agent answered its handshake: it is running and reads what it is sent
         self.ready = False
@@ -148,11 +140,13 @@ class Lane:
         self.reader = loop.create_task(self._read_loop())
         if self.join_token:
             # the agent is the main session's, running and reading: files may go at once
-            self.chan.write(self.session.initiate() + self.session.send(m.JoinLane(self.join_token)))
+            self.out.write(self.session.initiate() + self.session.send(m.JoinLane(self.join_token)))
+            self.out.flush()
             self.ready = True
             self._ready.set()
         else:
-            self.chan.write(self.session.initiate() + self.session.send(m.Lane()))
+            self.out.write(self.session.initiate() + self.session.send(m.Lane()))
+            self.out.flush()
         self.writer = loop.create_task(self._write_loop())
 
     def failure(self) -> BaseException | None:
@@ -173,8 +167,8 @@ class Lane:
             self.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.writer
-        self._send(m.Bye())
-        self._flush()
+        self.out.send(m.Bye())
+        self.out.flush()
         with contextlib.suppress(OSError, ConnectionError):
             await asyncio.wait_for(self.chan.drain(), 30)
             await self.chan.close_input()
@@ -270,8 +264,8 @@ class Lane:
             for seq, se in jobs[len(small):]:
                 await self._send_file(seq, se, packer)
             if (rest := packer.take()) is not None:
-                self._send(rest)
-            self._flush()
+                self.out.send(rest)
+            self.out.flush()
             if self.join_token:
                 # all of it is in the channel: the main agent answers each item (even one
                 # given up above, through its DataAbort), and holds Finish until then
@@ -291,62 +285,34 @@ class Lane:
         if not self.join_token:
             self._sent[seq] = (small.size, small.mtime_ns)  # for the Adopt, once Staged
         if (full := packer.add(small)) is not None:
-            self._send(full)
+            self.out.send(full)
             await self._drain()
 
     async def _send_file(self, seq: int, se: SourceEntry, packer: BlobPacker) -> None:
         """One file read one system call at a time: whole if small, else streamed."""
 
-        try:
-            fd = os.open(se.path, OPEN_FLAGS)
-        except OSError as exc:
-            self._give_up(seq, f"cannot open on the source: {exc.strerror}")
+        opened = open_source(se.path)
+        if isinstance(opened, str):
+            self._give_up(seq, opened)
             return
-        streaming = False  # DataBegin went on this lane: an abort must follow it here
+        fd, st0 = opened
+        streaming = st0.st_size > SMALL_FILE  # DataBegin goes on this lane: an abort must follow it here
         try:
-            st0 = os.fstat(fd)
-            if not stat.S_ISREG(st0.st_mode):
-                self._give_up(seq, unreadable_cause(NOT_REGULAR, 0))
-                return
             mtime = publish_mtime(se, st0)
             if not self.join_token:
                 self._sent[seq] = (st0.st_size, mtime)  # for the Adopt, once Staged
-            if st0.st_size <= SMALL_FILE:
-                small, carried = read_small(seq, fd, st0, mtime)
-                self.owner.summary.bytes_data += carried
-                if (full := packer.add(small)) is not None:
-                    self._send(full)
-                    await self._drain()
-            else:
-                if (rest := packer.take()) is not None:
-                    self._send(rest)
-                streaming = True
-                await self._stream(seq, fd, st0.st_size, mtime)
+            await self.out.send_whole(seq, fd, st0, mtime, packer, self.owner.summary, self._drain)
             problem = unstable(fd, st0, se)
             if problem is not None:
                 self.owner.summary.problems.append(problem)
             self.owner.summary.files += 1
         except OSError as exc:
             if streaming:
-                self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
+                self.out.send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
             else:
                 self._give_up(seq, f"cannot read on the source: {exc.strerror}")
         finally:
             os.close(fd)
-
-    async def _stream(self, seq: int, fd: int, size: int, mtime: int) -> None:
-        self._send(m.DataBegin(seq, size))
-        digest = ExtentDigest()
-        for pos, data in read_chunks(fd, size, digest):
-            self._write(chunk_header(seq, pos, len(data)))  # then the data as is: no copy into a frame
-            self._flush()
-            try:
-                self.chan.write(data)
-            except OSError as exc:
-                raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
-            self.owner.summary.bytes_data += len(data)
-            await self._drain()
-        self._send(m.DataEnd(seq, digest.finish(size), mtime))
 
     def _give_up(self, seq: int, cause: str) -> None:
         """Nothing of ``seq`` went to the lane: the main session fails the item."""
@@ -356,35 +322,15 @@ class Lane:
 
     # -- transport -----------------------------------------------------------------
 
-    def _send(self, msg: m.Message) -> None:
-        self._write(self.session.send(msg))
-
-    def _write(self, data: bytes) -> None:
-        if len(data) >= WRITE_BATCH:  # a big frame goes as it is, behind what is queued (as the sender's)
-            self._flush()
-            self._write_now(data)
-            return
-        self._out += data
-        if len(self._out) >= WRITE_BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._out:
-            data, self._out = bytes(self._out), bytearray()
-            self._write_now(data)
-
-    def _write_now(self, data: bytes) -> None:
-        try:
-            self.chan.write(data)
-        except OSError as exc:
-            raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
+    def _broke(self, exc: OSError) -> ConnectionLost:
+        return ConnectionLost(f"data lane {self.name} broke: {exc}")
 
     async def _drain(self) -> None:
-        self._flush()
+        self.out.flush()
         try:
             await self.chan.drain()
         except (OSError, ConnectionError) as exc:
-            raise ConnectionLost(f"data lane {self.name} broke: {exc}") from None
+            raise self._broke(exc) from None
 
 
 async def open_lane(opener: Callable[[], Awaitable[Channel]], owner: LaneOwner, name: str, work: Work,

@@ -28,7 +28,6 @@ import asyncio
 import collections
 import contextlib
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -39,28 +38,25 @@ from georep.errors import AgentFailed, AgentNotFound, ConnectionLost, GeorepErro
 from georep.model import Kind, Problem, Summary, record
 from georep.protocol import messages as m
 from georep.protocol.delta import BlockMatcher, DeltaEncoder
-from georep.protocol.digest import ExtentDigest
-from georep.protocol.framing import CHUNK_SIZE, chunk_header
+from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel
 from georep.transport.filedata import (
-    NOT_REGULAR,
     NOT_SMALL,
-    OPEN_FLAGS,
     READ,
     READ_BATCH,
     SMALL_FILE,
     BlobPacker,
     as_small_file,
     file_extents,
+    open_source,
     publish_mtime,
-    read_chunks,
-    read_small,
     read_small_files,
     unreadable_cause,
     unstable,
 )
+from georep.transport.framewriter import FrameWriter
 from georep.transport.lanes import Lane, agent_error, open_lane, work_queue
 
 T = TypeVar("T")
@@ -68,9 +64,6 @@ T = TypeVar("T")
 #: An SSH connection that took this long (six round trips and the key exchange's CPU) is on a
 #: long link: lanes open at once.  Below it, a Ping decides (see `Sender._probe_round_trip`).
 LONG_CONNECT_S = 0.25
-
-#: Frames are queued and written to the transport in pieces of at least this size.
-WRITE_BATCH = 64 * 1024
 
 #: Listed bytes of small files read per `read_small_files` call, at most (but one file always).
 SMALL_BATCH_BYTES = CHUNK_SIZE
@@ -144,6 +137,8 @@ class Sender:
         self.chan = chan
         self.opts = opts
         self.session = Session(Role.SENDER, scope=scope)
+        #: every frame of the main session goes through it
+        self.out = FrameWriter(chan, self.session, self._lost)
         self.summary = Summary()
         self.inflight: dict[int, Item] = {}
         #: items sent as a rename by id (MoveMsg): NEED for one of them asks for the whole entry
@@ -178,7 +173,6 @@ class Sender:
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._last_progress = 0.0
-        self._out = bytearray()
         self._agent_ended_session = False  # an ErrorMsg came: the agent is exiting
         self.lanes: list[Lane] = []
         #: items whose data a ready lane sends, pulled by whichever lane is free
@@ -208,10 +202,10 @@ class Sender:
             self._long_link = True
             self._maybe_open_lanes()
         try:
-            self._write(self.session.initiate())
+            self.out.write(self.session.initiate())
             if resume:
                 self._resumed = asyncio.get_running_loop().create_future()
-                self._send(m.Resume(resume))
+                self.out.send(m.Resume(resume))
             await self._drain()
         except ConnectionLost:
             await asyncio.wait({self._reader}, timeout=10)
@@ -256,8 +250,8 @@ class Sender:
     def _send_ping(self) -> asyncio.Future[int]:
         self._pong = pong = asyncio.get_running_loop().create_future()
         self._ping_at = time.monotonic()
-        self._send(m.Ping(1))
-        self._flush()
+        self.out.send(m.Ping(1))
+        self.out.flush()
         return pong
 
     def _with_reader(self, fut: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
@@ -382,53 +376,6 @@ class Sender:
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} from the agent")
 
-    def _send(self, msg: m.Message) -> None:
-        self._write(self.session.send(msg))
-
-    def _write(self, data: bytes) -> None:
-        """Queue frames; they go out in writes of at least WRITE_BATCH bytes.
-
-        One transport write per small frame costs an SSH packet (and a cipher call and a
-        socket send) each: 20,000 entries made 40,000 sends.  Everything that waits on
-        the agent flushes first (`_flush`), so nothing the agent needs stays queued.
-        A frame that big by itself (a Blobs of about a chunk) goes as it is, behind what is
-        queued: through the queue it was copied twice more (about 0.05 s of CPU per 170 MB).
-        """
-
-        if len(data) >= WRITE_BATCH:
-            self._flush()
-            try:
-                self.chan.write(data)
-            except OSError as exc:
-                raise self._lost(exc) from None
-            return
-        self._out += data
-        if len(self._out) >= WRITE_BATCH:
-            self._flush()
-
-    def _write_chunk(self, seq: int, offset: int, data: bytes) -> None:
-        """A DataChunk frame: its header queued, then the data handed to the transport as is.
-
-        Packing 1 MiB of data into a msgpack buffer, then a frame, then the write queue cost
-        three copies of every byte sent (a fifth of the sender's CPU on a large copy).
-        """
-
-        self._out += chunk_header(seq, offset, len(data))
-        self._flush()
-        try:
-            self.chan.write(data)
-        except OSError as exc:
-            raise self._lost(exc) from None
-
-    def _flush(self) -> None:
-        if not self._out:
-            return
-        data, self._out = bytes(self._out), bytearray()
-        try:
-            self.chan.write(data)
-        except OSError as exc:
-            raise self._lost(exc) from None
-
     def _lost(self, exc: BaseException) -> BaseException:
         """The best explanation of a dead transport: the reader's, else a plain ConnectionLost."""
 
@@ -448,7 +395,7 @@ class Sender:
         """
 
         assert self._reader is not None
-        self._flush()
+        self.out.flush()
         drain = asyncio.ensure_future(self.chan.drain())
         await asyncio.wait(self._with_reader(drain), return_when=asyncio.FIRST_COMPLETED)
         if not drain.done():
@@ -577,8 +524,8 @@ class Sender:
         """Where lanes may join the agent (answered one round trip later, beside the handshake's)."""
 
         self._lane_socket = asyncio.get_running_loop().create_future()
-        self._send(m.OpenLanes())
-        self._flush()
+        self.out.send(m.OpenLanes())
+        self.out.flush()
         return await self._await(self._lane_socket)
 
     async def _stop_opening_lanes(self) -> None:
@@ -590,14 +537,14 @@ class Sender:
                 await task
 
     def lane_staged(self, seq: int, name: bytes, size: int, mtime_ns: int) -> None:
-        self._send(m.Adopt(seq, name, size, mtime_ns))
+        self.out.send(m.Adopt(seq, name, size, mtime_ns))
         self._answer_final.add(seq)
-        self._flush()
+        self.out.flush()
 
     def lane_failed(self, seq: int, cause: str) -> None:
-        self._send(m.DataAbort(seq, cause))
+        self.out.send(m.DataAbort(seq, cause))
         self._answer_final.add(seq)
-        self._flush()
+        self.out.flush()
 
     def lane_sent(self, seqs: Iterable[int]) -> None:
         self._lane_sent.update(seq for seq in seqs if seq in self.inflight and seq not in self._answer_final)
@@ -671,7 +618,7 @@ class Sender:
     async def send_entry(self, se: SourceEntry) -> None:
         await self._room_for_one()
         self._queue_entry(se)
-        if not self._out:  # a batch of frames just went to the transport: let it drain
+        if not self.out.queued:  # a batch of frames just went to the transport: let it drain
             await self._drain()
         if self._on_progress is not None and time.monotonic() - self._last_progress > 0.5:
             self._last_progress = time.monotonic()
@@ -686,9 +633,9 @@ class Sender:
         e = se.entry
         if move:
             self._moves.add(self._seq)
-            self._send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
+            self.out.send(m.MoveMsg(self._seq, e.id, e.parent, e.name))
         else:
-            self._write(self.session.send_entry(e, self._seq))
+            self.out.write(self.session.send_entry(e, self._seq))
             if e.kind is not Kind.FILE:  # only a regular file is ever answered NEED
                 self._answer_final.add(self._seq)
         self.summary.entries += 1
@@ -704,14 +651,14 @@ class Sender:
         self._seq += 1
         self.inflight[self._seq] = NameOp("link", oid, parent, name, path)
         self._answer_final.add(self._seq)
-        self._send(m.LinkMsg(self._seq, oid, parent, name))
+        self.out.send(m.LinkMsg(self._seq, oid, parent, name))
 
     async def send_remove(self, oid: bytes, parent: bytes, name: bytes, path: bytes) -> None:
         await self._room_for_one()
         self._seq += 1
         self.inflight[self._seq] = NameOp("remove", oid, parent, name, path)
         self._answer_final.add(self._seq)
-        self._send(m.RemoveMsg(self._seq, oid, parent, name))
+        self.out.send(m.RemoveMsg(self._seq, oid, parent, name))
 
     async def settle(self) -> None:
         """Wait until every item sent so far has its final result (data sent where asked)."""
@@ -734,12 +681,12 @@ class Sender:
         await self._drain_all(in_full=in_full, lane_sent=in_full)
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
-        self._send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
+        self.out.send(m.Finish(mirror, source_entries, self.opts.allow_mass_delete))
         if seal:
             self._sealed = loop.create_future()
-            self._send(m.Seal())
+            self.out.send(m.Seal())
         if bye:
-            self._send(m.Bye())
+            self.out.send(m.Bye())
         await self._drain()
         finished = await self._await(self.finished)
         if self.inflight:  # the agent answers in order: every item before Finished
@@ -766,8 +713,8 @@ class Sender:
 
     async def _close_main(self, bye_sent: bool) -> None:
         if not bye_sent:
-            self._send(m.Bye())
-        self._flush()
+            self.out.send(m.Bye())
+        self.out.flush()
         with contextlib.suppress(ConnectionError):  # the agent read Bye and exited first: its end is closed
             await asyncio.wait_for(self.chan.drain(), 30)
         await self.chan.close_input()
@@ -792,7 +739,7 @@ class Sender:
             await self._drain()
             self.changed.clear()
             if not self.need and len(self.inflight) >= self._window():
-                self._flush()
+                self.out.flush()
                 await self.changed.wait()
 
     def _window(self) -> int:
@@ -816,7 +763,7 @@ class Sender:
                 await self._send_data()
                 continue
             self.changed.clear()  # (no await since the test above: no answer can slip by)
-            self._flush()
+            self.out.flush()
             await self.changed.wait()
 
     def _settled(self, in_full: bool, lane_sent: bool) -> int:
@@ -847,7 +794,7 @@ class Sender:
                 continue
             await self._send_file(seq, se, sums, again, packer)
         if (rest := packer.take()) is not None:
-            self._send(rest)
+            self.out.send(rest)
         await self._drain()
 
     def _small_batch(self) -> list[int]:
@@ -887,9 +834,9 @@ class Sender:
             if found[0] == NOT_SMALL:  # it grew past the limit, or has holes: the general path
                 await self._send_file(seq, se, None, False, packer)
             elif found[0] != READ:
-                self._send(m.DataAbort(seq, unreadable_cause(found[0], found[1])))
+                self.out.send(m.DataAbort(seq, unreadable_cause(found[0], found[1])))
             elif (full := packer.add(as_small_file(seq, se, found, self.summary))) is not None:
-                self._send(full)
+                self.out.send(full)
                 await self._drain()
 
     async def _send_file(self, seq: int, se: SourceEntry, sums: m.BlockSums | None, again: bool,
@@ -897,52 +844,30 @@ class Sender:
         """The data of one file, read one system call at a time: whole, as a delta, or streamed."""
 
         self._answer_final.add(seq)  # but for a delta (below), the agent may ask again
-        try:
-            fd = os.open(se.path, OPEN_FLAGS)
-        except OSError as exc:
-            self._send(m.DataAbort(seq, f"cannot open on the source: {exc.strerror}"))
+        opened = open_source(se.path)
+        if isinstance(opened, str):
+            self.out.send(m.DataAbort(seq, opened))
             return
+        fd, st0 = opened
         try:
-            st0 = os.fstat(fd)
-            if not stat.S_ISREG(st0.st_mode):
-                self._send(m.DataAbort(seq, unreadable_cause(NOT_REGULAR, 0)))
-                return
             mtime = publish_mtime(se, st0)
             if sums is not None and st0.st_size > SMALL_FILE and _dense(fd, st0.st_size):
                 if (rest := packer.take()) is not None:
-                    self._send(rest)
+                    self.out.send(rest)
                 self._delta_sent.add(seq)
                 self._answer_final.discard(seq)
                 await self._delta(seq, fd, st0, mtime, sums)
-            elif st0.st_size <= SMALL_FILE:
-                small, carried = read_small(seq, fd, st0, mtime)
-                self.summary.bytes_data += carried
-                if (full := packer.add(small)) is not None:
-                    self._send(full)
-                    await self._drain()
             else:
-                if (rest := packer.take()) is not None:
-                    self._send(rest)
-                await self._large(seq, fd, st0, mtime)
+                await self.out.send_whole(seq, fd, st0, mtime, packer, self.summary, self._drain)
             problem = unstable(fd, st0, se)
             if problem is not None:
                 self.summary.problems.append(problem)
             if not again:
                 self.summary.files += 1
         except OSError as exc:
-            self._send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
+            self.out.send(m.DataAbort(seq, f"cannot read on the source: {exc.strerror}"))
         finally:
             os.close(fd)
-
-    async def _large(self, seq: int, fd: int, st0: os.stat_result, mtime: int) -> None:
-        size = st0.st_size
-        self._send(m.DataBegin(seq, size))
-        digest = ExtentDigest()
-        for pos, data in read_chunks(fd, size, digest):
-            self._write_chunk(seq, pos, data)
-            self.summary.bytes_data += len(data)
-            await self._drain()
-        self._send(m.DataEnd(seq, digest.finish(size), mtime))
 
     async def _delta(self, seq: int, fd: int, st0: os.stat_result, mtime: int, sums: m.BlockSums) -> None:
         """Send only the blocks the agent's copy lacks; it copies the others from that copy.
@@ -952,12 +877,12 @@ class Sender:
         """
 
         enc = DeltaEncoder(BlockMatcher(sums.block_size, sums.basis_size, sums.sums), st0.st_size, CHUNK_SIZE)
-        self._send(m.DeltaBegin(seq, st0.st_size))
+        self.out.send(m.DeltaBegin(seq, st0.st_size))
         while want := enc.want():
             # a short read (the file shrank) ends it: the stability check reports that
             for off, piece in enc.feed(os.pread(fd, want, enc.pos)):
-                self._write_chunk(seq, off, piece)
+                self.out.write_chunk(seq, off, piece)
             await self._drain()
         self.summary.bytes_data += enc.sent
         self.summary.bytes_matched += enc.matched
-        self._send(m.DataEnd(seq, enc.finish(), mtime))
+        self.out.send(m.DataEnd(seq, enc.finish(), mtime))

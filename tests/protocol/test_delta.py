@@ -21,7 +21,7 @@ from georep.protocol.digest import ExtentDigest
 
 
 def full_send_digest(data: bytes, chunk: int) -> bytes:
-    """The digest a full send of this dense content carries (the sender's `_large`)."""
+    """The digest a full send of this dense content carries (`FrameWriter.stream`)."""
 
     d = ExtentDigest()
     for off in range(0, len(data), chunk):
