@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     workdir, _ = prepare_workdir(args.workdir)
     link = Link(rtt=plan.rtts_ms[0] / 1000, bandwidth=plan.bandwidth).describe()
-    results = new_results(args_list, args.quick, link)
+    results = new_results(args_list, args.quick, link, workdir)
     log_stderr(f"bench: work directory {workdir}")
     t = time.monotonic()
     runner = Runner(plan, workdir, sections, results, log_stderr)

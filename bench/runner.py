@@ -100,7 +100,30 @@ def filesystem_type(path: Path) -> str:
     return fs[-1].split()[1] if len(fs) > 1 else "?"
 
 
-def machine_info() -> dict[str, str]:
+def filesystem_description(path: Path) -> str:
+    """The filesystem type of ``path``, and for ext4 whether it keeps a journal.
+
+    Why say so: without a journal ext4 checks, for every inode it allocates, whether that
+    inode was freed in the last 60-300 s (``recently_deleted()``): right after a mass delete
+    every create steps over the freed inodes, and copies take several times as long (see
+    bench/README.md).  A journaled ext4 skips that check.  The journal is told by its jbd2
+    entry in /proc (``/proc/fs/jbd2/<device>-<inode>``).
+    """
+
+    kind = filesystem_type(path)
+    if kind != "ext4":
+        return kind
+    src = subprocess.run(["df", "--output=source", str(path)], capture_output=True, text=True).stdout.split()
+    jbd2 = Path("/proc/fs/jbd2")
+    if len(src) < 2 or not src[-1].startswith("/dev/") or not jbd2.is_dir():
+        return kind
+    dev = os.path.basename(os.path.realpath(src[-1]))
+    if any(entry.name.rsplit("-", 1)[0] == dev for entry in jbd2.iterdir()):
+        return "ext4 (journaled)"
+    return "ext4 without a journal (recently_deleted() applies: see bench/README.md)"
+
+
+def machine_info(workdir: Path) -> dict[str, str]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,7 +140,7 @@ def machine_info() -> dict[str, str]:
         pass
     uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip() or " ".join(platform.uname())
     return {"uname -a": uname, "CPU": f"{cpu} × {os.cpu_count()}", "memory": mem,
-            "work filesystem": filesystem_type(Path("/tmp")),
+            "work filesystem": filesystem_description(workdir),
             "load average at start (1/5/15 min)": load_average()}
 
 
@@ -537,11 +560,11 @@ class Runner:
             ))
 
 
-def new_results(argv: list[str], quick: bool, link: str) -> Results:
+def new_results(argv: list[str], quick: bool, link: str, workdir: Path) -> Results:
     return Results(
         command=" ".join(["python -m bench", *argv]),
         started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        machine=machine_info(),
+        machine=machine_info(workdir),
         versions=tool_versions(),
         link=link,
         quick=quick,

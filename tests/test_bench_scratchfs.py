@@ -1,14 +1,17 @@
-"""bench/scratchfs.py: the scale section's throwaway ext4 really is a filesystem of its own, and goes."""
+"""bench/scratchfs.py: the scale section's throwaway ext4 really is a filesystem of its own, and goes;
+and what the report says of an ext4 (bench/runner.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import scratchfs
+from bench.runner import filesystem_description
 from bench.scratchfs import scratch_fs
 
 
@@ -44,3 +47,28 @@ def test_without_mkfs_the_section_gets_a_plain_directory(tmp_path: Path, monkeyp
         assert "no mkfs.ext4" in scratch.description
     assert (tmp_path / "s" / "f").read_bytes() == b"kept"  # the work directory's cleanup removes it
     assert logged == ["scratch filesystem not made (no mkfs.ext4); using a plain directory"]
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_the_report_says_whether_an_ext4_keeps_a_journal(tmp_path: Path, journal: bool) -> None:
+    """Without one, ext4 steps over recently freed inodes on every create (bench/README.md)."""
+
+    why = scratchfs._unavailable()
+    if why is not None:
+        pytest.skip(f"a loop-mounted ext4 cannot be made here: {why}")
+    img, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    features = [] if journal else ["-O", "^has_journal"]
+    subprocess.run(["mkfs.ext4", "-q", "-F", *features, str(img)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True, capture_output=True)
+    try:
+        said = filesystem_description(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+    if journal:
+        assert said == "ext4 (journaled)"
+    else:
+        assert said.startswith("ext4 without a journal") and "recently_deleted()" in said
+    assert filesystem_description(Path("/proc")) == "proc"  # not ext4: the type alone
