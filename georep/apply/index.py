@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS writers (pid INTEGER PRIMARY KEY, scope TEXT NOT NULL
 """
 
 
+#: Rows `Index.put_obj` and `Index.put_name` hold back at most, per table.
+ROWS_HELD = 512
+
 #: Seconds a statement waits for another agent's write transaction on the same root.
 BUSY_TIMEOUT = 60.0
 #: A write transaction is committed once it is this old (see `Index.commit_if_due`) ...
@@ -117,7 +120,11 @@ class Index:
     def __init__(self, path: Path, scope: str = "") -> None:
         #: the source this session speaks for: a mirror sweep removes only its own names
         self.scope = scope
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        self._conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        #: rows of `put_obj` and `put_name` not yet written (see `_db`)
+        self._objs: list[tuple[bytes, int, int, int, int, int, int, bytes]] = []
+        self._names: list[tuple[bytes, bytes, bytes, int, str]] = []
+        self.rows_held = ROWS_HELD
         _use_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -125,6 +132,30 @@ class Index:
         self._tx_started = 0.0
         self._pending = 0
         self.gen = self.new_generation()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, once the rows `put_obj` and `put_name` hold back are written.
+
+        Why hold them back: the agent records the files of a written batch one after the
+        other, and one ``executemany`` per table for the lot cost less than a statement per
+        row.  Every other use of the connection goes through here, so every statement still
+        runs after the rows put before it, as if they had been written at once.
+        """
+
+        if self._objs or self._names:
+            self._write_rows()
+        return self._conn
+
+    def _write_rows(self) -> None:
+        objs, names, self._objs, self._names = self._objs, self._names, [], []
+        if objs:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
+                " VALUES (?,?,?,?,?,?,?,?)", objs)
+        if names:
+            self._conn.executemany("INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
+                                   names)
 
     def new_generation(self) -> int:
         """Start a new generation: names confirmed from now on are told apart from older ones."""
@@ -320,19 +351,16 @@ class Index:
     def put_obj(self, oid: bytes, kind: Kind, size: int, mtime_ns: int, mode: int, ino: int,
                 xhash: bytes = b"") -> None:
         self.begin()
-        self._db.execute(
-            "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (oid, int(kind), size, mtime_ns, mode, ino_to_sql(ino), self.gen, xhash),
-        )
+        self._objs.append((oid, int(kind), size, mtime_ns, mode, ino_to_sql(ino), self.gen, xhash))
+        if len(self._objs) >= self.rows_held:
+            self._write_rows()
         self._wrote()
 
     def put_name(self, parent: bytes, name: bytes, oid: bytes) -> None:
         self.begin()
-        self._db.execute(
-            "INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
-            (parent, name, oid, self.gen, self.scope),
-        )
+        self._names.append((parent, name, oid, self.gen, self.scope))
+        if len(self._names) >= self.rows_held:
+            self._write_rows()
         self._wrote()
 
     def move_name(self, old: tuple[bytes, bytes], new: tuple[bytes, bytes], oid: bytes) -> None:

@@ -8,6 +8,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from georep.apply.index import Index
 from georep.model import Kind
 
@@ -135,3 +138,81 @@ def test_an_index_of_an_earlier_version_loses_the_gen_index(tmp_path: Path) -> N
     db.close()
     assert "names_by_gen" not in names
     assert "names_by_id" in names
+
+
+_IDS = [bytes([i]) * 16 for i in range(1, 7)]
+_NAMES = [b"a", b"b", b"c"]
+_op = st.one_of(
+    st.tuples(st.just("put_obj"), st.sampled_from(_IDS), st.integers(0, 3)),
+    st.tuples(st.just("put_name"), st.sampled_from(_IDS[:3]), st.sampled_from(_NAMES), st.sampled_from(_IDS)),
+    st.tuples(st.just("drop_name"), st.sampled_from(_IDS[:3]), st.sampled_from(_NAMES)),
+    st.tuples(st.just("move_name"), st.sampled_from(_NAMES), st.sampled_from(_NAMES), st.sampled_from(_IDS)),
+    st.tuples(st.just("touch"), st.sampled_from(_IDS[:3]), st.sampled_from(_NAMES)),
+    st.tuples(st.just("reassign"), st.sampled_from(_IDS), st.sampled_from(_IDS)),
+    st.tuples(st.just("obj"), st.sampled_from(_IDS)),
+    st.tuples(st.just("occupant"), st.sampled_from(_IDS[:3]), st.sampled_from(_NAMES)),
+    st.tuples(st.just("names_of"), st.sampled_from(_IDS)),
+    st.tuples(st.just("children"), st.sampled_from(_IDS[:3])),
+    st.tuples(st.just("commit")),
+)
+
+
+def _apply(idx: Index, op: tuple[Any, ...]) -> object:
+    """What ``op`` returns, or the error it raises (both indexes must raise the same one)."""
+
+    try:
+        return _call(idx, op)
+    except sqlite3.IntegrityError as exc:  # reassign to an id in use: refused by the schema
+        return ("IntegrityError", str(exc))
+
+
+def _call(idx: Index, op: tuple[Any, ...]) -> object:
+    name, *args = op
+    if name == "put_obj":
+        oid, size = args
+        return idx.put_obj(oid, Kind.FILE, size, 7, 0o644, size + 100)
+    if name == "move_name":
+        old, new, oid = args
+        return idx.move_name((_IDS[0], old), (_IDS[1], new), oid)
+    result = getattr(idx, name)(*args)
+    return sorted(result) if isinstance(result, list) else result
+
+
+def _tables(idx: Index) -> tuple[list[Any], list[Any]]:
+    db = idx._db
+    return (db.execute("SELECT * FROM objects ORDER BY id").fetchall(),
+            db.execute("SELECT * FROM names ORDER BY parent, name").fetchall())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, max_size=60), held=st.integers(2, 5))
+def test_rows_held_back_read_and_write_as_if_written_at_once(tmp_path: Path, ops: list[tuple[Any, ...]],
+                                                             held: int) -> None:
+    """`put_obj` and `put_name` hold rows back for one executemany: no other statement may tell.
+
+    The same operations go to an index that writes every row at once (``rows_held`` 1) and to
+    one that holds up to ``held`` rows; every read and both tables at the end must agree.
+    """
+
+    d = tmp_path / os.urandom(4).hex()
+    d.mkdir()
+    now, held_back = Index(d / "now.db"), Index(d / "held.db")
+    now.rows_held, held_back.rows_held = 1, held
+    now.gen = held_back.gen = 5
+    try:
+        for op in ops:
+            assert _apply(held_back, op) == _apply(now, op), op
+        expected = _tables(now)
+        assert _tables(held_back) == expected
+        for op in ops:  # once more, then closed with the rows still held
+            _apply(held_back, op)
+            _apply(now, op)
+        expected = _tables(now)
+    finally:
+        now.close()
+        held_back.close()
+    reopened = Index(d / "held.db")
+    try:
+        assert _tables(reopened) == expected  # close wrote what was held back
+    finally:
+        reopened.close()
