@@ -689,10 +689,7 @@ class Applier:
         elif msg.offset < rec.digest.next_offset:
             raise ProtocolError(f"data chunk for item {msg.seq} at {msg.offset} overlaps or goes backwards")
         rec.digest.update(msg.offset, msg.data)
-        if rec.writer is not None:
-            rec.writer.write(msg.offset, msg.data)
-        else:
-            os.pwrite(rec.fd, msg.data, msg.offset)
+        fsops.write_received(rec.fd, rec.writer, msg.offset, msg.data)
         return []
 
     def _data_end(self, msg: m.DataEnd) -> int:

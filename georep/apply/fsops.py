@@ -277,6 +277,15 @@ def write_all_at(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+def write_received(fd: int, writer: DirectWriter | None, offset: int, data: bytes) -> None:
+    """A piece of a file being received, at ``offset``: through its `DirectWriter` if it has one."""
+
+    if writer is not None:
+        writer.write(offset, data)
+    else:
+        os.pwrite(fd, data, offset)
+
+
 class DirectWriter:
     """Writes a large file that arrives front to back around the page cache (``O_DIRECT``).
 

@@ -79,10 +79,7 @@ class Stager:
                 if rec is None:
                     raise ProtocolError(f"data chunk for item {msg.seq}, which has no DataBegin on this lane")
                 rec.digest.update(msg.offset, msg.data)
-                if rec.writer is not None:
-                    rec.writer.write(msg.offset, msg.data)
-                else:
-                    os.pwrite(rec.fd, msg.data, msg.offset)
+                fsops.write_received(rec.fd, rec.writer, msg.offset, msg.data)
                 return []
             if isinstance(msg, m.DataEnd):
                 return [self._end(msg.seq, msg.digest)]
