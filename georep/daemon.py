@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import stat
 import time
 from collections import OrderedDict
@@ -53,7 +52,7 @@ from georep.batch.changes import (
 from georep.batch.checkpoint import SessionState
 from georep.batch.coalesce import Batch, Coalescer
 from georep.batch.policy import CutPolicy, Window
-from georep.errors import AgentFailed, ConnectionLost, GeorepError, SshUnreachable
+from georep.errors import AgentFailed, ConnectionLost, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
 from georep.protocol.messages import ANY_HOLDER
 from georep.reporting import BACKOFF_FIRST_S, Reporter, Status, log
@@ -417,15 +416,4 @@ async def run_daemon(source: bytes, secondary: str, state_dir: Path, open_channe
     store = IdStore(state_dir, brick.root)
     daemon = BrickDaemon(brick, secondary, state, store, open_channel, verbose=verbose, reconcile_s=reconcile_s,
                          lanes=lanes)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop.set)
-    try:
-        return await daemon.run()
-    except GeorepError as exc:
-        daemon.error(exc)
-        daemon.set_state("faulty", exc.message)
-        raise
-    finally:
-        store.close()
-        state.unlock()
+    return await daemon.serve(store)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from georep import __version__
 from georep.batch.checkpoint import SessionState
 from georep.errors import GeorepError
 from georep.model import Problem, Summary
+
+if TYPE_CHECKING:
+    from georep.source.identity import IdStore
 
 #: Reconnection back-off: the first wait, and the longest.
 BACKOFF_FIRST_S = 1.0
@@ -82,6 +86,28 @@ class Reporter:
     status: Status
     stop: asyncio.Event
     _status_at: float = 0.0
+
+    async def run(self) -> int:
+        """Replicate until `stop` is set; the exit code (each daemon has its own)."""
+
+        raise NotImplementedError
+
+    async def serve(self, store: IdStore) -> int:
+        """`run` until SIGTERM or SIGINT.  A fatal error leaves the status Faulty with its cause;
+        the id store and the state directory's lock are released however it ends."""
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        try:
+            return await self.run()
+        except GeorepError as exc:
+            self.error(exc)
+            self.set_state("faulty", exc.message)
+            raise
+        finally:
+            store.close()
+            self.state.unlock()
 
     def set_state(self, state: str, reason: str = "") -> None:
         if (state, reason) != (self.status.state, self.status.reason):

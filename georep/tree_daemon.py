@@ -44,7 +44,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import stat
 import time
 from collections import OrderedDict
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from georep.batch.checkpoint import SessionState
-from georep.errors import AgentFailed, ConnectionLost, GeorepError, SourceMissing, SshUnreachable
+from georep.errors import AgentFailed, ConnectionLost, SourceMissing, SshUnreachable
 from georep.model import ROOT_ID, Kind, Problem
 from georep.protocol.messages import ANY_HOLDER
 from georep.reporting import BACKOFF_FIRST_S, Counters, Reporter, Status, log
@@ -861,15 +860,5 @@ async def run_tree_daemon(source: bytes, secondary: str, state_dir: Path, open_c
     state.lock()
     store = IdStore(state_dir, root)
     daemon = TreeDaemon(root, secondary, state, store, open_channel, verbose=verbose, lanes=lanes)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        daemon.loop.add_signal_handler(sig, daemon.stop.set)
-    try:
-        return await daemon.run()
-    except GeorepError as exc:
-        daemon.error(exc)
-        daemon.set_state("faulty", exc.message)
-        raise
-    finally:
-        store.close()
-        state.unlock()
+    return await daemon.serve(store)
 
