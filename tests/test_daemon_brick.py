@@ -6,10 +6,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,70 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from daemonproc import Daemon, converge
 from gluster import Volume, volume
-from treecmp import HOSTILE_NAMES, diff, snapshot
+from treecmp import HOSTILE_NAMES
 
 from georep.source.changelog import parse_htime
 
 pytestmark = [pytest.mark.gluster, pytest.mark.slow]
-
-
-class Daemon:
-    """`georep-sync daemon BRICK DST` as a real process."""
-
-    def __init__(self, brick: Path, dst: Path, state: Path, *extra: str) -> None:
-        self.brick, self.dst, self.state = brick, dst, state
-        self.extra = list(extra)
-        self.log = state.parent / f"daemon-{brick.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-bb", "-m", "georep", "daemon", str(self.brick), str(self.dst),
-                 "--state-dir", str(self.state), "--verbose", *self.extra],
-                stdout=log, stderr=log,
-            )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def statuses(self) -> list[dict[str, object]]:
-        r = run_cli("status", "--state-dir", self.state, "--json")
-        assert r.code == 0, r.stderr
-        result: list[dict[str, object]] = json.loads(r.stdout)
-        return result
-
-    def status(self) -> dict[str, object]:
-        mine = [s for s in self.statuses() if s["source"] == str(self.brick)]
-        assert len(mine) == 1
-        return mine[0]
-
-    def logtext(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def converge(mount: Path, dst: Path, daemons: list[Daemon], timeout: float = 60.0) -> None:
-    """Wait until the secondary equals the volume's view (or fail showing the difference)."""
-
-    deadline = time.monotonic() + timeout
-    last: list[str] = []
-    while time.monotonic() < deadline:
-        for d in daemons:
-            assert d.proc is not None and d.proc.poll() is None, d.logtext()
-        if dst.exists():
-            try:
-                last = diff(snapshot(mount), snapshot(dst))
-            except FileNotFoundError:
-                last = ["(tree changing)"]
-            if not last:
-                return
-        time.sleep(0.3)
-    logs = "\n".join(d.logtext()[-3000:] for d in daemons)
-    pytest.fail("secondary did not converge:\n" + "\n".join(last[:30]) + "\n" + logs)
 
 
 @pytest.fixture

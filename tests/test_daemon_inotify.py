@@ -14,9 +14,7 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,90 +22,12 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from treecmp import HOSTILE_NAMES, diff, snapshot
+from daemonproc import Daemon, converge, daemon_argv
+from treecmp import HOSTILE_NAMES
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
-
-
-def daemon_argv(src: Path, dst: Path, state: Path) -> list[str]:
-    return [sys.executable, "-bb", "-m", "georep", "daemon", str(src), str(dst), "--state-dir", str(state),
-            "--verbose"]
-
-
-class Daemon:
-    """The daemon on a plain directory, as a real process."""
-
-    def __init__(self, src: Path, dst: Path, state: Path, prefix: list[str] | None = None) -> None:
-        self.src, self.dst, self.state = src, dst, state
-        self.prefix = prefix or []
-        self.log = state.parent / f"daemon-{src.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*self.prefix, *daemon_argv(self.src, self.dst, self.state)],
-                                         stdout=log, stderr=log)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def status(self) -> dict[str, object]:
-        r = run_cli("status", "--state-dir", self.state, "--json")
-        assert r.code == 0, r.stderr
-        mine = [s for s in json.loads(r.stdout) if s["source"] == str(self.src)]
-        assert len(mine) == 1
-        result: dict[str, object] = mine[0]
-        return result
-
-    def counters(self) -> dict[str, int]:
-        c = self.status()["counters"]
-        assert isinstance(c, dict)
-        return c
-
-    def wait_state(self, *states: str, timeout: float = 60.0) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.alive()
-            with contextlib.suppress(AssertionError, json.JSONDecodeError, KeyError):
-                st = self.status()
-                if st.get("state") in states and st.get("pid") == self.proc.pid:  # type: ignore[union-attr]
-                    return st
-            time.sleep(0.05)
-        pytest.fail(f"daemon never reached {states}:\n{self.logtext()[-3000:]}")
-
-    def alive(self) -> None:
-        assert self.proc is not None and self.proc.poll() is None, self.logtext()[-5000:]
-
-    def logtext(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def converge(src: Path, dst: Path, d: Daemon, timeout: float = 60.0) -> None:
-    """Wait until the secondary equals the source (or fail showing the difference and the log)."""
-
-    deadline = time.monotonic() + timeout
-    last: list[str] = []
-    while time.monotonic() < deadline:
-        d.alive()
-        if dst.exists():
-            try:
-                last = diff(snapshot(src), snapshot(dst))
-            except FileNotFoundError:
-                last = ["(tree changing)"]
-            if not last:
-                return
-        time.sleep(0.2)
-    pytest.fail("secondary did not converge:\n" + "\n".join(last[:30]) + "\n" + d.logtext()[-4000:])
 
 
 def settled(d: Daemon, timeout: float = 30.0) -> dict[str, int]:
