@@ -93,13 +93,18 @@ class FrameWriter:
         if st0.st_size <= SMALL_FILE:
             small, carried = read_small(seq, fd, st0, mtime)
             summary.bytes_data += carried
-            if (full := packer.add(small)) is not None:
-                self.send(full)
-                await drain()
+            await self.pack(small, packer, drain)
             return
         if (rest := packer.take()) is not None:
             self.send(rest)
         await self.stream(seq, fd, st0.st_size, mtime, summary, drain)
+
+    async def pack(self, small: m.SmallFile, packer: BlobPacker, drain: Drain) -> None:
+        """A small file into ``packer``; the frame it filled, if it did, goes and the channel drains."""
+
+        if (full := packer.add(small)) is not None:
+            self.send(full)
+            await drain()
 
     async def stream(self, seq: int, fd: int, size: int, mtime: int, summary: Summary, drain: Drain) -> None:
         """DataBegin, the data in chunks (holes skipped), DataEnd with the digest of all of it."""

@@ -284,9 +284,7 @@ class Lane:
         small = as_small_file(seq, se, found, self.owner.summary)
         if not self.join_token:
             self._sent[seq] = (small.size, small.mtime_ns)  # for the Adopt, once Staged
-        if (full := packer.add(small)) is not None:
-            self.out.send(full)
-            await self._drain()
+        await self.out.pack(small, packer, self._drain)
 
     async def _send_file(self, seq: int, se: SourceEntry, packer: BlobPacker) -> None:
         """One file read one system call at a time: whole if small, else streamed."""

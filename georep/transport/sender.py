@@ -835,9 +835,8 @@ class Sender:
                 await self._send_file(seq, se, None, False, packer)
             elif found[0] != READ:
                 self.out.send(m.DataAbort(seq, unreadable_cause(found[0], found[1])))
-            elif (full := packer.add(as_small_file(seq, se, found, self.summary))) is not None:
-                self.out.send(full)
-                await self._drain()
+            else:
+                await self.out.pack(as_small_file(seq, se, found, self.summary), packer, self._drain)
 
     async def _send_file(self, seq: int, se: SourceEntry, sums: m.BlockSums | None, again: bool,
                          packer: BlobPacker) -> None:
