@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-TOP = Path(__file__).resolve().parent.parent
+from benchcli import run_bench, table_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.ssh]
 
 
 def test_cpusplit_reports_each_side_of_both_contenders(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.cpusplit", "--rounds", "1", "--files", "300",
-                        "--work", str(tmp_path)], cwd=TOP, capture_output=True, text=True, timeout=300)
+    r = run_bench("cpusplit", "--rounds", "1", "--files", "300", "--work", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    rows = {}
-    for line in r.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in ("georep-sync oneshot", "rsync -a"):
-            rows[cells[0]] = [float(c) for c in cells[1:]]
+    rows = table_rows(r.stdout, {"georep-sync oneshot", "rsync -a"})
     assert set(rows) == {"georep-sync oneshot", "rsync -a"}, r.stdout
     for name, (wall, sender, secondary, proxy, machine, per_core) in rows.items():
         assert wall > 0 and sender > 0 and secondary > 0 and machine > 0, (name, r.stdout)
@@ -30,6 +22,5 @@ def test_cpusplit_reports_each_side_of_both_contenders(tmp_path: Path) -> None:
 
 
 def test_cpusplit_refuses_zero_rounds() -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.cpusplit", "--rounds", "0"], cwd=TOP,
-                       capture_output=True, text=True, timeout=60)
+    r = run_bench("cpusplit", "--rounds", "0", timeout=60)
     assert r.returncode == 2 and "--rounds" in r.stderr

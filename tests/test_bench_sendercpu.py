@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-TOP = Path(__file__).resolve().parent.parent
+from benchcli import TOP, run_bench, table_rows
 
 pytestmark = pytest.mark.slow
 
 
 def test_sendercpu_reports_each_checkout(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.sendercpu", "--rounds", "2", "--files", "300",
-                        "--work", str(tmp_path), f"a={TOP}", f"b={TOP}"], cwd=TOP, capture_output=True, text=True,
-                       timeout=300)
+    r = run_bench("sendercpu", "--rounds", "2", "--files", "300", "--work", str(tmp_path), f"a={TOP}", f"b={TOP}")
     assert r.returncode == 0, r.stderr
-    rows = {}
-    for line in r.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in ("a", "b"):
-            rows[cells[0]] = [float(c) for c in cells[1:]]
+    rows = table_rows(r.stdout, {"a", "b"})
     assert set(rows) == {"a", "b"}, r.stdout
     for name, (cpu, user, system, wall, agent) in rows.items():
         assert cpu > 0 and user > 0 and system >= 0 and wall > 0 and agent > 0, (name, r.stdout)
@@ -31,6 +22,5 @@ def test_sendercpu_reports_each_checkout(tmp_path: Path) -> None:
 
 
 def test_sendercpu_refuses_what_is_no_checkout(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.sendercpu", f"x={tmp_path}"], cwd=TOP,
-                       capture_output=True, text=True, timeout=60)
+    r = run_bench("sendercpu", f"x={tmp_path}", timeout=60)
     assert r.returncode == 2 and "NAME=PATH" in r.stderr
