@@ -87,22 +87,30 @@ static void le64(unsigned char *out, unsigned long long v) {
         out[i] = (unsigned char)(v >> (8 * i));
 }
 
-/* Whether the extents and the size give the digest the sender computed (ExtentDigest). */
-static int digest_matches(const job_t *j, const extent_t *ext) {
+/* The digest of a file's data as georep.protocol.digest.ExtentDigest computes it: for each
+ * extent its offset and length (little-endian, 8 bytes each) and its bytes, then the size. */
+static void extent_digest(const extent_t *ext, Py_ssize_t n, long long size, unsigned char out[16]) {
     XXH3_state_t state;
     unsigned char head[16], tail[8];
     XXH3_128bits_reset(&state);
-    for (Py_ssize_t i = 0; i < j->n_extents; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         le64(head, (unsigned long long)ext[i].offset);
         le64(head + 8, (unsigned long long)ext[i].len);
         XXH3_128bits_update(&state, head, sizeof head);
         XXH3_128bits_update(&state, ext[i].data, (size_t)ext[i].len);
     }
-    le64(tail, (unsigned long long)j->size);
+    le64(tail, (unsigned long long)size);
     XXH3_128bits_update(&state, tail, sizeof tail);
     XXH128_canonical_t canon;
     XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(&state));
-    return memcmp(canon.digest, j->digest, sizeof canon.digest) == 0;
+    memcpy(out, canon.digest, 16);
+}
+
+/* Whether the extents and the size give the digest the sender computed. */
+static int digest_matches(const job_t *j, const extent_t *ext) {
+    unsigned char found[16];
+    extent_digest(ext, j->n_extents, j->size, found);
+    return memcmp(found, j->digest, sizeof found) == 0;
 }
 
 /* One file, as georep.apply.writer.write_small does it (no xattrs). */
@@ -350,21 +358,8 @@ static void rs_read(rs_t *r) {
         return;
     r->got = got;
     r->stable = (long long)st.st_size == r->size && mtime_of(&st) == r->mtime_ns;
-    XXH3_state_t state;
-    XXH3_128bits_reset(&state);
-    if (r->size > 0) {
-        unsigned char head[16];
-        le64(head, 0);
-        le64(head + 8, (unsigned long long)got);
-        XXH3_128bits_update(&state, head, sizeof head);
-        XXH3_128bits_update(&state, buf, (size_t)got);
-    }
-    unsigned char tail[8];
-    le64(tail, (unsigned long long)r->size);
-    XXH3_128bits_update(&state, tail, sizeof tail);
-    XXH128_canonical_t canon;
-    XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(&state));
-    memcpy(r->digest, canon.digest, sizeof r->digest);
+    extent_t whole = {0, buf, got}; /* one extent at 0; none for an empty file */
+    extent_digest(&whole, r->size > 0 ? 1 : 0, r->size, r->digest);
 }
 
 static PyObject *read_small_files(PyObject *self, PyObject *args) {
