@@ -21,7 +21,7 @@ mkdir -p /run/sshd
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]'
-# native/ is built by the install above (the sender's reader only where xxhash.h is: libxxhash-dev);
-# its side-by-side tests would skip where it is not
+# native/ is built by the install above, only where xxhash.h is (libxxhash-dev): without it the
+# pure-Python twins do everything and the side-by-side tests would skip, so it is required here
 .venv/bin/python -c 'import georep._native as n; n.write_small, n.read_small_files' \
     || { echo "setup-machine: georep._native was not built whole (see pip's output)" >&2; exit 1; }
