@@ -12,11 +12,14 @@ The remote command is ``REMOTE_COMMAND agent PATH`` run by the remote user's she
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes.util
 import getpass
 import os
 import shlex
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,7 +27,33 @@ from urllib.parse import unquote, urlsplit
 from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
 from georep.transport.channel import STDERR_KEEP, JoinedChannel
 
-with warnings.catch_warnings():
+
+@contextlib.contextmanager
+def linker_cache_lookups() -> Iterator[None]:
+    """While asyncssh is imported, ctypes looks libraries up in the linker's cache only.
+
+    Why: at import, asyncssh looks for optional C libraries with ``ctypes.util.find_library``
+    (liboqs for post-quantum key exchange, under two names; nettle for UMAC).  For one that
+    is not installed, find_library's fallbacks compile a test program: gcc, collect2 and ld,
+    then ld again, per name.  Measured here: 30-100 ms of wall time and 20-50 ms of CPU at
+    the start of every run, before its first packet.  An installed library is in the linker
+    cache (``ldconfig -p``), which is the first place find_library looks: the same libraries
+    are found.  Where ctypes has no such lookup (not Linux), nothing changes.
+    """
+
+    from_cache = getattr(ctypes.util, "_findSoname_ldconfig", None)
+    if from_cache is None:
+        yield
+        return
+    original = ctypes.util.find_library
+    ctypes.util.find_library = from_cache
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = original
+
+
+with warnings.catch_warnings(), linker_cache_lookups():
     # asyncssh names DSA types at import, which cryptography 51 deprecates with a warning on
     # stderr: nothing an operator can act on (the user's keys are not involved), so it is
     # not shown.  Only that warning, and only while asyncssh is imported.
