@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from treecmp import diff, snapshot
+from treecmp import HOSTILE_NAMES, diff, snapshot
 
 
 def daemon_argv(src: Path, dst: Path, state: Path, *extra: str) -> list[str]:
@@ -109,3 +110,41 @@ def converge(src: Path, dst: Path, daemons: Daemon | list[Daemon], timeout: floa
         time.sleep(0.2)
     logs = "\n".join(d.logtext()[-4000:] for d in running)
     pytest.fail("secondary did not converge:\n" + "\n".join(last[:30]) + "\n" + logs)
+
+
+def make_every_kind_of_change(m: Path) -> None:
+    """In ``m``, one of each change a daemon must carry, in one burst.
+
+    Hostile names, a write, an append, a truncation, a 5 MiB file, mode, owner, an xattr set
+    and one set then removed, a symlink, a FIFO, a hard link, a directory moved across
+    directories, a rename over an existing name, and two files swapped (``a`` ends up "B").
+    """
+
+    mb = os.fsencode(m)
+    os.makedirs(m / "dir" / "sub")
+    for n in HOSTILE_NAMES:
+        with open(os.path.join(mb, b"dir", n), "wb") as f:
+            f.write(n * 3)
+    (m / "file").write_bytes(os.urandom(300_000))
+    with open(m / "file", "ab") as f:
+        f.write(b"appended")
+    (m / "trunc").write_bytes(b"x" * 5000)
+    os.truncate(m / "trunc", 10)
+    (m / "big").write_bytes(os.urandom(5 << 20))
+    os.chmod(m / "file", 0o600)
+    os.chown(m / "trunc", 1234, 4321)
+    os.setxattr(m / "file", "user.tag", b"v1")
+    os.setxattr(m / "trunc", "user.gone", b"x")
+    os.removexattr(m / "trunc", "user.gone")
+    os.symlink("dir/sub", m / "symlink")
+    os.mkfifo(m / "fifo")
+    os.link(m / "file", m / "dir" / "hardlink")
+    os.rename(m / "dir" / "sub", m / "sub-moved")  # directory rename across directories
+    (m / "old").write_text("replaced by a rename")
+    (m / "new").write_text("renamed over an existing name")
+    os.rename(m / "new", m / "old")
+    (m / "a").write_text("A")
+    (m / "b").write_text("B")
+    os.rename(m / "a", m / "tmp")  # swap a and b
+    os.rename(m / "b", m / "a")
+    os.rename(m / "tmp", m / "b")

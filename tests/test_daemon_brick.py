@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from daemonproc import Daemon, converge
+from daemonproc import Daemon, converge, make_every_kind_of_change
 from gluster import Volume, volume
-from treecmp import HOSTILE_NAMES
 
 from georep.source.changelog import parse_htime
 
@@ -41,34 +40,7 @@ def test_every_operation_kind_reaches_the_secondary(single: tuple[Volume, Daemon
     m = vol.mount
     (m / "pre-existing").write_text("there before the daemon")
     converge(m, d.dst, [d])
-    mb = os.fsencode(m)
-    os.makedirs(m / "dir" / "sub")
-    for n in HOSTILE_NAMES:
-        with open(os.path.join(mb, b"dir", n), "wb") as f:
-            f.write(n * 3)
-    (m / "file").write_bytes(os.urandom(300_000))
-    with open(m / "file", "ab") as f:
-        f.write(b"appended")
-    (m / "trunc").write_bytes(b"x" * 5000)
-    os.truncate(m / "trunc", 10)
-    (m / "big").write_bytes(os.urandom(5 << 20))
-    os.chmod(m / "file", 0o600)
-    os.chown(m / "trunc", 1234, 4321)
-    os.setxattr(m / "file", "user.tag", b"v1")
-    os.setxattr(m / "trunc", "user.gone", b"x")
-    os.removexattr(m / "trunc", "user.gone")
-    os.symlink("dir/sub", m / "symlink")
-    os.mkfifo(m / "fifo")
-    os.link(m / "file", m / "dir" / "hardlink")
-    os.rename(m / "dir" / "sub", m / "sub-moved")  # directory rename across directories
-    (m / "old").write_text("replaced by a rename")
-    (m / "new").write_text("renamed over an existing name")
-    os.rename(m / "new", m / "old")
-    (m / "a").write_text("A")
-    (m / "b").write_text("B")
-    os.rename(m / "a", m / "tmp")  # swap a and b
-    os.rename(m / "b", m / "a")
-    os.rename(m / "tmp", m / "b")
+    make_every_kind_of_change(m)
     os.mkdir(m / "gone-dir")
     (m / "gone-dir" / "x").write_text("x")
     shutil.rmtree(m / "gone-dir")
