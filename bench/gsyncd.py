@@ -63,6 +63,8 @@ PROBE_WAIT_S = 45.0
 #: three of gsyncd's 15 s journal rollovers, each followed by a 5 s change interval, fit in it
 #: (the full run of 2026-12-04 waited 60 s and saw nothing of 200 writes arrive).
 LIVE_TIMEOUT_S = 45.0
+#: Where the live writes go, on both volumes.
+LIVE_DIR = "live"
 
 
 class Session:
@@ -384,6 +386,19 @@ def _small(runner: Runner, base: Path, nbytes: int, files: int) -> None:
         runner.log(f"gsyncd {label}: {row.wall:.1f}s, {'verified' if row.verified else '; '.join(row.problems)[:300]}")
 
 
+def undelivered_note(held: dict[bytes, int], writes: int, status: str, crash: str | None) -> str:
+    """What the secondary held of the live writes once their time was up, and gsyncd's state then.
+
+    Why: "0 of 200 delivered" alone does not say whether gsyncd had stopped (Faulty), was
+    still behind, or delivered names without data (as its rsync method does here).
+    """
+
+    files = [size for size in held.values() if size >= 0]
+    empty = sum(1 for size in files if size == 0)
+    return (f"once the last write's time was up: {len(files)} of {writes} names on the secondary ({empty} empty), "
+            f"session status {status}" + (f", worker error: {crash}" if crash else ""))
+
+
 def _live(runner: Runner, s: Session) -> None:
     res = runner.results
     warm = warm_up(s.primary.mount, s.secondary.mount, timeout=120)
@@ -391,9 +406,14 @@ def _live(runner: Runner, s: Session) -> None:
         res.not_run.append(NotRun("gsyncd live lag", "a warm-up file did not reach the secondary in 120 s "
                                   f"(session status then: {s.status()[:300]})"))
         return
+    s.mark_log()
     delivered, lags = measure_lag(s.primary.mount, s.secondary.mount, writes=runner.plan.live_writes,
-                                  interval=runner.plan.live_interval, timeout=LIVE_TIMEOUT_S)
-    res.live.append(LiveRow(CONTENDER, runner.plan.live_writes, delivered, lags,
-                            f"GlusterFS defaults (changelog rollover 15 s, change_interval 5 s); warm-up file "
-                            f"took {warm:.1f} s; a write counts if complete within {LIVE_TIMEOUT_S:.0f} s"))
+                                  interval=runner.plan.live_interval, timeout=LIVE_TIMEOUT_S, subdir=LIVE_DIR)
+    note = (f"GlusterFS defaults (changelog rollover 15 s, change_interval 5 s); warm-up file took {warm:.1f} s; "
+            f"a write counts if complete within {LIVE_TIMEOUT_S:.0f} s")
+    if delivered < runner.plan.live_writes:
+        target = s.secondary.mount / LIVE_DIR
+        held = names_and_sizes(target) if target.exists() else {}
+        note += "; " + undelivered_note(held, runner.plan.live_writes, s.status(), s.crash())
+    res.live.append(LiveRow(CONTENDER, runner.plan.live_writes, delivered, lags, note))
     runner.log(f"gsyncd live: {delivered}/{runner.plan.live_writes} delivered")
