@@ -37,6 +37,12 @@ WRITE_BATCH = 64 * 1024
 Drain = Callable[[], Awaitable[None]]
 
 
+def streamed(size: int) -> bool:
+    """Whether `FrameWriter.send_whole` streams a file of ``size`` bytes (DataBegin first), not packs it."""
+
+    return size > SMALL_FILE
+
+
 class FrameWriter:
     """The frames of ``session`` onto ``chan``; ``broke`` turns a failed write into the error to raise."""
 
@@ -90,7 +96,7 @@ class FrameWriter:
                          summary: Summary, drain: Drain) -> None:
         """All of an open file's data: into ``packer`` if small (a full frame goes), else streamed."""
 
-        if st0.st_size <= SMALL_FILE:
+        if not streamed(st0.st_size):
             small, carried = read_small(seq, fd, st0, mtime)
             summary.bytes_data += carried
             await self.pack(small, packer, drain)

@@ -61,7 +61,7 @@ from georep.transport.filedata import (
     unreadable_cause,
     unstable,
 )
-from georep.transport.framewriter import FrameWriter
+from georep.transport.framewriter import FrameWriter, streamed
 
 #: Items waiting for a lane, per lane (their data is read only when a writer pulls them).
 QUEUE = 256
@@ -294,7 +294,7 @@ class Lane:
             self._give_up(seq, opened)
             return
         fd, st0 = opened
-        streaming = st0.st_size > SMALL_FILE  # DataBegin goes on this lane: an abort must follow it here
+        streaming = streamed(st0.st_size)  # DataBegin goes on this lane: an abort must follow it here
         try:
             mtime = publish_mtime(se, st0)
             if not self.join_token:
