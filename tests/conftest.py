@@ -97,8 +97,11 @@ def _keygen(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_sshd(d: Path, extra_config: str = "") -> Iterator[Sshd]:
-    """A real OpenSSH server on 127.0.0.1 with a temporary host key and authorized_keys under ``d``."""
+def running_sshd(d: Path, extra_config: str = "", log_level: str = "VERBOSE") -> Iterator[Sshd]:
+    """A real OpenSSH server on 127.0.0.1 with a temporary host key and authorized_keys under ``d``.
+
+    ``log_level``: sshd's LogLevel (``DEBUG1`` also logs each authentication request).
+    """
 
     if not os.path.exists(SSHD):
         pytest.fail("OpenSSH sshd is not installed (apt-get install openssh-server); .ci/run installs it")
@@ -114,7 +117,7 @@ def running_sshd(d: Path, extra_config: str = "") -> Iterator[Sshd]:
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n"
             f"AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\nLogLevel VERBOSE\nMaxStartups 50\n" + extra_config
+            f"PermitRootLogin prohibit-password\nLogLevel {log_level}\nMaxStartups 50\n" + extra_config
         )
         log = d / "sshd.log"
         with open(log, "ab") as logf:

@@ -1,0 +1,156 @@
+"""Authentication in one round trip per key, against a real sshd that logs every request it gets.
+
+sshd at LogLevel DEBUG1 logs one ``userauth-request ... method M`` line per authentication
+request, and ``Postponed publickey`` when it answers a key query (PK_OK) instead of a
+signature.  asyncssh on its own sends three requests for one good key (``none``, the query,
+the signed request); `georep.transport.ssh` sends one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Sshd, run_cli, running_sshd
+
+from georep.transport import ssh
+
+asyncssh = ssh.asyncssh  # imported there, with its import-time warnings silenced
+pytestmark = pytest.mark.ssh
+
+REQUEST = re.compile(r"userauth-request for user \S+ service ssh-connection method (\S+)")
+
+
+@pytest.fixture(scope="module")
+def chatty_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    with running_sshd(tmp_path_factory.mktemp("sshd-debug"), log_level="DEBUG1") as server:
+        yield server
+
+
+class LogSlice:
+    """What sshd logged between `__init__` and `text` (connections in one test run one after another)."""
+
+    def __init__(self, server: Sshd) -> None:
+        self.server = server
+        self.start = server.log.stat().st_size
+
+    def text(self) -> str:
+        with open(self.server.log, "rb") as f:
+            f.seek(self.start)
+            return f.read().decode("utf-8", "replace")
+
+    def requests(self) -> list[str]:
+        return REQUEST.findall(self.text())
+
+
+def _copy(server: Sshd, tmp_path: Path, *identities: Path, env: dict[str, str] | None = None) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(exist_ok=True)
+    (src / "f").write_bytes(b"x" * 100)
+    ids = [arg for i in identities for arg in ("--identity", str(i))]
+    r = run_cli("--oneshot", src, server.url(dst), "--known-hosts", server.known_hosts, *ids,
+                "--remote-command", server.remote_command, "--state-dir", tmp_path / "state", env=env)
+    assert r.code == 0, r.stderr
+    assert (dst / "f").read_bytes() == b"x" * 100
+
+
+def _no_agent(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SSH_AUTH_SOCK": "", "HOME": str(tmp_path)}
+
+
+def test_the_short_way_is_in_place() -> None:
+    assert ssh.SIGNED_FIRST, (
+        "georep.transport.ssh could not put SignedFirst in asyncssh's table of auth methods: "
+        f"asyncssh {asyncssh.__version__} changed its internals; adapt install_signed_first() or drop it"
+    )
+
+
+def test_one_signed_request_for_a_good_key(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    log = LogSlice(chatty_sshd)
+    _copy(chatty_sshd, tmp_path, chatty_sshd.identity, env=_no_agent(tmp_path))
+    assert log.requests() == ["publickey"], log.text()[-3000:]
+    assert "Postponed publickey" not in log.text()
+    assert "Accepted publickey" in log.text()
+
+
+def test_control_asyncssh_alone_asks_three_times(chatty_sshd: Sshd) -> None:
+    """The log check above can fail: a connection not made by `open_ssh` goes the long way."""
+
+    log = LogSlice(chatty_sshd)
+
+    async def connect() -> None:
+        async with asyncssh.connect("127.0.0.1", chatty_sshd.port, username="root", config=None,
+                                    known_hosts=str(chatty_sshd.known_hosts), agent_path=None,
+                                    client_keys=[str(chatty_sshd.identity)]) as conn:
+            result = await conn.run("true", check=True)
+            assert result.exit_status == 0
+
+    asyncio.run(connect())
+    assert log.requests() == ["none", "publickey", "publickey"], log.text()[-3000:]
+    assert "Postponed publickey" in log.text()
+
+
+def test_a_refused_key_then_the_good_one(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    log = LogSlice(chatty_sshd)
+    _copy(chatty_sshd, tmp_path, stranger, chatty_sshd.identity, env=_no_agent(tmp_path))
+    assert log.requests() == ["publickey", "publickey"], log.text()[-3000:]
+    assert "Postponed publickey" not in log.text()
+    assert log.text().count("Accepted publickey") == 1
+
+
+def test_no_acceptable_key_fails_as_before(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    (tmp_path / "src").mkdir()
+    log = LogSlice(chatty_sshd)
+    r = run_cli("--oneshot", tmp_path / "src", chatty_sshd.url(tmp_path / "dst"), "--known-hosts",
+                chatty_sshd.known_hosts, "--identity", stranger, "--remote-command", chatty_sshd.remote_command,
+                "--state-dir", tmp_path / "state", env=_no_agent(tmp_path))
+    assert r.code == 21, r.stderr
+    assert "refused every identity" in r.stderr
+    # the stranger's signature, refused; the refusal lists publickey only: nothing else to try
+    assert log.requests() == ["publickey"], log.text()[-3000:]
+    assert not (tmp_path / "dst").exists()
+
+
+def test_without_any_key_none_is_still_asked(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """No key at all: asyncssh's ``none`` request still goes, after the key search came up empty."""
+
+    (tmp_path / "src").mkdir()
+    log = LogSlice(chatty_sshd)
+    r = run_cli("--oneshot", tmp_path / "src", chatty_sshd.url(tmp_path / "dst"), "--known-hosts",
+                chatty_sshd.known_hosts, "--remote-command", chatty_sshd.remote_command,
+                "--state-dir", tmp_path / "state", env=_no_agent(tmp_path))
+    assert r.code == 21, r.stderr
+    assert log.requests() == ["none"], log.text()[-3000:]
+
+
+def test_a_key_held_by_ssh_agent_is_queried_before_it_signs(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """ssh-agent may ask its user to confirm each signature: no signature for a key the server would refuse."""
+
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        env = {**_no_agent(tmp_path), "SSH_AUTH_SOCK": str(sock)}
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        subprocess.run(["ssh-add", "-q", str(chatty_sshd.identity)], env=env, check=True,
+                       stderr=subprocess.DEVNULL)
+        log = LogSlice(chatty_sshd)
+        _copy(chatty_sshd, tmp_path, env=env)  # no --identity: the agent's keys
+        assert log.requests() == ["publickey", "publickey"], log.text()[-3000:]
+        assert "Postponed publickey" in log.text()
+        assert "Accepted publickey" in log.text()
+    finally:
+        agent.terminate()
+        agent.wait()
