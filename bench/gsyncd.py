@@ -53,6 +53,8 @@ LOG_DIR = Path("/var/log/glusterfs/geo-replication")
 CONTENDER = "gsyncd (tarssh)"
 #: How long a dataset may take to converge before gsyncd is reported as not finishing.
 CONVERGE_TIMEOUT = 420.0
+#: The datasets the section copies (from the sync section's sources).
+DATASETS = ("small", "large", "mixed")
 #: A session whose secondary has not changed for this long is reported as stalled.
 STALL_S = 45.0
 #: After the probe's names arrive, how long their data gets before we look.
@@ -330,7 +332,7 @@ def run(runner: Runner, base: Path) -> None:
     t = time.perf_counter()
     try:
         _small(runner, base, info["small"].bytes, info["small"].files)
-        for name in ("large", "mixed"):
+        for name in DATASETS[1:]:
             if name not in runner.sources:
                 continue
             with pair(runner, base, name[0]) as (prim, sec), session(runner, prim, sec) as s:

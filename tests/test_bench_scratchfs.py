@@ -36,6 +36,21 @@ def test_the_scratch_fs_is_its_own_ext4_and_leaves_nothing(tmp_path: Path) -> No
     assert any("unmounted and deleted" in m for m in logged)
 
 
+def test_the_scratch_fs_has_room_for_the_data_it_is_sized_for(tmp_path: Path) -> None:
+    """gsyncd's section sizes it by names and by bytes (its copies of the datasets)."""
+
+    why = scratchfs._unavailable()
+    if why is not None:
+        pytest.skip(f"a loop-mounted ext4 cannot be made here: {why}")
+    data = 3 << 30
+    with scratch_fs(tmp_path, "g", 1_000, lambda _: None, data_bytes=data) as scratch:
+        assert scratch.mounted
+        st = os.statvfs(scratch.root)
+        assert st.f_bavail * st.f_frsize >= data  # the journal and metadata come on top
+        assert (tmp_path / "g.img").stat().st_blocks * 512 < 1 << 30  # sparse: nothing written for it yet
+    assert not (tmp_path / "g.img").exists()
+
+
 def test_without_mkfs_the_section_gets_a_plain_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "mkfs.ext4" else real_which(tool))
