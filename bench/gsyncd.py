@@ -34,7 +34,7 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,7 @@ from bench import verify
 from bench.gluster import GlusterUnavailable, Volume, ensure_glusterd, gluster, volume
 from bench.live import measure_lag, names_and_sizes, wait_until, warm_up
 from bench.measure import TreeMonitor
-from bench.results import LiveRow, NotRun, SyncRow
+from bench.results import DatasetInfo, LiveRow, NotRun, SyncRow
 
 if TYPE_CHECKING:
     from bench.runner import Runner
@@ -53,8 +53,14 @@ LOG_DIR = Path("/var/log/glusterfs/geo-replication")
 CONTENDER = "gsyncd (tarssh)"
 #: How long a dataset may take to converge before gsyncd is reported as not finishing.
 CONVERGE_TIMEOUT = 420.0
-#: The datasets the section copies (from the sync section's sources).
+#: The datasets the section copies (from the sync section's sources); small first, with its rerun.
 DATASETS = ("small", "large", "mixed")
+#: Copies of each dataset's data the section makes at most: a local copy with UTF-8 names, the
+#: primary's brick, the secondary's brick (and one more secondary for the small tree).
+COPIES = 4
+#: Names per dataset file: those copies, plus each brick's gfid link and its .glusterfs/xx/yy
+#: directory (58,111 names in a brick holding the 20,200-entry small tree).
+NAMES_PER_FILE = 10
 #: A session whose secondary has not changed for this long is reported as stalled.
 STALL_S = 45.0
 #: After the probe's names arrive, how long their data gets before we look.
@@ -314,6 +320,13 @@ def probe_default_method(runner: Runner, base: Path) -> str:
             f"{count} files of {size} B written to the primary, {len(got)} names reached the secondary within "
             f"{names_after:.0f} s; {PROBE_GRACE_S:.0f} s later {full} had their data and {empty} were empty; "
             f"session status {status}" + (f"; worker error: {crash}" if crash else "") + ".")
+
+
+def room_needed(datasets: Iterable[DatasetInfo]) -> tuple[int, int]:
+    """Names and bytes the section may leave in its work directory (bench/scratchfs.py sizes by them)."""
+
+    used = [d for d in datasets if d.name in DATASETS]
+    return NAMES_PER_FILE * sum(d.files for d in used), COPIES * sum(d.bytes for d in used)
 
 
 def run(runner: Runner, base: Path) -> None:

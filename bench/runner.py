@@ -56,12 +56,6 @@ from bench.sshd import Sshd, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("sync", "rtt", "live", "gsyncd", "scale", "micro")
-#: Copies of each dataset's data the gsyncd section makes at most: a local copy with UTF-8
-#: names, the primary's brick, the secondary's brick (and one more secondary for the small tree).
-GSYNCD_COPIES = 4
-#: Names per dataset file on gsyncd's filesystem: those copies, plus each brick's gfid link and
-#: its .glusterfs/xx/yy directory (58,111 names in a brick holding the 20,200-entry small tree).
-GSYNCD_NAMES_PER_FILE = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,10 +464,8 @@ class Runner:
         assert self.path is not None and self.sshd is not None and self.proxy is not None
         self.proxy.set_link(self.link(self.plan.rtts_ms[0]))
         # its bricks, mounts and copies go with one unmount at the end (bench/scratchfs.py)
-        used = [d for d in self.results.datasets if d.name in gsyncd.DATASETS]
-        files, data = sum(d.files for d in used), sum(d.bytes for d in used)
-        with scratch_fs(self.work, "gsyncd-fs", GSYNCD_NAMES_PER_FILE * files, self.log,
-                        data_bytes=GSYNCD_COPIES * data) as scratch:
+        names, data = gsyncd.room_needed(self.results.datasets)
+        with scratch_fs(self.work, "gsyncd-fs", names, self.log, data_bytes=data) as scratch:
             self.results.findings.append(f"gsyncd's volumes (bricks and FUSE mounts) and its copies of the datasets "
                                          f"lived on {scratch.description}.")
             gsyncd.run(self, scratch.root / "gsyncd")

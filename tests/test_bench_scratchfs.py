@@ -87,3 +87,16 @@ def test_the_report_says_whether_an_ext4_keeps_a_journal(tmp_path: Path, journal
     else:
         assert said.startswith("ext4 without a journal") and "recently_deleted()" in said
     assert filesystem_description(Path("/proc")) == "proc"  # not ext4: the type alone
+
+
+def test_gsyncd_sizes_its_filesystem_by_the_datasets_it_copies() -> None:
+    from bench.gsyncd import COPIES, NAMES_PER_FILE, room_needed
+    from bench.results import DatasetInfo
+
+    def ds(name: str, files: int, nbytes: int) -> DatasetInfo:
+        return DatasetInfo(name, files, 1, 0, nbytes, 0.0, "")
+
+    names, data = room_needed([ds("small", 20_000, 174_000_000), ds("large", 4, 1_073_741_824),
+                               ds("plain-dir live", 20_000, 174_000_000)])  # not one gsyncd copies
+    assert names == NAMES_PER_FILE * 20_004
+    assert data == COPIES * (174_000_000 + 1_073_741_824)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sshd, run_cli, running_sshd
+from conftest import CliResult, Sshd, run_cli, running_sshd
 
 from georep.transport import ssh
 
@@ -49,15 +49,29 @@ class LogSlice:
         return REQUEST.findall(self.text())
 
 
-def _copy(server: Sshd, tmp_path: Path, *identities: Path, env: dict[str, str] | None = None) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
+def _oneshot(server: Sshd, tmp_path: Path, *identities: Path, env: dict[str, str]) -> CliResult:
+    """A copy of a one-file tree to ``server``, offering ``identities`` (none: the defaults)."""
+
+    src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     (src / "f").write_bytes(b"x" * 100)
     ids = [arg for i in identities for arg in ("--identity", str(i))]
-    r = run_cli("--oneshot", src, server.url(dst), "--known-hosts", server.known_hosts, *ids,
-                "--remote-command", server.remote_command, "--state-dir", tmp_path / "state", env=env)
+    return run_cli("--oneshot", src, server.url(tmp_path / "dst"), "--known-hosts", server.known_hosts, *ids,
+                   "--remote-command", server.remote_command, "--state-dir", tmp_path / "state", env=env)
+
+
+def _copy(server: Sshd, tmp_path: Path, *identities: Path, env: dict[str, str]) -> None:
+    r = _oneshot(server, tmp_path, *identities, env=env)
     assert r.code == 0, r.stderr
-    assert (dst / "f").read_bytes() == b"x" * 100
+    assert (tmp_path / "dst" / "f").read_bytes() == b"x" * 100
+
+
+def _stranger(tmp_path: Path) -> Path:
+    """A key the server does not know."""
+
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
 
 
 def _no_agent(tmp_path: Path) -> dict[str, str]:
@@ -97,23 +111,17 @@ def test_control_asyncssh_alone_asks_three_times(chatty_sshd: Sshd) -> None:
 
 
 def test_a_refused_key_then_the_good_one(chatty_sshd: Sshd, tmp_path: Path) -> None:
-    stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     log = LogSlice(chatty_sshd)
-    _copy(chatty_sshd, tmp_path, stranger, chatty_sshd.identity, env=_no_agent(tmp_path))
+    _copy(chatty_sshd, tmp_path, _stranger(tmp_path), chatty_sshd.identity, env=_no_agent(tmp_path))
     assert log.requests() == ["publickey", "publickey"], log.text()[-3000:]
     assert "Postponed publickey" not in log.text()
     assert log.text().count("Accepted publickey") == 1
 
 
 def test_no_acceptable_key_fails_as_before(chatty_sshd: Sshd, tmp_path: Path) -> None:
-    stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
-    (tmp_path / "src").mkdir()
+    stranger = _stranger(tmp_path)
     log = LogSlice(chatty_sshd)
-    r = run_cli("--oneshot", tmp_path / "src", chatty_sshd.url(tmp_path / "dst"), "--known-hosts",
-                chatty_sshd.known_hosts, "--identity", stranger, "--remote-command", chatty_sshd.remote_command,
-                "--state-dir", tmp_path / "state", env=_no_agent(tmp_path))
+    r = _oneshot(chatty_sshd, tmp_path, stranger, env=_no_agent(tmp_path))
     assert r.code == 21, r.stderr
     assert "refused every identity" in r.stderr
     # the stranger's signature, refused; the refusal lists publickey only: nothing else to try
@@ -124,11 +132,8 @@ def test_no_acceptable_key_fails_as_before(chatty_sshd: Sshd, tmp_path: Path) ->
 def test_without_any_key_none_is_still_asked(chatty_sshd: Sshd, tmp_path: Path) -> None:
     """No key at all: asyncssh's ``none`` request still goes, after the key search came up empty."""
 
-    (tmp_path / "src").mkdir()
     log = LogSlice(chatty_sshd)
-    r = run_cli("--oneshot", tmp_path / "src", chatty_sshd.url(tmp_path / "dst"), "--known-hosts",
-                chatty_sshd.known_hosts, "--remote-command", chatty_sshd.remote_command,
-                "--state-dir", tmp_path / "state", env=_no_agent(tmp_path))
+    r = _oneshot(chatty_sshd, tmp_path, env=_no_agent(tmp_path))
     assert r.code == 21, r.stderr
     assert log.requests() == ["none"], log.text()[-3000:]
 
