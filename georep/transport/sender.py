@@ -61,7 +61,7 @@ from georep.transport.lanes import Lane, agent_error, open_lane, work_queue
 
 T = TypeVar("T")
 
-#: An SSH connection that took this long (five round trips and the key exchange's CPU) is on a
+#: An SSH connection that took this long (four round trips and the key exchange's CPU) is on a
 #: long link: lanes open at once.  Below it, a Ping decides (see `Sender._probe_round_trip`).
 LONG_CONNECT_S = 0.25
 

@@ -9,6 +9,8 @@ the signed request); `georep.transport.ssh` sends one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -159,3 +161,84 @@ def test_a_key_held_by_ssh_agent_is_queried_before_it_signs(chatty_sshd: Sshd, t
     finally:
         agent.terminate()
         agent.wait()
+
+
+class PacketOrder(logging.Handler):
+    """asyncssh's own log of the packets a client sends and receives (its debug level 3), in order."""
+
+    WATCHED = ("Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT", "Received MSG_USERAUTH_SUCCESS")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        self.seen += [w for w in self.WATCHED if f"{w} (" in text]  # "[conn=1, pktid=3] Sent MSG_X (50), ..."
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[PacketOrder]:
+        logger = logging.getLogger("asyncssh")
+        level, debug_level = logger.level, asyncssh.logging.SSHLogger._debug_level
+        asyncssh.set_debug_level(3)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            asyncssh.set_debug_level(debug_level)
+
+
+@contextlib.contextmanager
+def _long_link(server: Sshd, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """The bench's WAN proxy in front of ``server``, 200 ms each round trip: (its port, a known_hosts for it)."""
+
+    from bench.proxy import Link, WanProxy
+
+    proxy = WanProxy(server.port, Link(rtt=0.2)).start()
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{proxy.port} {server.host_key_pub}\n")
+        yield proxy.port, known
+    finally:
+        proxy.stop()
+
+
+def test_the_first_request_rides_with_the_service_request(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """The signed request leaves before the server's SERVICE_ACCEPT is back: one round trip less."""
+
+    assert ssh.USERAUTH_IN_FLIGHT, (
+        f"asyncssh {asyncssh.__version__} no longer has what UserauthInFlight works through; adapt it or drop it"
+    )
+    log = LogSlice(chatty_sshd)
+
+    async def agent_session(port: int, known: Path) -> int | None:
+        target = ssh.SshTarget.parse(f"ssh://root@127.0.0.1:{port}{tmp_path / 'dst'}")
+        chan = await ssh.open_ssh(target, chatty_sshd.remote_command, known_hosts=known,
+                                  identities=[chatty_sshd.identity])
+        await chan.close_input()
+        return await chan.wait()
+
+    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketOrder().watching() as packets:
+        status = asyncio.run(agent_session(port, known))
+    assert packets.seen == ["Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT",
+                            "Received MSG_USERAUTH_SUCCESS"], packets.seen
+    assert status == 0  # the agent ran, saw its input end and exited cleanly
+    assert log.requests() == ["publickey"], log.text()[-3000:]
+    assert "Accepted publickey" in log.text()
+
+
+def test_control_asyncssh_alone_waits_for_the_service_accept(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """The order checked above can fail: a connection not made by `open_ssh` waits for the accept."""
+
+    async def connect(port: int, known: Path) -> None:
+        async with asyncssh.connect("127.0.0.1", port, username="root", config=None, known_hosts=str(known),
+                                    agent_path=None, client_keys=[str(chatty_sshd.identity)]) as conn:
+            result = await conn.run("true", check=True)
+            assert result.exit_status == 0
+
+    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketOrder().watching() as packets:
+        asyncio.run(connect(port, known))
+    assert packets.seen[:2] == ["Received MSG_SERVICE_ACCEPT", "Sent MSG_USERAUTH_REQUEST"], packets.seen
