@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import CliResult, Sshd, run_cli, running_sshd
 
+from georep.protocol.session import MAGIC, Role, Session
 from georep.transport import ssh
 
 asyncssh = ssh.asyncssh  # imported there, with its import-time warnings silenced
@@ -163,21 +164,25 @@ def test_a_key_held_by_ssh_agent_is_queried_before_it_signs(chatty_sshd: Sshd, t
         agent.wait()
 
 
-class PacketOrder(logging.Handler):
+class PacketLog(logging.Handler):
     """asyncssh's own log of the packets a client sends and receives (its debug level 3), in order."""
 
-    WATCHED = ("Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT", "Received MSG_USERAUTH_SUCCESS")
+    PACKET = re.compile(r"\] ((?:Sent|Received) MSG_\w+) \(")  # "[conn=1, pktid=3] Sent MSG_X (50), ..."
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.seen: list[str] = []
+        self.packets: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        self.seen += [w for w in self.WATCHED if f"{w} (" in text]  # "[conn=1, pktid=3] Sent MSG_X (50), ..."
+        if m := self.PACKET.search(record.getMessage()):
+            self.packets.append(m[1])
+
+    def auth_order(self) -> list[str]:
+        watched = ("Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT", "Received MSG_USERAUTH_SUCCESS")
+        return [p for p in self.packets if p in watched]
 
     @contextlib.contextmanager
-    def watching(self) -> Iterator[PacketOrder]:
+    def watching(self) -> Iterator[PacketLog]:
         logger = logging.getLogger("asyncssh")
         level, debug_level = logger.level, asyncssh.logging.SSHLogger._debug_level
         asyncssh.set_debug_level(3)
@@ -206,6 +211,21 @@ def _long_link(server: Sshd, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proxy.stop()
 
 
+def _hello(server: Sshd, port: int, known: Path, root: Path) -> tuple[bytes, int | None]:
+    """`open_ssh`'s agent session: Hello, the agent's first answer, the end of input; (answer, exit status)."""
+
+    async def session() -> tuple[bytes, int | None]:
+        target = ssh.SshTarget.parse(f"ssh://root@127.0.0.1:{port}{root}")
+        chan = await ssh.open_ssh(target, server.remote_command, known_hosts=known, identities=[server.identity])
+        chan.write(Session(Role.SENDER).initiate())
+        await chan.drain()
+        answer = await chan.read()
+        await chan.close_input()
+        return answer, await chan.wait()
+
+    return asyncio.run(session())
+
+
 def test_the_first_request_rides_with_the_service_request(chatty_sshd: Sshd, tmp_path: Path) -> None:
     """The signed request leaves before the server's SERVICE_ACCEPT is back: one round trip less."""
 
@@ -213,25 +233,29 @@ def test_the_first_request_rides_with_the_service_request(chatty_sshd: Sshd, tmp
         f"asyncssh {asyncssh.__version__} no longer has what UserauthInFlight works through; adapt it or drop it"
     )
     log = LogSlice(chatty_sshd)
-
-    async def agent_session(port: int, known: Path) -> int | None:
-        target = ssh.SshTarget.parse(f"ssh://root@127.0.0.1:{port}{tmp_path / 'dst'}")
-        chan = await ssh.open_ssh(target, chatty_sshd.remote_command, known_hosts=known,
-                                  identities=[chatty_sshd.identity])
-        await chan.close_input()
-        return await chan.wait()
-
-    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketOrder().watching() as packets:
-        status = asyncio.run(agent_session(port, known))
-    assert packets.seen == ["Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT",
-                            "Received MSG_USERAUTH_SUCCESS"], packets.seen
-    assert status == 0  # the agent ran, saw its input end and exited cleanly
+    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketLog().watching() as packets:
+        answer, status = _hello(chatty_sshd, port, known, tmp_path / "dst")
+    assert packets.auth_order() == ["Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT",
+                                    "Received MSG_USERAUTH_SUCCESS"], packets.packets
+    assert answer.startswith(MAGIC), answer[:100]  # the agent ran and answered Hello
+    assert status == 0
     assert log.requests() == ["publickey"], log.text()[-3000:]
     assert "Accepted publickey" in log.text()
 
 
-def test_control_asyncssh_alone_waits_for_the_service_accept(chatty_sshd: Sshd, tmp_path: Path) -> None:
-    """The order checked above can fail: a connection not made by `open_ssh` waits for the accept."""
+def test_no_ignore_packet_goes_ahead_of_each_packet(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """asyncssh sends an empty IGNORE ahead of every packet it encrypts (see the control below); ours do not."""
+
+    with PacketLog().watching() as packets:
+        answer, status = _hello(chatty_sshd, chatty_sshd.port, chatty_sshd.known_hosts, tmp_path / "dst")
+    assert answer.startswith(MAGIC) and status == 0, answer[:100]
+    sent = [p for p in packets.packets if p.startswith("Sent ")]
+    assert "Sent MSG_CHANNEL_DATA" in sent and "Sent MSG_CHANNEL_OPEN" in sent, sent
+    assert "Sent MSG_IGNORE" not in sent, sent
+
+
+def test_control_asyncssh_alone_waits_for_the_accept_and_sends_ignores(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """Both checks above can fail: a connection not made by `open_ssh` waits for the accept and sends IGNOREs."""
 
     async def connect(port: int, known: Path) -> None:
         async with asyncssh.connect("127.0.0.1", port, username="root", config=None, known_hosts=str(known),
@@ -239,6 +263,14 @@ def test_control_asyncssh_alone_waits_for_the_service_accept(chatty_sshd: Sshd, 
             result = await conn.run("true", check=True)
             assert result.exit_status == 0
 
-    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketOrder().watching() as packets:
+    with _long_link(chatty_sshd, tmp_path) as (port, known), PacketLog().watching() as packets:
         asyncio.run(connect(port, known))
-    assert packets.seen[:2] == ["Received MSG_SERVICE_ACCEPT", "Sent MSG_USERAUTH_REQUEST"], packets.seen
+    assert packets.auth_order()[:2] == ["Received MSG_SERVICE_ACCEPT", "Sent MSG_USERAUTH_REQUEST"], packets.packets
+    sent = [p for p in packets.packets if p.startswith("Sent ")]
+    assert sent.count("Sent MSG_IGNORE") >= 3, sent  # one ahead of the request, the open, the exec...
+
+
+def test_ciphers_offered_are_not_cbc() -> None:
+    """`drop_ignore_chaff` keeps IGNOREs for CBC; none of the ciphers offered is one."""
+
+    assert ssh.CIPHERS and not any("cbc" in c for c in ssh.CIPHERS)
