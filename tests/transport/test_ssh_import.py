@@ -60,3 +60,33 @@ def test_a_library_in_the_linker_cache_is_still_found() -> None:
     with linker_cache_lookups():
         assert ctypes.util.find_library("c") == plain
         assert ctypes.util.find_library("georep_no_such_library") is None
+
+
+def _fresh(code: str, tmp_path: Path, pythonpath: str = "") -> str:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, check=True, timeout=120,
+                          capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+
+
+_REPORT = ("import sys, asyncssh.public_key as pk\n"
+           "print('cryptography.x509' in sys.modules, pk._x509_available, 'asyncssh.crypto.x509' in sys.modules)\n")
+
+
+def test_without_pyopenssl_the_x509_module_is_not_tried(tmp_path: Path) -> None:
+    """asyncssh alone imports cryptography.x509 and then goes without X.509 all the same (the control)."""
+
+    alone = _fresh("import asyncssh\n" + _REPORT, tmp_path)
+    ours = _fresh("import georep.transport.ssh\n" + _REPORT, tmp_path)
+    assert alone == "True False False", alone  # tried, gave up: pyOpenSSL is not installed here
+    assert ours == "False False False", ours  # not tried, the same outcome, no marker left behind
+
+
+def test_with_pyopenssl_installed_asyncssh_tries_x509_as_before(tmp_path: Path) -> None:
+    fake = tmp_path / "site"
+    (fake / "OpenSSL").mkdir(parents=True)
+    (fake / "OpenSSL" / "__init__.py").write_text("")
+    (fake / "OpenSSL" / "crypto.py").write_text("")  # what asyncssh imports; enough to be found
+    ours = _fresh("import georep.transport.ssh\n" + _REPORT, tmp_path, pythonpath=str(fake))
+    assert ours.split()[0] == "True", ours
