@@ -204,9 +204,13 @@ class WanProxy:
         async def _close() -> None:
             if self._server is not None:
                 self._server.close()
-            for t in list(self._tasks):
+            tasks = list(self._tasks)
+            for t in tasks:
                 t.cancel()
-            await asyncio.sleep(0)
+            # until they have ended: a task still cancelling when the loop stops is reported
+            # at exit as "destroyed but it is pending"
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(timeout=10)

@@ -119,6 +119,8 @@ def test_a_refused_key_then_the_good_one(chatty_sshd: Sshd, tmp_path: Path) -> N
     assert log.requests() == ["publickey", "publickey"], log.text()[-3000:]
     assert "Postponed publickey" not in log.text()
     assert log.text().count("Accepted publickey") == 1
+    # the session's open went behind the second (last) key only, never behind the refused one
+    assert "dispatch_protocol_error" not in log.text()
 
 
 def test_no_acceptable_key_fails_as_before(chatty_sshd: Sshd, tmp_path: Path) -> None:
@@ -130,6 +132,9 @@ def test_no_acceptable_key_fails_as_before(chatty_sshd: Sshd, tmp_path: Path) ->
     # the stranger's signature, refused; the refusal lists publickey only: nothing else to try
     assert log.requests() == ["publickey"], log.text()[-3000:]
     assert not (tmp_path / "dst").exists()
+    # the session's open that went behind the last key: answered UNIMPLEMENTED, and nothing was left waiting
+    assert "dispatch_protocol_error: type 90" in log.text(), log.text()[-3000:]
+    assert "never retrieved" not in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_without_any_key_none_is_still_asked(chatty_sshd: Sshd, tmp_path: Path) -> None:
@@ -178,7 +183,8 @@ class PacketLog(logging.Handler):
             self.packets.append(m[1])
 
     def auth_order(self) -> list[str]:
-        watched = ("Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT", "Received MSG_USERAUTH_SUCCESS")
+        watched = ("Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT", "Sent MSG_CHANNEL_OPEN",
+                   "Received MSG_USERAUTH_SUCCESS")
         return [p for p in self.packets if p in watched]
 
     @contextlib.contextmanager
@@ -226,21 +232,24 @@ def _hello(server: Sshd, port: int, known: Path, root: Path) -> tuple[bytes, int
     return asyncio.run(session())
 
 
-def test_the_first_request_rides_with_the_service_request(chatty_sshd: Sshd, tmp_path: Path) -> None:
-    """The signed request leaves before the server's SERVICE_ACCEPT is back: one round trip less."""
+def test_the_request_rides_with_the_service_request_and_the_open_behind_it(chatty_sshd: Sshd, tmp_path: Path
+                                                                           ) -> None:
+    """The signed request leaves before SERVICE_ACCEPT is back, the session's open before the success: two
+    round trips less."""
 
-    assert ssh.USERAUTH_IN_FLIGHT, (
-        f"asyncssh {asyncssh.__version__} no longer has what UserauthInFlight works through; adapt it or drop it"
+    assert ssh.USERAUTH_IN_FLIGHT and ssh.SESSION_IN_FLIGHT, (
+        f"asyncssh {asyncssh.__version__} no longer has what UserauthInFlight and SessionInFlight work through"
     )
     log = LogSlice(chatty_sshd)
     with _long_link(chatty_sshd, tmp_path) as (port, known), PacketLog().watching() as packets:
         answer, status = _hello(chatty_sshd, port, known, tmp_path / "dst")
-    assert packets.auth_order() == ["Sent MSG_USERAUTH_REQUEST", "Received MSG_SERVICE_ACCEPT",
+    assert packets.auth_order() == ["Sent MSG_USERAUTH_REQUEST", "Sent MSG_CHANNEL_OPEN", "Received MSG_SERVICE_ACCEPT",
                                     "Received MSG_USERAUTH_SUCCESS"], packets.packets
-    assert answer.startswith(MAGIC), answer[:100]  # the agent ran and answered Hello
+    assert answer.startswith(MAGIC), answer[:100]  # the agent ran in that session and answered Hello
     assert status == 0
     assert log.requests() == ["publickey"], log.text()[-3000:]
     assert "Accepted publickey" in log.text()
+    assert "dispatch_protocol_error" not in log.text()  # sshd took the open as the session's, not as out of turn
 
 
 def test_no_ignore_packet_goes_ahead_of_each_packet(chatty_sshd: Sshd, tmp_path: Path) -> None:
@@ -254,8 +263,9 @@ def test_no_ignore_packet_goes_ahead_of_each_packet(chatty_sshd: Sshd, tmp_path:
     assert "Sent MSG_IGNORE" not in sent, sent
 
 
-def test_control_asyncssh_alone_waits_for_the_accept_and_sends_ignores(chatty_sshd: Sshd, tmp_path: Path) -> None:
-    """Both checks above can fail: a connection not made by `open_ssh` waits for the accept and sends IGNOREs."""
+def test_control_asyncssh_alone_waits_and_sends_ignores(chatty_sshd: Sshd, tmp_path: Path) -> None:
+    """The checks above can fail: a connection not made by `open_ssh` waits for the accept and the success, and
+    sends IGNOREs."""
 
     async def connect(port: int, known: Path) -> None:
         async with asyncssh.connect("127.0.0.1", port, username="root", config=None, known_hosts=str(known),
@@ -265,7 +275,9 @@ def test_control_asyncssh_alone_waits_for_the_accept_and_sends_ignores(chatty_ss
 
     with _long_link(chatty_sshd, tmp_path) as (port, known), PacketLog().watching() as packets:
         asyncio.run(connect(port, known))
-    assert packets.auth_order()[:2] == ["Received MSG_SERVICE_ACCEPT", "Sent MSG_USERAUTH_REQUEST"], packets.packets
+    order = packets.auth_order()
+    assert order.index("Received MSG_SERVICE_ACCEPT") < order.index("Sent MSG_USERAUTH_REQUEST"), order
+    assert order.index("Received MSG_USERAUTH_SUCCESS") < order.index("Sent MSG_CHANNEL_OPEN"), order
     sent = [p for p in packets.packets if p.startswith("Sent ")]
     assert sent.count("Sent MSG_IGNORE") >= 3, sent  # one ahead of the request, the open, the exec...
 
