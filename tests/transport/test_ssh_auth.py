@@ -4,6 +4,11 @@ sshd at LogLevel DEBUG1 logs one ``userauth-request ... method M`` line per auth
 request, and ``Postponed publickey`` when it answers a key query (PK_OK) instead of a
 signature.  asyncssh on its own sends three requests for one good key (``none``, the query,
 the signed request); `georep.transport.ssh` sends one.
+
+What goes in which flight is read from asyncssh's own packet log (its debug level 3), through
+the bench's WAN proxy so that nothing can arrive early by chance: the signed request leaves
+with the service request, the session's open right behind it, and no IGNORE packet goes
+ahead of each packet.  A control shows asyncssh alone doing neither.
 """
 
 from __future__ import annotations
@@ -283,6 +288,6 @@ def test_control_asyncssh_alone_waits_and_sends_ignores(chatty_sshd: Sshd, tmp_p
 
 
 def test_ciphers_offered_are_not_cbc() -> None:
-    """`drop_ignore_chaff` keeps IGNOREs for CBC; none of the ciphers offered is one."""
+    """`our_send_packet` keeps IGNOREs for CBC; none of the ciphers offered is one."""
 
     assert ssh.CIPHERS and not any("cbc" in c for c in ssh.CIPHERS)
