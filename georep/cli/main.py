@@ -57,6 +57,40 @@ def _quiet_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+#: glibc's mallopt(3) parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Allocations below this come from the heap (glibc's default starts at 128 KiB).
+MMAP_THRESHOLD = 16 << 20
+#: Free memory at the top of the heap kept for reuse rather than given back at once.
+TRIM_THRESHOLD = 32 << 20
+
+
+def _steady_malloc() -> None:
+    """Serve frame-sized buffers from the heap, not from a mapping made and unmade for each.
+
+    A Blobs frame, a data chunk and msgpack's buffer for them are about 1 MiB each, and
+    live for a moment.  glibc maps each allocation above its threshold (128 KiB, raised
+    only as mapped blocks are freed) and gives the top of the heap back above twice that;
+    either way the next frame's buffer is fresh memory that the kernel zeroes and maps
+    page by page.  On a first copy of 20,000 small files the sender took 19,000–32,000
+    page faults this way and `msgpack.packb` cost 1 ms per Blobs frame; with these limits
+    9,500 faults and 0.15 ms.  Memory stays bounded: the heap keeps at most
+    `TRIM_THRESHOLD` free.  Not glibc (no ``mallopt``): the allocator's defaults stay.
+    """
+
+    import ctypes  # asyncssh imports it anyway
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("--version", "-V"):
@@ -67,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         command = _dispatch(args)
         if argv is None:  # this process is georep-sync (not a test calling in)
             _quiet_gc()
+            _steady_malloc()
         return command(args)
     except GeorepError as exc:
         if debug:
