@@ -85,10 +85,23 @@ class Contender:
 class GeorepOneshot(Contender):
     name = "georep-sync oneshot"
 
+    def __init__(self, checkout: Path | None = None, name: str | None = None) -> None:
+        """This checkout's georep-sync; or, for comparing two versions, ``checkout``'s at both ends."""
+
+        self.checkout = checkout
+        if name is not None:
+            self.name = name
+
     def argv(self, path: Path2Secondary, src: Path, dst: Path, state: Path) -> list[str]:
-        return [PYTHON, "-m", "georep", "--oneshot", str(src), f"ssh://root@127.0.0.1:{path.port}{dst}",
-                "--state-dir", str(state), "--known-hosts", str(path.known_hosts), "--identity", str(path.identity),
-                "--remote-command", REMOTE_COMMAND, "--json", "--no-progress"]
+        if self.checkout is None:
+            head, remote = [PYTHON, "-m", "georep"], REMOTE_COMMAND
+        else:  # -P: the current directory (maybe another checkout) does not go ahead of PYTHONPATH
+            pythonpath = f"PYTHONPATH={self.checkout}"
+            head = ["env", pythonpath, PYTHON, "-P", "-m", "georep"]
+            remote = f"env {shlex.quote(pythonpath)} {PYTHON} -P -m georep"
+        return [*head, "--oneshot", str(src), f"ssh://root@127.0.0.1:{path.port}{dst}", "--state-dir", str(state),
+                "--known-hosts", str(path.known_hosts), "--identity", str(path.identity), "--remote-command", remote,
+                "--json", "--no-progress"]
 
 
 class Rsync(Contender):

@@ -1,6 +1,6 @@
 """Where the CPU goes in an initial copy of the small tree: georep-sync and rsync, per side.
 
-``python -m bench.cpusplit [--rounds N] [--rtt MS] [--files N] [--work DIR]``
+``python -m bench.cpusplit [--rounds N] [--rtt MS] [--files N] [--work DIR] [--georep NAME=CHECKOUT ...]``
 
 The targets table (`python -m bench`) says whether georep-sync copies the small tree as fast
 as rsync; this says where each one spends its processor time, so that tuning starts from a
@@ -17,7 +17,15 @@ proxy and private sshd as the main runner; for each, the median over rounds of:
 * **machine**: busy CPU seconds of the whole machine (``/proc/stat``, kernel included).
 
 On a machine with C cores, wall ≥ machine / C: a contender that needs more processor time
-than the other cannot overtake it by overlapping better.  The work directory defaults to
+than the other cannot overtake it by overlapping better.
+
+To judge a change over SSH, ``--georep NAME=CHECKOUT`` (repeated) puts each checkout's
+georep-sync in the turns, both ends of it, next to rsync (which shows how much the run
+itself drifts)::
+
+    git worktree add /tmp/before HEAD~1 && cp georep/_native*.so /tmp/before/georep/
+    python -m bench.cpusplit --rounds 8 --georep before=/tmp/before --georep after=.
+  The work directory defaults to
 tmpfs (``/dev/shm``): the disk's writeback, and ext4's inode allocator after a mass delete
 (see ``Runner.discard``), vary more between runs than the contenders do.
 """
@@ -35,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import datasets
-from bench.contenders import GeorepOneshot, Path2Secondary, Rsync, byte_compile
+from bench.contenders import CHECKOUT, GeorepOneshot, Path2Secondary, Rsync, byte_compile
 from bench.measure import run_measured, tree
 from bench.proxy import Link, WanProxy
 from bench.report import markdown_table
@@ -121,23 +129,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cpusplit", description=__doc__.split("\n\n")[0])
     add_tree_options(p, 5, "contender")
     p.add_argument("--rtt", type=float, default=0.0, help="round-trip time the proxy adds, ms (default 0)")
+    p.add_argument("--georep", action="append", default=[], metavar="NAME=CHECKOUT",
+                   help="a georep-sync source tree to run instead of this one (repeat to compare several)")
     args = parse_tree_options(p, argv)
+    georeps: list[GeorepOneshot] = []
+    for spec in args.georep:
+        name, sep, checkout = spec.partition("=")
+        if not sep or not name or not (Path(checkout) / "georep" / "__init__.py").is_file():
+            p.error(f"--georep {spec!r}: expected NAME=PATH of a georep-sync source tree")
+        georeps.append(GeorepOneshot(Path(checkout).resolve(), name))
     work = Path(tempfile.mkdtemp(prefix="georep-cpusplit-", dir=args.work))
     sshd = proxy = None
     try:
         src = work / "src"
         datasets.make_small(src, files=args.files, dirs=max(1, args.files // 100))
-        byte_compile()
+        for checkout in [None] if not georeps else [g.checkout for g in georeps]:
+            byte_compile(checkout or CHECKOUT)
         sshd = start_sshd(work)
         proxy = WanProxy(sshd.port, Link(rtt=args.rtt / 1000)).start()
         path = Path2Secondary(proxy, sshd.pid, sshd.identity, sshd.known_hosts(proxy.port))
         # on a disk, a copy made right after a mass delete pays the kernel for it: keep them all
         delete_between = filesystem_type(work) == "tmpfs"
-        contenders = (GeorepOneshot(), Rsync())
+        contenders = (*(georeps or [GeorepOneshot()]), Rsync())
         results = {c.name: Split() for c in contenders}
         for r in range(args.rounds):
-            for c in contenders if r % 2 == 0 else tuple(reversed(contenders)):
-                dst, state = work / "dst" / f"{r}-{type(c).__name__}", work / "state" / f"{r}-{type(c).__name__}"
+            for i, c in enumerate(contenders) if r % 2 == 0 else reversed(tuple(enumerate(contenders))):
+                dst, state = work / "dst" / f"{r}-{i}", work / "state" / f"{r}-{i}"
                 os.sync()
                 m0, s0, p0 = machine_busy(), reaped_cpu(sshd.pid), own_cpu()
                 m = run_measured(c.argv(path, src, dst, state), proxy=proxy, sshd_pid=sshd.pid)
