@@ -6,11 +6,17 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from georep.errors import UsageError
 from georep.transport.channel import Channel, PipeChannel, local_agent_argv
-from georep.transport.sender import NO_LANES, Lanes
-from georep.transport.ssh import SshTarget, open_ssh
+
+if TYPE_CHECKING:
+    from georep.transport.sender import Lanes
+
+# georep.transport.ssh (asyncssh, a tenth of a second to import) and the sender are imported
+# where they are needed: a local secondary needs no SSH, and a copy starts connecting before
+# it imports the sender (`georep.cli.oneshot.replicate`).
 
 
 def add_secondary_options(p: argparse.ArgumentParser) -> None:
@@ -43,6 +49,8 @@ def lane_policy(args: argparse.Namespace) -> Lanes:
     """``--lanes N``: always N; by default 16 over SSH on a long round trip (8 if they must
     be sessions), none locally."""
 
+    from georep.transport.sender import NO_LANES, Lanes
+
     if args.lanes is not None:
         if not 0 <= args.lanes <= 32:
             raise UsageError(f"--lanes {args.lanes} is out of range", hint="use 0 (no lanes) to 32")
@@ -57,6 +65,8 @@ def channel_opener(args: argparse.Namespace) -> Callable[[], Awaitable[Channel]]
 
     secondary: str = args.secondary
     if secondary.startswith("ssh://"):
+        from georep.transport.ssh import SshTarget, open_ssh
+
         target = SshTarget.parse(secondary)
 
         async def ssh() -> Channel:

@@ -4,25 +4,49 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
+import importlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from georep import __version__
-from georep.batch.ledger import Ledger, Rerun
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
-from georep.model import Summary
-from georep.source.crawl import HEAD_START_LIMIT, Crawler, HeadStart, SourceEntry
-from georep.source.identity import IdStore, default_state_dir
-from georep.transport.sender import Item, Options, Sender
+
+if TYPE_CHECKING:
+    from georep.batch.ledger import Ledger, Rerun
+    from georep.model import Summary
+    from georep.source.crawl import Crawler, HeadStart
+    from georep.source.identity import IdStore
+    from georep.transport.channel import Channel
+    from georep.transport.sender import Item, Sender
 
 #: Crawl time between two looks at the connection being set up: its packets wait at most
 #: this long (a slice counted in entries could take seconds on a brick with a cold cache).
 HEAD_START_SLICE_S = 0.002
+
+#: What a copy needs besides the connection, imported while the connection is being set up
+#: (`replicate`), one module between two looks at it: about 60 ms of every start that no
+#: longer comes before the first packet.  The SSH client itself (asyncssh) must come first.
+LATER_IMPORTS = (
+    "sqlite3",
+    "georep.model",
+    "georep.protocol.messages",
+    "georep.source.identity",
+    "georep.source.crawl",
+    "georep.batch.ledger",
+    "georep.protocol.delta",
+    "georep.protocol.session",
+    "georep.transport.filedata",
+    "georep.transport.lanes",
+    "georep.transport.sender",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,15 +121,36 @@ def _secondary_key(secondary: str) -> str:
 async def replicate(args: argparse.Namespace, progress: Progress | None) -> tuple[Summary, Crawler]:
     """One run: a rerun sends only what changed since the last one, when the agent still vouches for it."""
 
+    # the connection first: its key exchange, authentication and the agent's start are
+    # round trips and the other end's work, during which the rest is imported and opened
+    opening = asyncio.ensure_future(channel_opener(args)())
+    try:
+        for name in LATER_IMPORTS:
+            if name not in sys.modules:
+                importlib.import_module(name)
+                await asyncio.sleep(0)  # the connection's packets are answered between two imports
+        if gc.get_freeze_count():  # georep-sync's own process (`georep.cli.main`): as it did for
+            gc.freeze()  # the earlier imports, what these made stays out of the collector's walks
+    except BaseException:
+        await _abandon(opening)
+        raise
+    from georep.batch.ledger import Ledger, Rerun
+    from georep.source.crawl import Crawler, HeadStart
+    from georep.source.identity import IdStore, default_state_dir
+
     source = args.source_abs
-    state_dir = args.state_dir or default_state_dir()
-    store = IdStore(state_dir, source)
+    store: IdStore | None = None
     ledger: Ledger | None = None
     try:
-        ledger = Ledger(state_dir, source, _secondary_key(args.secondary), scope="")
-        crawler = Crawler(source, store)
-        head = HeadStart(crawler)
-        sender = await _connect(args, ledger, progress, head)
+        try:
+            store = IdStore(args.state_dir or default_state_dir(), source)
+            ledger = Ledger(args.state_dir or default_state_dir(), source, _secondary_key(args.secondary), scope="")
+            crawler = Crawler(source, store)
+            head = HeadStart(crawler)
+        except BaseException:
+            await _abandon(opening)
+            raise
+        sender = await _connect(args, ledger, progress, head, opening)
         try:
             if sender.resumed:
                 rerun = Rerun(ledger)
@@ -123,16 +168,37 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
         summary.problems[:0] = crawler.problems
         return summary, crawler
     finally:
-        store.close()
+        if store is not None:
+            store.close()
         if ledger is not None:
             ledger.close()
 
 
-async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress | None, head: HeadStart) -> Sender:
+async def _abandon(opening: asyncio.Future[Channel]) -> None:
+    """The run failed before it used the channel being opened: stop opening it, or close it."""
+
+    opening.cancel()
+    try:
+        chan = await opening
+    except (asyncio.CancelledError, Exception):  # cancelled, or it failed on its own: nothing is open
+        return
+    kill, reap = getattr(chan, "kill", None), getattr(chan, "reap", None)
+    if kill is not None:
+        kill()
+    if reap is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reap(), 10)
+
+
+async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress | None, head: HeadStart,
+                   opening: asyncio.Future[Channel]) -> Sender:
     """A sender that has greeted the agent; the crawl gets a head start while SSH and the agent start."""
 
+    from georep.source.crawl import HEAD_START_LIMIT
+    from georep.transport.sender import Options, Sender
+
     async def connect() -> Sender:
-        chan = await channel_opener(args)()
+        chan = await opening  # (cancelled with this task while it waits)
         sender = Sender(chan, Options(allow_mass_delete=args.allow_mass_delete, lanes=lane_policy(args)), progress,
                         on_done=_recorder(ledger))
         try:
@@ -142,20 +208,22 @@ async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress 
             raise
         return sender
 
-    opening = asyncio.ensure_future(connect())
+    ready = asyncio.ensure_future(connect())
     try:
-        while not opening.done():
+        while not ready.done():
             if not head.step(HEAD_START_LIMIT, until=time.monotonic() + HEAD_START_SLICE_S):
                 break
             await asyncio.sleep(0)  # the handshake's packets are answered between slices
-        return await opening
+        return await ready
     except BaseException:
-        opening.cancel()
+        ready.cancel()
         raise
 
 
 def _recorder(ledger: Ledger) -> Callable[[Item], None]:
     """What the agent confirmed goes into the ledger."""
+
+    from georep.source.crawl import SourceEntry
 
     def done(item: Item) -> None:
         if isinstance(item, SourceEntry):

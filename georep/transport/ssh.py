@@ -587,7 +587,11 @@ async def open_ssh(
         client.abandon()
         raise
     connect_s = time.monotonic() - t0  # before the agent's session: its exec adds a round trip or two
-    proc = await client.process(conn)
+    try:
+        proc = await client.process(conn)
+    except BaseException:  # refused, or the run gave up on it (cancelled): the connection goes too
+        conn.abort()
+        raise
     chan = SshChannel(conn, proc, command)
     chan.connect_s = connect_s
     return chan

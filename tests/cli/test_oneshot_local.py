@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import oneshot, run_cli
 from treecmp import HOSTILE_NAMES, build_fidelity_tree, diff, snapshot
+
+from georep.cli import oneshot as oneshot_cli
+from georep.transport.channel import PipeChannel, local_agent_argv
 
 
 def test_fidelity_and_idempotence(dirs: tuple[Path, Path, Path]) -> None:
@@ -167,3 +172,67 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     r = run_cli("--oneshot", tmp_path / "missing", tmp_path / "dst", "--state-dir", tmp_path / "st", "--debug")
     assert r.code == 3
     assert "Traceback" in r.stderr
+
+
+def test_a_local_copy_never_loads_the_ssh_client(dirs: tuple[Path, Path, Path]) -> None:
+    """asyncssh (a tenth of a second to import) is loaded for ssh:// secondaries only."""
+
+    src, dst, state = dirs
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    probe = ("import sys; from georep.cli.main import main; "
+             f"rc = main(['--oneshot', {str(src)!r}, {str(dst)!r}, '--state-dir', {str(state)!r}, '--no-progress']); "
+             "print(rc, 'asyncssh' in sys.modules, 'georep.transport.sender' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["0", "False", "True"], r.stdout + r.stderr
+    assert (dst / "f").read_bytes() == b"x"
+
+
+def test_a_bad_state_directory_is_one_clear_error_though_the_agent_was_starting(dirs: tuple[Path, Path, Path]
+                                                                                 ) -> None:
+    """The agent is started before the state is opened (`oneshot.replicate`); the state's error is
+    still the one reported, alone (``-X dev``: nothing left for Python to warn about)."""
+
+    src, dst, state = dirs
+    src.mkdir()
+    state.write_bytes(b"a file, not a directory")
+    r = subprocess.run([sys.executable, "-X", "dev", "-m", "georep", "--oneshot", str(src), str(dst),
+                        "--state-dir", str(state)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.splitlines() == [
+        f"georep-sync: error: state directory {state} cannot be used: [Errno 17] File exists: '{state}'",
+        "georep-sync: hint: check --state-dir is writable and on a local filesystem",
+    ]
+
+
+def test_abandoning_an_agent_being_started_leaves_no_process(tmp_path: Path) -> None:
+    """`oneshot._abandon` (a run that fails before it used its channel): the agent is gone when it
+    returns, whether it had started or was still starting; not only when the process exits."""
+
+    dst = tmp_path / "dst"
+
+    def agents() -> list[int]:
+        found = []
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"agent" in cmdline and os.fsencode(dst) in cmdline:
+                found.append(pid)
+        return found
+
+    async def run() -> tuple[list[int], list[int], list[int]]:
+        started = asyncio.ensure_future(PipeChannel.start(local_agent_argv(str(dst))))
+        await asyncio.wait({started})
+        running = agents()
+        await oneshot_cli._abandon(started)
+        gone = agents()
+        starting = asyncio.ensure_future(PipeChannel.start(local_agent_argv(str(dst))))
+        await asyncio.sleep(0)
+        await oneshot_cli._abandon(starting)
+        await asyncio.sleep(0.5)
+        return running, gone, agents()
+
+    running, gone, after_cancel = asyncio.run(run())
+    assert len(running) == 1 and gone == [] and after_cancel == []
