@@ -87,9 +87,17 @@ with warnings.catch_warnings(), linker_cache_lookups(), no_x509_without_pyopenss
     warnings.filterwarnings("ignore", message="DSA is deprecated")
     import asyncssh
     from asyncssh.auth import _client_auth_handlers, _ClientPublicKeyAuth  # see SignedFirst
-    from asyncssh.constants import MSG_CHANNEL_OPEN, MSG_IGNORE, MSG_SERVICE_ACCEPT  # see the classes using them
-    from asyncssh.packet import Boolean, SSHPacket, SSHPacketLogger, String
+    from asyncssh.constants import (  # see the classes using them
+        MSG_CHANNEL_DATA,
+        MSG_CHANNEL_OPEN,
+        MSG_IGNORE,
+        MSG_SERVICE_ACCEPT,
+    )
+    from asyncssh.crypto.cipher import GCMCipher
+    from asyncssh.encryption import GCMEncryption
+    from asyncssh.packet import Boolean, Byte, SSHPacket, SSHPacketLogger, String, UInt32
     from asyncssh.public_key import SSHLocalKeyPair
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 #: Fastest first on this hardware (measured: aes128-gcm ≈ 527 MB/s on loopback).
 CIPHERS = [
@@ -417,6 +425,73 @@ class _PublicKeyFirst(asyncssh.SSHClient):
 _EMPTY_IGNORE = (String(b""),)
 
 
+#: The `GcmDataPackets` of each connection (for the record: tests look at what it sent).
+_DATA_PACKETS: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, GcmDataPackets] = weakref.WeakKeyDictionary()
+
+
+class GcmDataPackets:
+    """Channel data packets built and sealed in one pass, for a connection on AES-GCM.
+
+    Why: asyncssh builds each packet in layers that copy it whole four times on the way
+    (the payload with its type, with its padding, the ciphertext cut from its tag, then
+    joined to it again) and makes a fresh ``AESGCM`` for every packet.  A copy of the small
+    dataset sends about 5,400 packets of 32 KiB: measured 14 µs of the sender's time per
+    packet in that code against 7 µs here.  The bytes on the wire are the same: RFC 5647's
+    packet (length in the clear as associated data; padding length, payload and random
+    padding to a multiple of 16 sealed under the connection's current nonce).
+
+    Only the common case takes this path: channel data on an established connection whose
+    cipher is AES-GCM, without compression, no key exchange due.  Anything else, and every
+    other packet, goes through asyncssh, which also starts the rekeying; the nonce and the
+    sequence number are asyncssh's own, advanced here as it would.
+    """
+
+    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+        self._cipher: object = None
+        self._aead: AESGCM | None = None
+        self.sent = 0  # packets sent by this path
+        self.keys = 0  # keys they were sealed with (one more after each key exchange)
+        _DATA_PACKETS[conn] = self
+
+    @staticmethod
+    def fits() -> bool:
+        conn_class = asyncssh.SSHClientConnection
+        return (callable(getattr(conn_class, "_send", None)) and callable(getattr(GCMCipher, "_update_iv", None))
+                and GCMEncryption.get_mac_params(b"") == (0, 16, True))
+
+    def send(self, pkttype: int, args: tuple[bytes, ...], handler: SSHPacketLogger | None) -> bool:
+        """Send one packet if this path can; False: asyncssh must (nothing was sent)."""
+
+        conn = self._conn
+        enc = conn._send_encryption
+        if (type(enc) is not GCMEncryption or not conn._kex_complete or not conn._auth_complete
+                or conn._compressor is not None or conn._rekey_bytes_sent >= conn._rekey_bytes
+                or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)):
+            return False
+        cipher = enc._cipher
+        if cipher is not self._cipher:  # a new key (the first, or after a key exchange)
+            self._cipher, self._aead = cipher, AESGCM(cipher._key)
+            self.keys += 1
+        assert self._aead is not None
+        size = 1 + sum(map(len, args))
+        padlen = -(conn._send_enchdrlen + size) % conn._send_blocksize
+        if padlen < 4:
+            padlen += conn._send_blocksize
+        plain = b"".join((Byte(padlen), Byte(pkttype), *args, os.urandom(padlen)))
+        hdr = UInt32(len(plain))
+        sealed = self._aead.encrypt(cipher._iv, plain, hdr)
+        cipher._update_iv()
+        conn._send(hdr + sealed)
+        seq = conn._send_seq
+        conn._send_seq = (seq + 1) & 0xFFFFFFFF
+        conn._rekey_bytes_sent += len(plain)
+        self.sent += 1
+        if conn.logger._debug_level >= 3:  # asyncssh's packet log (its debug level 3)
+            (handler or conn).log_sent_packet(pkttype, seq, Byte(pkttype) + b"".join(args))
+        return True
+
+
 def our_send_packet(conn: asyncssh.SSHClientConnection, session: SessionInFlight | None) -> None:
     """The connection's ``send_packet``, without IGNORE chaff and with the session's open sent early.
 
@@ -428,12 +503,15 @@ def our_send_packet(conn: asyncssh.SSHClientConnection, session: SessionInFlight
     write to the socket, for each packet (a copy of the small dataset sends about 5,000 of them
     with its data).  A connection that ended up with a CBC cipher anyway keeps them.
 
-    The early open: `SessionInFlight`.
+    The early open: `SessionInFlight`.  Channel data: `GcmDataPackets`.
     """
 
     send = conn.send_packet
+    data = GcmDataPackets(conn) if GCM_DATA_PACKETS else None
 
     def send_packet(pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None) -> None:
+        if pkttype == MSG_CHANNEL_DATA and data is not None and data.send(pkttype, args, handler):
+            return
         if pkttype == MSG_IGNORE and args == _EMPTY_IGNORE and not _cbc(conn):
             return
         if pkttype == MSG_CHANNEL_OPEN and session is not None and session.send_early(send, args, handler):
@@ -451,6 +529,8 @@ def _cbc(conn: asyncssh.SSHClientConnection) -> bool:
 USERAUTH_IN_FLIGHT = SIGNED_FIRST and UserauthInFlight.fits()
 #: Whether this process opens the agent's session behind the last key's signed request.
 SESSION_IN_FLIGHT = SIGNED_FIRST and SessionInFlight.fits()
+#: Whether channel data on AES-GCM goes through `GcmDataPackets`.
+GCM_DATA_PACKETS = GcmDataPackets.fits()
 
 
 class SshChannel:
