@@ -1,4 +1,5 @@
-"""Channel data sealed by `georep.transport.ssh.GcmDataPackets`, read back by a real sshd.
+"""Channel data written in place (`georep.transport.ssh.DataInPlace`) and sealed by
+`georep.transport.ssh.GcmDataPackets`, read back by a real sshd.
 
 sshd drops the connection at the first packet whose tag, length, padding or nonce is wrong, so
 a stream that arrives whole, across several key exchanges, is the proof that the packets are
@@ -25,20 +26,22 @@ async def _stream(sshd: Sshd, target: Path, pieces: list[bytes], cipher: str, re
                   ) -> tuple[int, int, int | None]:
     """Write ``pieces`` to ``cat > target`` over one session; (packets sent by the fast path, keys, exit)."""
 
-    client = ssh._PublicKeyFirst(f"cat > {shlex.quote(str(target))}")
+    command = f"cat > {shlex.quote(str(target))}"
+    client = ssh._PublicKeyFirst(command)
     conn = await ssh.asyncssh.connect(
         "127.0.0.1", sshd.port, username="root", known_hosts=str(sshd.known_hosts),
         client_keys=[str(sshd.identity)], encryption_algs=[cipher], compression_algs=None, config=None,
         rekey_bytes=rekey_bytes, client_factory=lambda: client)
-    async with conn:
-        proc = await client.process(conn)
-        for piece in pieces:
-            proc.stdin.write(piece)
-            await proc.stdin.drain()
-        proc.stdin.write_eof()
-        await proc.wait_closed()
-        fast = ssh._DATA_PACKETS.get(conn)
-        return (fast.sent, fast.keys, proc.exit_status) if fast else (0, 0, proc.exit_status)
+    chan = ssh.SshChannel(conn, await client.process(conn), command)  # writes as the sender's do
+    assert chan._data is not None  # (`DataInPlace`)
+    for i, piece in enumerate(pieces):
+        chan.write(piece)
+        if i % 3 == 0:  # several writes queued at times, as frames are
+            await chan.drain()
+    await chan.close_input()  # EOF behind everything queued
+    fast = ssh._DATA_PACKETS.get(conn)
+    status = await chan.wait()
+    return (fast.sent, fast.keys, status) if fast else (0, 0, status)
 
 
 def test_data_packets_survive_key_exchanges(sshd: Sshd, tmp_path: Path) -> None:
