@@ -453,6 +453,7 @@ class GcmDataPackets:
         self._cipher: object = None
         self._aead: AESGCM | None = None
         self.sent = 0  # packets sent by this path
+        self._corked: list[bytes] | None = None
         self.keys = 0  # keys they were sealed with (one more after each key exchange)
         _DATA_PACKETS[conn] = self
 
@@ -461,6 +462,18 @@ class GcmDataPackets:
         conn_class = asyncssh.SSHClientConnection
         return (callable(getattr(conn_class, "_send", None)) and callable(getattr(GCMCipher, "_update_iv", None))
                 and GCMEncryption.get_mac_params(b"") == (0, 16, True))
+
+    def cork(self) -> None:
+        """Hold the packets sealed from now on, to go in one write at `uncork`."""
+
+        self._corked = []
+
+    def uncork(self) -> None:
+        """Write the packets held (before any packet asyncssh sends: they are numbered in order)."""
+
+        corked, self._corked = self._corked, None
+        if corked:
+            self._conn._send(b"".join(corked))
 
     def send(self, pkttype: int, args: tuple[bytes, ...], handler: SSHPacketLogger | None) -> bool:
         """Send one packet if this path can; False: asyncssh must (nothing was sent)."""
@@ -484,7 +497,11 @@ class GcmDataPackets:
         hdr = UInt32(len(plain))
         sealed = self._aead.encrypt(cipher._iv, plain, hdr)
         cipher._update_iv()
-        conn._send(hdr + sealed)
+        if self._corked is not None:
+            self._corked.append(hdr)
+            self._corked.append(sealed)
+        else:
+            conn._send(hdr + sealed)
         seq = conn._send_seq
         conn._send_seq = (seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += len(plain)
@@ -512,8 +529,10 @@ def our_send_packet(conn: asyncssh.SSHClientConnection, session: SessionInFlight
     data = GcmDataPackets(conn) if GCM_DATA_PACKETS else None
 
     def send_packet(pkttype: int, *args: bytes, handler: SSHPacketLogger | None = None) -> None:
-        if pkttype == MSG_CHANNEL_DATA and data is not None and data.send(pkttype, args, handler):
-            return
+        if data is not None:
+            if pkttype == MSG_CHANNEL_DATA and data.send(pkttype, args, handler):
+                return
+            data.uncork()  # what it holds goes first
         if pkttype == MSG_IGNORE and args == _EMPTY_IGNORE and not _cbc(conn):
             return
         if pkttype == MSG_CHANNEL_OPEN and session is not None and session.send_early(send, args, handler):
@@ -567,7 +586,9 @@ class DataInPlace:
 
     The queue, the window, the packet size and the pause and resume of the writer stay
     asyncssh's: `_flush` is its ``_flush_send_buf`` (installed on this one channel), which
-    also takes what asyncssh queued itself.
+    also takes what asyncssh queued itself.  The packets one flush seals go to the socket in
+    one write (`GcmDataPackets.cork`), not one each: on loopback every write also wakes the
+    reader, and a flush sends up to the window (2 MiB, 64 packets).
     """
 
     def __init__(self, chan: asyncssh.SSHClientChannel[bytes], conn: asyncssh.SSHClientConnection) -> None:
@@ -591,6 +612,17 @@ class DataInPlace:
             self._flush()
 
     def _flush(self) -> None:
+        packets = _DATA_PACKETS.get(self._conn)
+        if packets is None:
+            self._flush_queue()
+            return
+        packets.cork()
+        try:
+            self._flush_queue()
+        finally:
+            packets.uncork()
+
+    def _flush_queue(self) -> None:
         chan = self._chan
         queue = chan._send_buf
         while queue and chan._send_window:
