@@ -17,7 +17,9 @@ proxy and private sshd as the main runner; for each, the median over rounds of:
 * **machine**: busy CPU seconds of the whole machine (``/proc/stat``, kernel included).
 
 On a machine with C cores, wall ≥ machine / C: a contender that needs more processor time
-than the other cannot overtake it by overlapping better.
+than the other cannot overtake it by overlapping better.  The work directory defaults to
+tmpfs (``/dev/shm``): the disk's writeback, and ext4's inode allocator after a mass delete
+(see ``Runner.discard``), vary more between runs than the contenders do.
 
 To judge a change over SSH, ``--georep NAME=CHECKOUT`` (repeated) puts each checkout's
 georep-sync in the turns, both ends of it, next to rsync (which shows how much the run
@@ -25,9 +27,6 @@ itself drifts)::
 
     git worktree add /tmp/before HEAD~1 && cp georep/_native*.so /tmp/before/georep/
     python -m bench.cpusplit --rounds 8 --georep before=/tmp/before --georep after=.
-  The work directory defaults to
-tmpfs (``/dev/shm``): the disk's writeback, and ext4's inode allocator after a mass delete
-(see ``Runner.discard``), vary more between runs than the contenders do.
 """
 
 from __future__ import annotations

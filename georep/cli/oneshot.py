@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import importlib
 import json
@@ -18,13 +17,13 @@ from typing import TYPE_CHECKING
 from georep import __version__
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
 from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
+from georep.transport.channel import Channel, reap
 
 if TYPE_CHECKING:
     from georep.batch.ledger import Ledger, Rerun
     from georep.model import Summary
     from georep.source.crawl import Crawler, HeadStart
     from georep.source.identity import IdStore
-    from georep.transport.channel import Channel
     from georep.transport.sender import Item, Sender
 
 #: Crawl time between two looks at the connection being set up: its packets wait at most
@@ -139,12 +138,13 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
     from georep.source.identity import IdStore, default_state_dir
 
     source = args.source_abs
+    state_dir = args.state_dir or default_state_dir()
     store: IdStore | None = None
     ledger: Ledger | None = None
     try:
         try:
-            store = IdStore(args.state_dir or default_state_dir(), source)
-            ledger = Ledger(args.state_dir or default_state_dir(), source, _secondary_key(args.secondary), scope="")
+            store = IdStore(state_dir, source)
+            ledger = Ledger(state_dir, source, _secondary_key(args.secondary), scope="")
             crawler = Crawler(source, store)
             head = HeadStart(crawler)
         except BaseException:
@@ -182,12 +182,7 @@ async def _abandon(opening: asyncio.Future[Channel]) -> None:
         chan = await opening
     except (asyncio.CancelledError, Exception):  # cancelled, or it failed on its own: nothing is open
         return
-    kill, reap = getattr(chan, "kill", None), getattr(chan, "reap", None)
-    if kill is not None:
-        kill()
-    if reap is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(reap(), 10)
+    await reap(chan)
 
 
 async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress | None, head: HeadStart,

@@ -39,6 +39,24 @@ class Channel(Protocol):
         """The tail of what the agent printed on stderr, for error messages."""
 
 
+#: How long a failed channel's agent may take to go (`reap`).
+REAP_TIMEOUT_S = 10.0
+
+
+async def reap(chan: object) -> None:
+    """After a failure: ``chan``'s agent is gone and its pipes or connection are closed.
+
+    Channels that own an agent (`PipeChannel`, the SSH one) have a ``reap`` that kills it if
+    need be; a joined lane has none.  Reaping inside the event loop matters: a pipe transport
+    still open when the loop closes prints a traceback at exit, after the clean error message.
+    """
+
+    do = getattr(chan, "reap", None)
+    if do is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(do(), REAP_TIMEOUT_S)
+
+
 class PipeChannel:
     """The agent as a local child process speaking on its stdin/stdout."""
 

@@ -41,7 +41,7 @@ from georep.protocol.delta import BlockMatcher, DeltaEncoder
 from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
-from georep.transport.channel import Channel
+from georep.transport.channel import Channel, reap
 from georep.transport.filedata import (
     NOT_SMALL,
     READ,
@@ -438,10 +438,7 @@ class Sender:
             with contextlib.suppress(BaseException):
                 await self._reader
         for chan in chans:
-            reap = getattr(chan, "reap", None)
-            if reap is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(reap(), 10)
+            await reap(chan)
 
     # -- data lanes (georep.transport.lanes) ---------------------------------------------
 

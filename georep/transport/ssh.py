@@ -552,8 +552,6 @@ USERAUTH_IN_FLIGHT = SIGNED_FIRST and UserauthInFlight.fits()
 SESSION_IN_FLIGHT = SIGNED_FIRST and SessionInFlight.fits()
 #: Whether channel data on AES-GCM goes through `GcmDataPackets`.
 GCM_DATA_PACKETS = GcmDataPackets.fits()
-#: Whether the agent's sessions take writes in place (`DataInPlace`).
-DATA_IN_PLACE = True
 
 
 class _Unsent:
@@ -594,6 +592,7 @@ class DataInPlace:
     def __init__(self, chan: asyncssh.SSHClientChannel[bytes], conn: asyncssh.SSHClientConnection) -> None:
         self._chan = chan
         self._conn = conn
+        self._packets = _DATA_PACKETS.get(conn)  # None: asyncssh builds every packet
         chan._flush_send_buf = self._flush  # type: ignore[method-assign]
 
     @staticmethod
@@ -612,7 +611,7 @@ class DataInPlace:
             self._flush()
 
     def _flush(self) -> None:
-        packets = _DATA_PACKETS.get(self._conn)
+        packets = self._packets
         if packets is None:
             self._flush_queue()
             return
@@ -667,7 +666,7 @@ class SshChannel:
         self._stderr = bytearray()
         self.bytes_written = 0
         chan = proc.channel
-        self._data = DataInPlace(chan, conn) if DATA_IN_PLACE and DataInPlace.fits(chan) else None
+        self._data = DataInPlace(chan, conn) if DataInPlace.fits(chan) else None
         #: seconds the connection took (TCP, key exchange, authentication: four round trips)
         self.connect_s = 0.0
         self._err_task = asyncio.get_running_loop().create_task(self._collect())
