@@ -80,3 +80,35 @@ def test_records_compare_and_hash_by_value() -> None:
 
     assert Meta(0o644, 1, 2, 3) == Meta(0o644, 1, 2, 3) != Meta(0o644, 1, 2, 4)
     assert len({Meta(0o644, 1, 2, 3), Meta(0o644, 1, 2, 3), Result(1, int(Kind.FILE), "")}) == 2
+
+
+def test_records_compare_hash_and_show_as_the_dataclasses_they_stand_for() -> None:
+    """`record` generates only ``__init__``: its shared methods answer what a dataclass's own would."""
+
+    import dataclasses
+
+    from georep.model import Meta, record
+
+    def both(body: dict[str, object]) -> tuple[type, type]:
+        annotations = {"a": "int", "b": "bytes", "c": "list[int]"}
+        made = record(type("Thing", (), {"__annotations__": dict(annotations), "__module__": __name__, **body}))
+        twin = dataclasses.dataclass(unsafe_hash=True)(
+            type("Thing", (), {"__annotations__": dict(annotations), "__module__": __name__, **body}))
+        return made, twin
+
+    made, twin = both({"c": dataclasses.field(default_factory=list)})
+    for args in [(1, b"x"), (1, b"x", [2]), (0, b"")]:
+        assert repr(made(*args)) == repr(twin(*args))
+        assert made(*args) == made(*args)
+    assert made(1, b"x") != made(2, b"x") and made(1, b"x") != made(1, b"y")
+    assert made(1, b"x").__eq__(twin(1, b"x")) is NotImplemented  # another class: Python asks the other side
+    assert made(1, b"x") != (1, b"x", [])
+    hashable, hashable_twin = both({})
+    assert hash(hashable(1, b"x", ())) == hash(hashable(1, b"x", ()))  # type: ignore[call-arg]
+    assert hash(hashable(1, b"x", ())) == hash(hashable_twin(1, b"x", ()))  # type: ignore[call-arg]
+    with_compare_off, twin_off = both({"b": dataclasses.field(compare=False, repr=False, default=b""),
+                                       "c": dataclasses.field(default_factory=list)})
+    assert with_compare_off(1, b"x", []) == with_compare_off(1, b"y", [])
+    assert with_compare_off(1, b"x", []) != with_compare_off(2, b"x", [])
+    assert repr(with_compare_off(1, b"x", [])) == repr(twin_off(1, b"x", []))
+    assert Meta(0o644, 1, 2, 3).__slots__  # still a slots class

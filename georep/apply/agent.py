@@ -45,13 +45,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from georep.apply import fsops
 from georep.apply.index import STAGING_ID, Index, Obj
-from georep.apply.lane import LANE_FILE, STATE_DIR, Stager
-from georep.apply.lanehub import LaneHub, alive
+from georep.apply.lane import LANE_FILE, STATE_DIR, Stager, alive
 from georep.apply.writer import DigestMismatch, SmallJob, StagedWrites
 from georep.errors import (
     ConnectionLost,
@@ -68,6 +68,10 @@ from georep.protocol.delta import MIN_BASIS, DeltaError, Rebuild, block_hash, bl
 from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session
+
+if TYPE_CHECKING:  # imported by `_open_hub`, for sessions that open lanes: its sockets, hmac and
+    # secrets were a tenth of the imports every agent made before its first answer
+    from georep.apply.lanehub import LaneHub
 
 ANY_HOLDER = m.ANY_HOLDER
 
@@ -1366,6 +1370,8 @@ def _lane_data_first(hub: LaneHub, applier: Applier) -> list[m.Result]:
 
 def _open_hub(applier: Applier) -> LaneHub | None:
     """A socket for lanes to join this session (None: there can be none; the sender opens lane sessions)."""
+
+    from georep.apply.lanehub import LaneHub  # only sessions that open lanes (see the imports)
 
     try:
         return LaneHub(applier.state_fd)

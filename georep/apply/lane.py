@@ -147,3 +147,19 @@ class Stager:
                 rec.writer.close()
             os.close(rec.fd)
             os.unlink(rec.name, dir_fd=self.staging_fd)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (owned by anyone): the agent owning a staged name or a lane socket.
+
+    Here rather than in `georep.apply.lanehub`, which the agent imports only for sessions
+    that open lanes: the cleanup of staging asks it in every session.
+    """
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -40,6 +40,7 @@ import select
 import socket
 from dataclasses import dataclass, field
 
+from georep.apply.lane import alive
 from georep.errors import ProtocolError
 from georep.protocol import messages as m
 from georep.protocol.session import Role, Session
@@ -206,15 +207,3 @@ def remove_stale_sockets(state_fd: int) -> None:
         if not alive(int(match.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=state_fd)
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (owned by anyone)."""
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -39,3 +39,29 @@ def test_frame_sized_buffers_come_from_the_heap() -> None:
     if probe("default") != 1:
         pytest.skip("this C library does not map a 3 MiB allocation on its own: nothing to compare")
     assert probe("steady") == 0
+
+
+#: Modules an agent used to import at start that only some sessions need: lanes
+#: (`georep.apply.lanehub`: sockets, hmac, secrets), writes of large files (concurrent.futures,
+#: and logging with it), gfid text (uuid, and platform with it).
+_LATER = ("georep.apply.lanehub", "socket", "hmac", "secrets", "concurrent.futures", "logging", "uuid", "platform")
+
+
+def test_the_agent_starts_without_what_only_some_sessions_use() -> None:
+    """What runs before the agent's first answer is imported; the rest when a session asks for it."""
+
+    code = ("import sys\nimport georep.cli.main, georep.cli.agent_cmd\n"
+            f"print(' '.join(sorted(m for m in {_LATER!r} if m in sys.modules)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == []
+
+
+def test_a_session_opening_lanes_still_finds_the_hub() -> None:
+    """The hub is imported where the agent opens it (the control: what the first test left out is reachable)."""
+
+    code = ("import os, sys, tempfile\nfrom georep.apply import agent\n"
+            "class A: state_fd = os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY)\n"
+            "hub = agent._open_hub(A())\n"
+            "print(type(hub).__name__, 'georep.apply.lanehub' in sys.modules)\nhub.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == ["LaneHub", "True"]
