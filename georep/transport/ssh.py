@@ -17,7 +17,10 @@ import ctypes.util
 import getpass
 import importlib.util
 import os
+import re
 import shlex
+import struct
+import subprocess
 import sys
 import time
 import warnings
@@ -33,7 +36,7 @@ from georep.transport.channel import STDERR_KEEP, JoinedChannel
 
 @contextlib.contextmanager
 def linker_cache_lookups() -> Iterator[None]:
-    """While asyncssh is imported, ctypes looks libraries up in the linker's cache only.
+    """While asyncssh is imported, ctypes looks libraries up in the linker's cache only, listed once.
 
     Why: at import, asyncssh looks for optional C libraries with ``ctypes.util.find_library``
     (liboqs for post-quantum key exchange, under two names; nettle for UMAC).  For one that
@@ -41,19 +44,53 @@ def linker_cache_lookups() -> Iterator[None]:
     then ld again, per name.  Measured here: 30-100 ms of wall time and 20-50 ms of CPU at
     the start of every run, before its first packet.  An installed library is in the linker
     cache (``ldconfig -p``), which is the first place find_library looks: the same libraries
-    are found.  Where ctypes has no such lookup (not Linux), nothing changes.
+    are found.  That first place still runs ``ldconfig -p`` once per name (three processes,
+    7 ms before the first packet): `LinkerCache` lists the cache once for all of them.
+    Where ctypes has no such lookup (not Linux), nothing changes.
     """
 
-    from_cache = getattr(ctypes.util, "_findSoname_ldconfig", None)
-    if from_cache is None:
+    if getattr(ctypes.util, "_findSoname_ldconfig", None) is None:
         yield
         return
     original = ctypes.util.find_library
-    ctypes.util.find_library = from_cache
+    ctypes.util.find_library = LinkerCache().find
     try:
         yield
     finally:
         ctypes.util.find_library = original
+
+
+class LinkerCache:
+    """``ctypes.util.find_library`` as its linker-cache step does it on Linux, over one listing.
+
+    CPython's ``_findSoname_ldconfig`` (3.8-3.13) runs ``/sbin/ldconfig -p`` and takes the
+    first ``libNAME.*`` entry of this process's ABI; so does `find`, with the listing made
+    at the first call and kept.
+    """
+
+    #: ``uname -m`` and pointer width → the ABI tag ldconfig prints (as in ctypes.util)
+    ABI = {"x86_64-64": "libc6,x86-64", "ppc64-64": "libc6,64bit", "sparc64-64": "libc6,64bit",
+           "s390x-64": "libc6,64bit", "ia64-64": "libc6,IA-64"}
+
+    def __init__(self) -> None:
+        self._abi = self.ABI.get(f"{os.uname().machine}-{struct.calcsize('l') * 8}", "libc6")
+        self._listing: bytes | None = None
+        #: how many times ldconfig ran (once at most)
+        self.listings = 0
+
+    def find(self, name: str) -> str | None:
+        if self._listing is None:
+            self._listing = self._list()
+        found = re.search(os.fsencode(rf"\s+(lib{re.escape(name)}\.[^\s]+)\s+\({self._abi}"), self._listing)
+        return os.fsdecode(found.group(1)) if found else None
+
+    def _list(self) -> bytes:
+        self.listings += 1
+        try:
+            return subprocess.run(["/sbin/ldconfig", "-p"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, env={"LC_ALL": "C", "LANG": "C"}, check=False).stdout
+        except OSError:
+            return b""
 
 
 @contextlib.contextmanager

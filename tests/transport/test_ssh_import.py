@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from georep.transport.ssh import linker_cache_lookups
+from georep.transport.ssh import LinkerCache, linker_cache_lookups
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ctypes' linker-cache lookup is Linux's")
 
@@ -60,6 +60,17 @@ def test_a_library_in_the_linker_cache_is_still_found() -> None:
     with linker_cache_lookups():
         assert ctypes.util.find_library("c") == plain
         assert ctypes.util.find_library("georep_no_such_library") is None
+
+
+def test_one_listing_finds_what_ctypes_finds_name_by_name() -> None:
+    """The linker cache is listed once for every name asyncssh asks, with ctypes' own answers."""
+
+    names = ["c", "m", "crypto", "nettle", "oqs", "liboqs", "stdc++", "georep_no_such_library"]
+    cache = LinkerCache()
+    found = {name: cache.find(name) for name in names}
+    assert found == {name: ctypes.util._findSoname_ldconfig(name) for name in names}  # type: ignore[attr-defined]
+    assert found["c"] is not None and found["georep_no_such_library"] is None
+    assert cache.listings == 1
 
 
 def _fresh(code: str, tmp_path: Path, pythonpath: str = "") -> str:
