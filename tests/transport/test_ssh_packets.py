@@ -23,8 +23,11 @@ pytestmark = pytest.mark.ssh
 
 
 async def _stream(sshd: Sshd, target: Path, pieces: list[bytes], cipher: str, rekey_bytes: int
-                  ) -> tuple[int, int, int | None]:
-    """Write ``pieces`` to ``cat > target`` over one session; (packets sent by the fast path, keys, exit)."""
+                  ) -> tuple[int, int, int | None, int]:
+    """Write ``pieces`` to ``cat > target`` over one session.
+
+    (packets sent by the fast path, keys, exit status, draws of random bytes for their padding)
+    """
 
     command = f"cat > {shlex.quote(str(target))}"
     client = ssh._PublicKeyFirst(command)
@@ -41,7 +44,7 @@ async def _stream(sshd: Sshd, target: Path, pieces: list[bytes], cipher: str, re
     await chan.close_input()  # EOF behind everything queued
     fast = ssh._DATA_PACKETS.get(conn)
     status = await chan.wait()
-    return (fast.sent, fast.keys, status) if fast else (0, 0, status)
+    return (fast.sent, fast.keys, status, fast.draws) if fast else (0, 0, status, 0)
 
 
 def test_data_packets_survive_key_exchanges(sshd: Sshd, tmp_path: Path) -> None:
@@ -55,11 +58,13 @@ def test_data_packets_survive_key_exchanges(sshd: Sshd, tmp_path: Path) -> None:
         pieces.append(piece)
         total += len(piece)
     target = tmp_path / "received"
-    sent, keys, status = asyncio.run(_stream(sshd, target, pieces, "aes128-gcm@openssh.com", 256 * 1024))
+    sent, keys, status, draws = asyncio.run(_stream(sshd, target, pieces, "aes128-gcm@openssh.com", 256 * 1024))
     assert status == 0
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(b"".join(pieces)).digest()
     assert sent >= total // 32_768  # (sshd's packets are 32 KiB at most)
     assert keys >= 20  # new keys after each exchange were taken up
+    # padding (4-19 bytes a packet) comes from random bytes drawn ahead, not a system call a packet
+    assert 1 <= draws <= sent * 19 // ssh.GcmDataPackets.RANDOM_AHEAD + 1
 
 
 @pytest.mark.parametrize("cipher", ["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr"])
@@ -68,7 +73,7 @@ def test_other_ciphers_go_through_asyncssh(sshd: Sshd, tmp_path: Path, cipher: s
 
     data = os.urandom(3 << 20)
     target = tmp_path / "received"
-    sent, keys, status = asyncio.run(_stream(sshd, target, [data], cipher, 1 << 30))
+    sent, keys, status, _ = asyncio.run(_stream(sshd, target, [data], cipher, 1 << 30))
     assert status == 0 and target.read_bytes() == data
     if cipher.startswith("aes256-gcm"):
         assert sent >= len(data) // 32_768 and keys == 1
