@@ -270,13 +270,20 @@ class Ledger:
         self._wrote()
 
     def _flush_fresh(self) -> None:
-        """The rows `entry_done` gathered while rebuilding, in two statements (not four per entry)."""
+        """The rows `entry_done` gathered while rebuilding, in two statements (not four per entry).
+
+        Not committed here: a rebuilt ledger counts only once `seal` gave it a token (`forget`
+        removed the old one, durably).  A run that ends before that leaves a ledger the next
+        run forgets whatever it holds, so committing on the way bought nothing, and cost:
+        each commit wrote the pages touched since the last one again, and checkpoints synced
+        them (ext4 here, 20,000 entries: 0.40 s with a commit every 2,000 rows, 0.29 s with
+        one at the end).
+        """
 
         if self._fresh_objects or self._fresh_names:
             self._db.executemany("INSERT OR REPLACE INTO names(parent, name, id) VALUES (?,?,?)", self._fresh_names)
             self._db.executemany("INSERT OR REPLACE INTO objects(id, kind, meta) VALUES (?,?,?)", self._fresh_objects)
             self._fresh_names, self._fresh_objects = [], []
-            self.commit()
 
     def link_done(self, oid: bytes, parent: bytes, name: bytes) -> None:
         self._flush_fresh()

@@ -132,3 +132,30 @@ def test_two_runs_cannot_share_a_ledger(tmp_path: Path, ledger: Ledger) -> None:
         Ledger(tmp_path, b"/src", "ssh://h/dst", "")
     other = Ledger(tmp_path, b"/src", "ssh://h/other", "")  # another secondary: its own ledger
     other.close()
+
+
+def test_a_rebuild_is_committed_once_when_sealed(ledger: Ledger) -> None:
+    """Between `forget` and `seal` nothing is committed: only a sealed rebuild counts (it carries the token).
+
+    Another connection sees what a process killed at that point would leave: no token (the next
+    run forgets the ledger and rebuilds it), whatever rows were written.
+    """
+
+    import sqlite3
+
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.seal(b"t" * 16)
+    ledger.forget()
+    names = [entry(bytes([1, i >> 8, i & 255]) + bytes(13), ROOT_ID, b"n%d" % i) for i in range(5000)]
+    for e in names:
+        ledger.entry_done(e)  # (held rows are written every 2,000 entries)
+    reader = sqlite3.connect(ledger.path)
+    try:
+        committed = reader.execute("SELECT count(*) FROM names").fetchone()[0]
+        token = reader.execute("SELECT value FROM about WHERE key='token'").fetchone()
+        assert committed == 0 and token is None
+        ledger.seal(b"u" * 16)
+        assert reader.execute("SELECT count(*) FROM names").fetchone()[0] == 5000
+    finally:
+        reader.close()
+    assert ledger.token == b"u" * 16
