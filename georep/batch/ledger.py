@@ -154,6 +154,23 @@ class Ledger:
         self.commit()
         self._fresh = True
 
+    def settle(self) -> None:
+        """Write what is held, make the by-id index and checkpoint, ahead of `seal`.
+
+        Why: called while the sender waits for the agent's last answers (`Sender.finish`),
+        this is work the end of a run no longer waits for.  After a first copy of 20,000
+        files, `seal` and `close` took 40 ms on tmpfs and 80 ms on ext4 (most of it the
+        index, and the checkpoint at close, synced), all after the agent had answered.
+        Committing here vouches for nothing: only `seal` stores a token.
+        """
+
+        self._flush_fresh()
+        self._db.execute(_NAMES_BY_ID)
+        self._db.execute("COMMIT")
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what close would do, synced
+        self._db.execute("BEGIN")
+        self._writes = 0
+
     def seal(self, token: bytes) -> None:
         """Everything this run did is recorded: keep it, with the agent's token for the next run."""
 
@@ -272,9 +289,10 @@ class Ledger:
     def _flush_fresh(self) -> None:
         """The rows `entry_done` gathered while rebuilding, in two statements (not four per entry).
 
-        Not committed here: a rebuilt ledger counts only once `seal` gave it a token (`forget`
-        removed the old one, durably).  A run that ends before that leaves a ledger the next
-        run forgets whatever it holds, so committing on the way bought nothing, and cost:
+        Not committed here (only by `settle` and `seal`, at the end): a rebuilt ledger counts
+        only once `seal` gave it a token (`forget` removed the old one, durably).  A run that
+        ends before that leaves a ledger the next run forgets whatever it holds, so committing
+        on the way bought nothing, and cost:
         each commit wrote the pages touched since the last one again, and checkpoints synced
         them (ext4 here, 20,000 entries: 0.40 s with a commit every 2,000 rows, 0.29 s with
         one at the end).

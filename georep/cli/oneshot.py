@@ -151,16 +151,19 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
             await _abandon(opening)
             raise
         sender = await _connect(args, ledger, progress, head, opening)
+        settle = _settler(store, ledger)
         try:
             if sender.resumed:
                 rerun = Rerun(ledger)
                 summary = await sender.run(rerun.changed(head.entries(rerun)), _filtered_links(store, rerun),
                                            lambda: crawler.count, seal=True,
-                                           removals=lambda: _guarded(rerun.removals(), crawler, args))
+                                           removals=lambda: _guarded(rerun.removals(), crawler, args),
+                                           meanwhile=settle)
                 summary.unchanged = rerun.skipped
             else:
                 ledger.forget()
-                summary = await sender.run(head.entries(None), store.deferred_links, lambda: crawler.count, seal=True)
+                summary = await sender.run(head.entries(None), store.deferred_links, lambda: crawler.count, seal=True,
+                                           meanwhile=settle)
             ledger.seal(sender.sealed)
         except BaseException:
             await sender.abort()
@@ -213,6 +216,16 @@ async def _connect(args: argparse.Namespace, ledger: Ledger, progress: Progress 
     except BaseException:
         ready.cancel()
         raise
+
+
+def _settler(store: IdStore, ledger: Ledger) -> Callable[[], None]:
+    """What the end of a run can write ahead, while the agent finishes (`Sender.finish`)."""
+
+    def settle() -> None:
+        store.settle()
+        ledger.settle()
+
+    return settle
 
 
 def _recorder(ledger: Ledger) -> Callable[[Item], None]:

@@ -165,6 +165,18 @@ class IdStore:
         self._db.execute("BEGIN")
         self._writes = 0
 
+    def settle(self) -> None:
+        """Commit and checkpoint now, while the sender waits for the agent's last answers.
+
+        Why: `close` then has little left to do at the end of a run (its checkpoint, synced,
+        is what closing the last connection does; see `georep.batch.ledger.Ledger.settle`).
+        """
+
+        self._db.execute("COMMIT")
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._db.execute("BEGIN")
+        self._writes = 0
+
     def close(self) -> None:
         self._db.execute("COMMIT")
         self._db.close()

@@ -557,13 +557,16 @@ class Sender:
         *,
         removals: Callable[[], Iterable[tuple[bytes, bytes, bytes, bytes]]] | None = None,
         seal: bool = False,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Summary:
         """A copy (``--oneshot``): entries, then hard links, then what the source no longer has.
 
         Without ``removals`` the agent's mirror sweep (``Options.mirror``) removes every name
         not confirmed in this session; with it (a rerun that sent only changes), the names
         it lists are removed one by one.  ``seal``: ask the agent for a token vouching for
-        what this session did (`sealed`), for the next run's `handshake`.
+        what this session did (`sealed`), for the next run's `handshake`.  ``meanwhile``:
+        called once everything is sent, while the agent writes what is left and answers
+        (see `finish`).
         """
 
         t0 = time.monotonic()
@@ -596,7 +599,8 @@ class Sender:
             lanes_closed = asyncio.ensure_future(self._close_lanes())
             try:
                 self.summary.deleted += await self.finish(
-                    self.opts.mirror and removals is None, source_entries(), bye=True, seal=seal, in_full=True
+                    self.opts.mirror and removals is None, source_entries(), bye=True, seal=seal, in_full=True,
+                    meanwhile=meanwhile,
                 )
             except BaseException:
                 lanes_closed.cancel()
@@ -663,14 +667,16 @@ class Sender:
         await self._drain_all()
 
     async def finish(self, mirror: bool, source_entries: int, *, bye: bool = False, seal: bool = False,
-                     in_full: bool = False) -> int:
+                     in_full: bool = False, meanwhile: Callable[[], None] | None = None) -> int:
         """End a batch: the agent sweeps (staging; names not confirmed, if ``mirror``) and settles dirs.
 
         ``seal``: then ask for a token vouching for this session (`sealed`).  ``bye``: this is
         the session's last request; Bye goes right behind, so the agent answers and exits in
         the same round trip (`run` then only waits for the channels to close).  ``in_full``:
         Finish may go as soon as every item's data is sent (`_drain_all`); the answers of
-        the items still in flight come before Finished, which is checked.
+        the items still in flight come before Finished, which is checked.  ``meanwhile``: work
+        of the caller's done here, once Finish is on its way, while the agent writes the
+        last files, sweeps and commits (its answers wait in the channel meanwhile).
         """
 
         # in full: nor for the answers of what joined lanes sent whole (the agent holds Finish
@@ -685,6 +691,8 @@ class Sender:
         if bye:
             self.out.send(m.Bye())
         await self._drain()
+        if meanwhile is not None:
+            meanwhile()
         finished = await self._await(self.finished)
         if self.inflight:  # the agent answers in order: every item before Finished
             raise ProtocolError(f"Finished came before the answers of {len(self.inflight)} items")

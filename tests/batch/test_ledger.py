@@ -159,3 +159,26 @@ def test_a_rebuild_is_committed_once_when_sealed(ledger: Ledger) -> None:
     finally:
         reader.close()
     assert ledger.token == b"u" * 16
+
+
+def test_settle_writes_ahead_and_seal_still_decides(ledger: Ledger) -> None:
+    """`settle` (while the agent finishes) writes what is held and the by-id index; entries answered
+    after it are kept too, and the ledger counts only once sealed."""
+
+    import sqlite3
+
+    ledger.forget()
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.settle()
+    reader = sqlite3.connect(ledger.path)
+    try:
+        assert reader.execute("SELECT count(*) FROM names").fetchone()[0] == 1
+        assert reader.execute("SELECT value FROM about WHERE key='token'").fetchone() is None
+        assert _has_names_by_id(ledger)
+        ledger.entry_done(entry(B, ROOT_ID, b"g"))  # an answer that came after
+        ledger.seal(b"t" * 16)
+        assert reader.execute("SELECT count(*) FROM names").fetchone()[0] == 2
+    finally:
+        reader.close()
+    assert ledger.token == b"t" * 16
+    assert ledger.verdict(entry(B, ROOT_ID, b"h")) is Verdict.MOVED  # found by id

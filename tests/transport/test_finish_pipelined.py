@@ -153,3 +153,41 @@ def test_an_agent_of_another_version_refuses_clearly_what_came_behind_hello(tmp_
     with pytest.raises(AgentVersionMismatch, match="this agent speaks v"):
         asyncio.run(replicate(src, dst, state, future_agent))
     assert not (dst / "f").exists()
+
+
+def test_the_callers_work_meanwhile_runs_while_the_agent_finishes(tmp_path: Path) -> None:
+    """``meanwhile`` (the ledger's `settle` in a copy) runs once Finish is written, before the
+    answers it would otherwise wait behind: the end of a run no longer waits for that work."""
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    src.mkdir()
+    for i in range(100):
+        (src / f"f{i}").write_bytes(os.urandom(3000 + i))
+    seen: list[tuple[bool, bool, int, int]] = []
+
+    async def run() -> tuple[Summary, SlowReturn]:
+        store = IdStore(state, os.fsencode(src))
+        crawler = Crawler(os.fsencode(src), store)
+        chan = SlowReturn(await PipeChannel.start(local_agent_argv(str(dst))))
+        sender = Sender(chan, Options())  # type: ignore[arg-type]
+
+        def meanwhile() -> None:
+            seen.append((chan.answered_at_finish is not None, sender.finished.done(), len(chan.answered),
+                         len(chan.data_sent)))
+
+        try:
+            await sender.handshake()
+            return await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count,
+                                    meanwhile=meanwhile), chan
+        finally:
+            await sender.abort()
+            store.close()
+
+    summary, chan = asyncio.run(asyncio.wait_for(run(), 60))
+
+    assert len(seen) == 1
+    finish_written, finished_read, answered, data_sent = seen[0]
+    assert finish_written and not finished_read
+    assert answered < data_sent == 100  # answers to file data were still on their way
+    assert summary.problems == [] and summary.files == 100
+    assert diff(snapshot(src), snapshot(dst)) == []
