@@ -292,10 +292,9 @@ class Ledger:
         Not committed here (only by `settle` and `seal`, at the end): a rebuilt ledger counts
         only once `seal` gave it a token (`forget` removed the old one, durably).  A run that
         ends before that leaves a ledger the next run forgets whatever it holds, so committing
-        on the way bought nothing, and cost:
-        each commit wrote the pages touched since the last one again, and checkpoints synced
-        them (ext4 here, 20,000 entries: 0.40 s with a commit every 2,000 rows, 0.29 s with
-        one at the end).
+        on the way bought nothing, and it cost: each commit wrote the pages touched since the
+        last one again, and checkpoints synced them (ext4 here, 20,000 entries: 0.40 s with a
+        commit every 2,000 rows, 0.29 s with one at the end).
         """
 
         if self._fresh_objects or self._fresh_names:
