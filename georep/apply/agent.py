@@ -308,6 +308,13 @@ class Applier:
             return self.collect_writes(wait=True) + self._handle(msg)
         return self._handle(msg)
 
+    def look_ahead(self, msgs: list[m.Message]) -> None:
+        """Look up the ids of the entries among ``msgs`` in one go (`Index.look_ahead`), before they are applied."""
+
+        ids = [msg.id for msg in msgs if isinstance(msg, m.EntryMsg)]
+        if len(ids) > 1:
+            self.index.look_ahead(ids)
+
     def _may_overtake(self, msg: m.Message) -> bool:
         if isinstance(msg, m.Blobs):
             return True
@@ -1247,7 +1254,10 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                 return 0
             results: list[m.Result] = []
             staged: list[m.Staged] = []
-            for msg in session.receive(data):
+            msgs = session.receive(data)
+            if applier is not None:
+                applier.look_ahead(msgs)
+            for msg in msgs:
                 if isinstance(msg, m.Hello):
                     out += session.answer_hello(msg)
                     if session.refused:  # (not the state: a Bye in Hello's flight closed it too)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS writers (pid INTEGER PRIMARY KEY, scope TEXT NOT NULL
 
 #: Rows `Index.put_obj` and `Index.put_name` hold back at most, per table.
 ROWS_HELD = 512
+
+#: Ids per statement of `Index.look_ahead` (SQLite before 3.32 allows 999 parameters).
+LOOK_AHEAD_IDS = 500
 
 #: Seconds a statement waits for another agent's write transaction on the same root.
 BUSY_TIMEOUT = 60.0
@@ -129,6 +132,8 @@ class Index:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._in_tx = False
+        #: `look_ahead`'s answers, each given once by `obj` (emptied by any other write of objects)
+        self._ahead: dict[bytes, Obj | None] = {}
         self._tx_started = 0.0
         self._pending = 0
         self.gen = self.new_generation()
@@ -242,6 +247,7 @@ class Index:
         objects that are on disk: the next session adopts them by size and mtime.
         """
 
+        self._ahead.clear()  # other agents may write once the transaction ends
         if not self._in_tx:
             return
         try:
@@ -274,12 +280,40 @@ class Index:
     # -- reads --------------------------------------------------------------------
 
     def obj(self, oid: bytes) -> Obj | None:
+        ahead = self._ahead
+        if ahead and oid in ahead:
+            return ahead.pop(oid)
         row = self._db.execute(
             "SELECT kind, size, mtime_ns, mode, ino, gen, xhash FROM objects WHERE id=?", (oid,)
         ).fetchone()
         if row is None:
             return None
         return Obj(oid, Kind(row[0]), row[1], row[2], row[3], ino_from_sql(row[4]), row[5], bytes(row[6]))
+
+    def look_ahead(self, ids: Iterable[bytes]) -> None:
+        """Look up many ids at once; `obj` then answers each of them once without a query.
+
+        Why: the agent looks up the id of every entry it is sent, and on a first copy
+        every lookup misses.  One statement per id cost ~2 µs of binding and stepping
+        (20,000 files: 40 ms of the agent's CPU); one per `LOOK_AHEAD_IDS` ids costs a
+        fraction of that.  The answers are taken inside the write transaction, so no
+        other agent changes them meanwhile; this agent's own writes of objects drop them
+        (`put_obj` its id's, any other write all of them), and so does `commit`.
+        """
+
+        self.begin()
+        want = [oid for oid in dict.fromkeys(ids) if oid not in self._ahead]
+        for i in range(0, len(want), LOOK_AHEAD_IDS):
+            chunk = want[i:i + LOOK_AHEAD_IDS]
+            found: dict[bytes, Obj | None] = dict.fromkeys(chunk)
+            rows = self._db.execute(
+                "SELECT id, kind, size, mtime_ns, mode, ino, gen, xhash FROM objects WHERE id IN"
+                f" ({','.join('?' * len(chunk))})", chunk)
+            for row in rows:
+                oid = bytes(row[0])
+                found[oid] = Obj(oid, Kind(row[1]), row[2], row[3], row[4], ino_from_sql(row[5]), row[6],
+                                 bytes(row[7]))
+            self._ahead.update(found)
 
     def names_of(self, oid: bytes) -> list[tuple[bytes, bytes, int]]:
         """(parent, name, gen) of every name of ``oid``, newest confirmation first."""
@@ -351,6 +385,8 @@ class Index:
     def put_obj(self, oid: bytes, kind: Kind, size: int, mtime_ns: int, mode: int, ino: int,
                 xhash: bytes = b"") -> None:
         self.begin()
+        if self._ahead:
+            self._ahead.pop(oid, None)
         self._objs.append((oid, int(kind), size, mtime_ns, mode, ino_to_sql(ino), self.gen, xhash))
         if len(self._objs) >= self.rows_held:
             self._write_rows()
@@ -376,6 +412,7 @@ class Index:
         """Give object ``old``, its names and its children's parent links the id ``new``."""
 
         self.begin()
+        self._ahead.clear()
         self._db.execute("UPDATE objects SET id=? WHERE id=?", (new, old))
         self._db.execute("UPDATE names SET id=? WHERE id=?", (new, old))
         self._db.execute("UPDATE names SET parent=? WHERE parent=?", (new, old))
@@ -385,6 +422,7 @@ class Index:
         """Forget one name; the object goes too once it has no name left."""
 
         self.begin()
+        self._ahead.clear()
         row = self._db.execute("SELECT id FROM names WHERE parent=? AND name=?", (parent, name)).fetchone()
         self._db.execute("DELETE FROM names WHERE parent=? AND name=?", (parent, name))
         if row is not None and oid_unnamed(self._db, row[0]):
@@ -395,6 +433,7 @@ class Index:
         """Forget a directory's descendants (after the tree was removed from disk)."""
 
         self.begin()
+        self._ahead.clear()
         stack = [oid]
         while stack:
             d = stack.pop()

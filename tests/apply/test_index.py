@@ -216,3 +216,107 @@ def test_rows_held_back_read_and_write_as_if_written_at_once(tmp_path: Path, ops
         assert _tables(reopened) == expected  # close wrote what was held back
     finally:
         reopened.close()
+
+
+_op_ahead = st.one_of(
+    _op,
+    st.tuples(st.just("look_ahead"), st.lists(st.sampled_from(_IDS), max_size=8)),
+    st.tuples(st.just("drop_subtree"), st.sampled_from(_IDS[:3])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op_ahead, max_size=60), batch=st.integers(1, 3))
+def test_answers_looked_up_ahead_are_those_a_query_would_give(tmp_path: Path, ops: list[tuple[Any, ...]],
+                                                              batch: int, monkeypatch: Any) -> None:
+    """`look_ahead` may change how `obj` finds its answer, never the answer.
+
+    The same operations go to an index that looks ids up ahead when told to and to one that
+    ignores it; every read, whatever was written in between, and both tables must agree.
+    """
+
+    monkeypatch.setattr("georep.apply.index.LOOK_AHEAD_IDS", batch)  # several statements per call too
+    d = tmp_path / os.urandom(4).hex()
+    d.mkdir()
+    plain, ahead = Index(d / "plain.db"), Index(d / "ahead.db")
+    plain.gen = ahead.gen = 5
+    try:
+        for op in ops:
+            if op[0] == "look_ahead":
+                ahead.look_ahead(op[1])
+                continue
+            assert _apply(ahead, op) == _apply(plain, op), op
+        assert _tables(ahead) == _tables(plain)
+    finally:
+        plain.close()
+        ahead.close()
+
+
+def test_a_commit_drops_what_was_looked_up_ahead(tmp_path: Path) -> None:
+    """Once this agent's transaction ends another agent sharing the index may write: a later `obj` asks again."""
+
+    oid = b"\x07" * 16
+    mine, other = Index(tmp_path / "index.db"), Index(tmp_path / "index.db")
+    try:
+        mine.look_ahead([oid, b"\x08" * 16])
+        mine.commit()
+        other.put_obj(oid, Kind.FILE, 5, 7, 0o644, 42)
+        other.commit()
+        found = mine.obj(oid)
+        assert found is not None and found.ino == 42
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_an_id_looked_up_ahead_is_answered_once_then_asked_again(tmp_path: Path) -> None:
+    """An answer given ahead serves one `obj`; the next one queries (it may be for a later message)."""
+
+    oid, absent = b"\x07" * 16, b"\x09" * 16
+    idx = Index(tmp_path / "index.db")
+    try:
+        idx.put_obj(oid, Kind.DIR, 0, 7, 0o755, 42)
+        idx.look_ahead([oid, absent, oid])
+        assert idx._ahead.keys() == {oid, absent}
+        first = idx.obj(oid)
+        assert first is not None and first.kind is Kind.DIR and first.ino == 42
+        assert idx.obj(absent) is None
+        assert not idx._ahead
+        idx._conn.execute("UPDATE objects SET ino=43 WHERE id=?", (oid,))  # behind the index's back
+        again = idx.obj(oid)
+        assert again is not None and again.ino == 43
+    finally:
+        idx.close()
+
+
+def test_each_write_of_objects_drops_what_it_makes_stale(tmp_path: Path) -> None:
+    """Looked up ahead, then written by this agent: `obj` gives what was written, never the answer before it."""
+
+    a, b, parent = b"\x0a" * 16, b"\x0b" * 16, b"\x01" * 16
+    idx = Index(tmp_path / "index.db")
+    try:
+        idx.look_ahead([a])
+        idx.put_obj(a, Kind.FILE, 5, 7, 0o644, 42)  # was absent
+        found = idx.obj(a)
+        assert found is not None and found.ino == 42
+        idx.put_name(parent, b"x", a)
+
+        idx.look_ahead([a, b])
+        idx.reassign(a, b)  # a is now b
+        assert idx.obj(a) is None
+        moved = idx.obj(b)
+        assert moved is not None and moved.ino == 42
+
+        idx.look_ahead([b])
+        idx.drop_name(parent, b"x")  # its last name: the object goes
+        assert idx.obj(b) is None
+
+        idx.put_obj(b, Kind.DIR, 0, 7, 0o755, 50)
+        idx.put_name(parent, b"d", b)
+        idx.put_obj(a, Kind.FILE, 5, 7, 0o644, 51)
+        idx.put_name(b, b"f", a)
+        idx.look_ahead([a])
+        idx.drop_subtree(b)  # a was below b
+        assert idx.obj(a) is None
+    finally:
+        idx.close()
