@@ -69,6 +69,21 @@ class StateError(GeorepError):
     exit_code = 5
     hint = "check --state-dir is writable and on a local filesystem"
 
+    @classmethod
+    def during_run(cls, state_dir: object, exc: BaseException) -> StateError:
+        """The state directory failed mid-run (SQLite's error ``exc``); a full disk gets a hint of its own.
+
+        What the secondary was sent stays there either way: the state only lets the next
+        run skip what is unchanged, and a run that could not record it compares again.
+        """
+
+        cause = str(exc) or type(exc).__name__
+        if "full" in cause:  # SQLITE_FULL: "database or disk is full"
+            return cls(f"the state directory {state_dir} is full ({cause})",
+                       hint="free space there or give another --state-dir, then run again; what reached the "
+                            "secondary stays there")
+        return cls(f"the state directory {state_dir} failed during the run ({cause})")
+
 
 class ChangelogFormatError(GeorepError):
     """A GlusterFS changelog journal cannot be parsed."""

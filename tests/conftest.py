@@ -62,6 +62,30 @@ def oneshot(src: Path, dst: Path | str, state: Path, *extra: str) -> dict[str, o
     return r.summary
 
 
+@contextlib.contextmanager
+def tmpfs_at(mnt: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (mount's syntax: "160k", "4m") at ``mnt``, so that it really fills up."""
+
+    mnt.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (tests run as root): {r.stderr}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def state_filling_tree(src: Path) -> None:
+    """4,000 tiny files in 20 directories: more ids and ledger rows than 160 KiB of state hold."""
+
+    for d in range(20):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for f in range(200):
+            (src / f"d{d:02}" / f"file-{f:04}.txt").write_bytes(b"%d/%d\n" % (d, f))
+
+
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
     """Source, secondary and state directory of one test (none of them made yet)."""

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, state_filling_tree, tmpfs_at
 from daemonproc import Daemon, converge, daemon_argv, make_every_kind_of_change
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -539,3 +539,16 @@ def test_sigterm_during_live_exits_0_and_refuses_a_second_daemon(tree: tuple[Pat
     assert d.stop() == 0
     assert (d.dst / "last").read_text() == "sent before exit"
     assert d.status()["state"] == "stopped"
+
+
+def test_a_full_state_directory_stops_the_daemon_with_a_clear_error(tmp_path: Path) -> None:
+    """Its id store fills the state directory during the startup scan: exit 5 with a hint, not an internal error."""
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    state_filling_tree(src)
+    with tmpfs_at(state, "160k"):
+        r = subprocess.run(daemon_argv(src, dst, state), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 5, r.stderr
+    assert f"error: the state directory {state} is full" in r.stderr, r.stderr
+    assert "hint: free space there or give another --state-dir" in r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr

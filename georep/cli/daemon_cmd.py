@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 from pathlib import Path
 
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
-from georep.errors import SourceMissing, UsageError
+from georep.errors import SourceMissing, StateError, UsageError
 from georep.source.crawl import is_brick
 from georep.source.identity import default_state_dir
 
@@ -44,14 +45,17 @@ def run(argv: list[str]) -> int:
     secondary = args.secondary if "://" in args.secondary else os.path.abspath(args.secondary)
     args.secondary = secondary
     state_dir = args.state_dir or default_state_dir()
-    if is_brick(source) or os.path.isdir(os.path.join(source, b".glusterfs")):
-        # a directory holding .glusterfs but no volume-id is a brick that is not mounted
-        # (or not a brick root): Brick() refuses it rather than replicating an empty disk
-        from georep.daemon import run_daemon
+    try:
+        if is_brick(source) or os.path.isdir(os.path.join(source, b".glusterfs")):
+            # a directory holding .glusterfs but no volume-id is a brick that is not mounted
+            # (or not a brick root): Brick() refuses it rather than replicating an empty disk
+            from georep.daemon import run_daemon
 
-        return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
-                                      args.reconcile_every, lane_policy(args)))
-    from georep.tree_daemon import run_tree_daemon
+            return asyncio.run(run_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
+                                          args.reconcile_every, lane_policy(args)))
+        from georep.tree_daemon import run_tree_daemon
 
-    return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
-                                       lane_policy(args)))
+        return asyncio.run(run_tree_daemon(source, secondary, state_dir, channel_opener(args), args.verbose,
+                                           lane_policy(args)))
+    except sqlite3.Error as exc:  # the id store or the ledger, mid-run (opening them raises StateError)
+        raise StateError.during_run(state_dir, exc) from None

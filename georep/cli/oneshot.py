@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from georep import __version__
 from georep.cli.connect import add_secondary_options, channel_opener, lane_policy
-from georep.errors import SourceLooksUnmounted, SyncIncomplete, UsageError
+from georep.errors import SourceLooksUnmounted, StateError, SyncIncomplete, UsageError
 from georep.transport.channel import Channel, reap
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
     except BaseException:
         await _abandon(opening)
         raise
+    import sqlite3
+
     from georep.batch.ledger import Ledger, Rerun
     from georep.source.crawl import Crawler, HeadStart
     from georep.source.identity import IdStore, default_state_dir
@@ -169,12 +171,28 @@ async def replicate(args: argparse.Namespace, progress: Progress | None) -> tupl
             await sender.abort()
             raise
         summary.problems[:0] = crawler.problems
-        return summary, crawler
+    except sqlite3.Error as exc:  # the id store or the ledger, mid-run (opening them raises StateError)
+        raise StateError.during_run(state_dir, exc) from None
     finally:
-        if store is not None:
-            store.close()
-        if ledger is not None:
-            ledger.close()
+        _close_state(store, ledger, failing=sys.exc_info()[1] is not None, state_dir=state_dir)
+    return summary, crawler
+
+
+def _close_state(store: IdStore | None, ledger: Ledger | None, *, failing: bool, state_dir: Path) -> None:
+    """Close the id store and the ledger; while the run fails already, their own errors do not hide why."""
+
+    import sqlite3
+
+    first: sqlite3.Error | None = None
+    for closing in (store, ledger):
+        if closing is None:
+            continue
+        try:
+            closing.close()
+        except sqlite3.Error as exc:
+            first = first or exc
+    if first is not None and not failing:
+        raise StateError.during_run(state_dir, first) from None
 
 
 async def _abandon(opening: asyncio.Future[Channel]) -> None:

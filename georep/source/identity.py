@@ -178,5 +178,10 @@ class IdStore:
         self._writes = 0
 
     def close(self) -> None:
-        self._db.execute("COMMIT")
-        self._db.close()
+        """Commit what is open and close (after SQLite rolled a failed transaction back, nothing is open)."""
+
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        finally:
+            self._db.close()

@@ -10,22 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, state_filling_tree, tmpfs_at
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB tmpfs, so the secondary's disk really fills up."""
 
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (tests run as root): {r.stderr}")
-    try:
+    with tmpfs_at(tmp_path / "tiny", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture
@@ -70,6 +63,30 @@ def test_disk_full_is_a_clear_error_and_publishes_nothing_partial(tmp_path: Path
     src = tmp_path / "src"
     src.mkdir()
     _disk_full_then_freed(src, mnt / "dst", tmp_path / "st")
+
+
+def test_a_full_state_directory_is_a_clear_error_and_the_next_run_completes(tmp_path: Path) -> None:
+    """The id store and the ledger meet a full disk mid-run: SQLite's error becomes a StateError with a hint.
+
+    It used to end as "internal error: OperationalError: cannot commit - no transaction is
+    active" (closing the id store tried to commit what SQLite had rolled back).
+    """
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    state_filling_tree(src)
+    with tmpfs_at(state, "160k"):
+        r = run_cli("--oneshot", src, dst, "--state-dir", state)
+    assert r.code == 5, r.stderr
+    assert f"error: the state directory {state} is full" in r.stderr, r.stderr
+    assert "hint: free space there or give another --state-dir" in r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+    names = {p.name for p in dst.rglob("*") if ".georep" not in p.parts}
+    assert names <= {p.name for p in src.rglob("*")}  # nothing half-written shows
+    r = run_cli("--oneshot", src, dst, "--state-dir", tmp_path / "roomy")
+    assert r.code == 0, r.stderr
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if ".georep" not in p.parts) == sorted(
+        p.relative_to(src) for p in src.rglob("*"))
+    assert all((dst / p.relative_to(src)).read_bytes() == p.read_bytes() for p in src.rglob("*.txt"))
 
 
 def test_progress_on_a_terminal(tmp_path: Path) -> None:
