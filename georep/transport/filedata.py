@@ -17,7 +17,7 @@ from georep import accelerators
 from georep.model import Problem, Summary
 from georep.protocol import messages as m
 from georep.protocol.digest import ExtentDigest
-from georep.protocol.framing import CHUNK_SIZE
+from georep.protocol.framing import CHUNK_SIZE, encode
 from georep.source.crawl import SourceEntry
 
 #: Files up to this size travel whole inside a Blobs frame.
@@ -137,6 +137,66 @@ def read_small_files(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[Sm
         result: list[SmallRead] = _native_read(paths, limit)
         return result
     return read_small_files_py(paths, limit)
+
+
+#: `read_small_frame`: a file that did not fit (its frame held `budget` data bytes before it)
+LATER = 5
+
+#: What `read_small_frame` reads: (path, seq, listed size, st_mtime_ns as listed, the mtime to
+#: publish while the file is as listed; see `publish_mtime`).
+FrameItem = tuple[bytes, int, int, int, int]
+#: What it found, per item: (status, errno, stable, data bytes carried).
+Found = tuple[int, int, bool, int]
+
+#: `georep._native.read_small_frame`, where it was built; else the twin runs
+_native_frame = getattr(accelerators.extension, "read_small_frame", None)
+
+
+def read_small_frame_py(items: Sequence[FrameItem], limit: int = SMALL_FILE, budget: int = CHUNK_SIZE
+                        ) -> tuple[bytes, list[Found]]:
+    """The pure-Python twin and reference of `read_small_frame`: `read_small_files_py`, then `encode`."""
+
+    reads = read_small_files_py([item[0] for item in items], limit)
+    files: list[m.SmallFile] = []
+    found: list[Found] = []
+    packed = 0
+    for (_path, seq, listed_size, listed_mtime, publish), read in zip(items, reads, strict=True):
+        status, err, size, mtime_ns, data, digest, stable = read
+        if status != READ:
+            found.append((status, err, False, 0))
+        elif packed >= budget:
+            found.append((LATER, 0, False, 0))
+        else:
+            packed += size
+            mtime = publish if (size, mtime_ns) == (listed_size, listed_mtime) else mtime_ns
+            files.append(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))
+            found.append((READ, 0, stable, len(data)))
+    return (encode(m.Blobs(files)) if files else b""), found
+
+
+def read_small_frame(items: Sequence[FrameItem], limit: int = SMALL_FILE, budget: int = CHUNK_SIZE
+                     ) -> tuple[bytes, list[Found]]:
+    """Small files read whole into one `Blobs` frame, ready to write; and what was found of each.
+
+    A file goes in whole (`SmallFile`: one extent, its digest, the mtime `publish_mtime`
+    would give) while fewer than ``budget`` data bytes were packed before it; the rest are
+    LATER, for another call.  Any other status is `read_small_files`'s, and such a file is
+    not in the frame (b"" if none is).
+
+    Why: building a `SmallFile` per file and packing its bytes into msgpack's buffer and
+    then into the frame copied every byte twice more and cost more than the reads (20,000
+    small files: ~80 ms of the sender's CPU).  The native version (`georep._native`) reads
+    each file once, into its place in the frame, with the GIL released; should a read fail
+    after its file was opened, the twin does the batch again and reports it.
+    """
+
+    if len(items) > READ_BATCH:
+        raise ValueError(f"at most {READ_BATCH} items per call")
+    if _native_frame is not None:
+        done: tuple[bytes, list[Found]] | None = _native_frame(items, limit, budget, m.Blobs.KIND)
+        if done is not None:
+            return done
+    return read_small_frame_py(items, limit, budget)
 
 
 def open_source(path: bytes) -> tuple[int, os.stat_result] | str:

@@ -43,16 +43,17 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel, reap
 from georep.transport.filedata import (
+    LATER,
     NOT_SMALL,
     READ,
     READ_BATCH,
     SMALL_FILE,
     BlobPacker,
-    as_small_file,
+    changed_while_read,
     file_extents,
     open_source,
     publish_mtime,
-    read_small_files,
+    read_small_frame,
     unreadable_cause,
     unstable,
 )
@@ -65,7 +66,7 @@ T = TypeVar("T")
 #: long link: lanes open at once.  Below it, a Ping decides (see `Sender._probe_round_trip`).
 LONG_CONNECT_S = 0.25
 
-#: Listed bytes of small files read per `read_small_files` call, at most (but one file always).
+#: Listed bytes of small files read per `read_small_frame` call, at most (but one file always).
 SMALL_BATCH_BYTES = CHUNK_SIZE
 
 
@@ -829,19 +830,36 @@ class Sender:
         return batch
 
     async def _send_small(self, batch: list[int], packer: BlobPacker) -> None:
-        """The data of the small files ``batch``: read many per call (`read_small_files`), then packed."""
+        """The data of the small files ``batch``: read straight into Blobs frames (`read_small_frame`)."""
 
-        entries = [self.inflight[seq] for seq in batch]
-        reads = read_small_files([se.path for se in entries])
-        for seq, se, found in zip(batch, entries, reads, strict=True):
+        entries: list[SourceEntry] = []
+        for seq in batch:
+            se = self.inflight[seq]
             assert isinstance(se, SourceEntry)
-            self._answer_final.add(seq)
-            if found[0] == NOT_SMALL:  # it grew past the limit, or has holes: the general path
-                await self._send_file(seq, se, None, False, packer)
-            elif found[0] != READ:
-                self.out.send(m.DataAbort(seq, unreadable_cause(found[0], found[1])))
-            else:
-                await self.out.pack(as_small_file(seq, se, found, self.summary), packer, self._drain)
+            entries.append(se)
+        summary = self.summary
+        while entries:
+            frame, found = read_small_frame([(se.path, seq, se.entry.size, se.stat_mtime_ns, se.entry.meta.mtime_ns)
+                                             for seq, se in zip(batch, entries, strict=True)])
+            later: list[tuple[int, SourceEntry]] = []
+            for seq, se, (status, err, stable, carried) in zip(batch, entries, found, strict=True):
+                if status == LATER:  # the frame is full: the next one
+                    later.append((seq, se))
+                    continue
+                self._answer_final.add(seq)
+                if status == READ:
+                    summary.bytes_data += carried
+                    summary.files += 1
+                    if not stable:
+                        summary.problems.append(changed_while_read(se))
+                elif status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+                    await self._send_file(seq, se, None, False, packer)
+                else:
+                    self.out.send(m.DataAbort(seq, unreadable_cause(status, err)))
+            if frame:
+                self.out.write(frame)
+                await self._drain()
+            batch, entries = [seq for seq, _ in later], [se for _, se in later]
 
     async def _send_file(self, seq: int, se: SourceEntry, sums: m.BlockSums | None, again: bool,
                          packer: BlobPacker) -> None:
