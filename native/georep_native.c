@@ -1,5 +1,8 @@
 /*
- * georep._native: the agent's small-file writes without the GIL.
+ * georep._native: the agent's small-file writes, and the sender's small-file reads, without the GIL.
+ *
+ * The sender's half, read_small_frame, is described where it starts (below); this part is
+ * about the agent's.
  *
  * Why this exists: on a first copy the agent is the slowest stage, and about half of its
  * time is the kernel's (create in staging, write, set times, rename).  georep.apply.writer
@@ -280,7 +283,7 @@ done:
     return result;
 }
 
-/* The statuses of georep.transport.filedata.read_small_files, in its order. */
+/* The statuses of georep.transport.filedata.read_small_files_py, in its order. */
 enum { RS_READ = 0, RS_OPEN_FAILED = 1, RS_READ_FAILED = 2, RS_NOT_SMALL = 3, RS_NOT_REGULAR = 4 };
 
 /* At most this many paths per call: every one may hold an open fd between the phases. */
@@ -293,7 +296,6 @@ typedef struct {
     int err;
     long long size;
     long long mtime_ns;
-    PyObject *data; /* a bytes object of `size` bytes, filled without the GIL */
     Py_ssize_t got;
     int stable;
     unsigned char digest[16];
@@ -329,130 +331,16 @@ static void rs_open(rs_t *r, long long limit) {
     r->fd = -1;
 }
 
-/* Phase 3: read, digest (as georep.protocol.digest.ExtentDigest: one extent, then the size),
- * look again, close. */
-static void rs_read(rs_t *r) {
-    char *buf = PyBytes_AS_STRING(r->data);
-    Py_ssize_t got = 0;
-    while (got < r->size) {
-        ssize_t n = pread(r->fd, buf + got, (size_t)(r->size - got), (off_t)got);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            r->status = RS_READ_FAILED;
-            r->err = errno;
-            break;
-        }
-        if (n == 0)
-            break; /* it shrank: what was read is sent, and it is reported unstable */
-        got += n;
-    }
-    struct stat st;
-    if (r->status == RS_READ && fstat(r->fd, &st) != 0) {
-        r->status = RS_READ_FAILED;
-        r->err = errno;
-    }
-    close(r->fd);
-    r->fd = -1;
-    if (r->status != RS_READ)
-        return;
-    r->got = got;
-    r->stable = (long long)st.st_size == r->size && mtime_of(&st) == r->mtime_ns;
-    extent_t whole = {0, buf, got}; /* one extent at 0; none for an empty file */
-    extent_digest(&whole, r->size > 0 ? 1 : 0, r->size, r->digest);
-}
-
-static PyObject *read_small_files(PyObject *self, PyObject *args) {
-    PyObject *paths;
-    long long limit;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "OL", &paths, &limit))
-        return NULL;
-    paths = PySequence_Fast(paths, "paths must be a sequence");
-    if (paths == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(paths);
-    PyObject *result = NULL;
-    rs_t *rs = NULL;
-    if (n > RS_MAX_PATHS) {
-        PyErr_Format(PyExc_ValueError, "at most %d paths per call", RS_MAX_PATHS);
-        goto done;
-    }
-    rs = PyMem_Calloc((size_t)(n ? n : 1), sizeof(rs_t));
-    if (rs == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *p = PySequence_Fast_GET_ITEM(paths, i);
-        if (!PyBytes_Check(p) || (Py_ssize_t)strlen(PyBytes_AS_STRING(p)) != PyBytes_GET_SIZE(p)) {
-            PyErr_SetString(PyExc_TypeError, "a path is bytes without NUL");
-            goto done;
-        }
-        rs[i].path = PyBytes_AS_STRING(p);
-        rs[i].fd = -1;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        rs_open(&rs[i], limit);
-    Py_END_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (rs[i].status != RS_READ)
-            continue;
-        rs[i].data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rs[i].size);
-        if (rs[i].data == NULL)
-            goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (rs[i].status == RS_READ)
-            rs_read(&rs[i]);
-    Py_END_ALLOW_THREADS
-    result = PyList_New(n);
-    if (result == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        rs_t *r = &rs[i];
-        PyObject *t;
-        if (r->status == RS_READ) {
-            if (r->got < r->size && _PyBytes_Resize(&r->data, r->got) != 0) {
-                r->data = NULL; /* _PyBytes_Resize freed it */
-                Py_CLEAR(result);
-                goto done;
-            }
-            t = Py_BuildValue("(iiLLOy#O)", r->status, 0, r->size, r->mtime_ns, r->data, (const char *)r->digest,
-                              (Py_ssize_t)16, r->stable ? Py_True : Py_False);
-        } else {
-            t = Py_BuildValue("(iiLLy#y#O)", r->status, r->err, 0LL, 0LL, "", (Py_ssize_t)0, "", (Py_ssize_t)0,
-                              Py_False);
-        }
-        if (t == NULL) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, i, t);
-    }
-done:
-    if (rs != NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (rs[i].fd >= 0)
-                close(rs[i].fd);
-            Py_XDECREF(rs[i].data);
-        }
-        PyMem_Free(rs);
-    }
-    Py_DECREF(paths);
-    return result;
-}
-
 /* ---- read_small_frame: small files read straight into one Blobs frame ----------------
  *
  * read_small_frame(items, limit, budget, kind) -> (frame, found) | None
  *   item: (path, seq, listed_size, listed_mtime_ns, publish_mtime_ns)
  *   frame: one whole frame (4-byte big-endian length, then msgpack [kind, [SmallFile, ...]])
  *     holding every file found READ, in order; b"" if there is none
- *   found: per item (status, errno, stable, carried): a status of read_small_files, or
- *     RF_LATER (it did not fit: `budget` data bytes were packed before it; not opened again)
+ *   found: per item (status, errno, stable, carried, size, mtime_ns): a status of
+ *     georep.transport.filedata.read_small_files_py, or RF_LATER (it did not fit: `budget` data
+ *     bytes were packed before it; not opened again); for a file in the frame, the bytes it
+ *     carries, and the size and mtime its SmallFile gives
  *   None: a read failed after its file was opened; the caller takes its twin's path.
  *
  * The reference is georep.transport.filedata.read_small_frame_py (read_small_files_py, then
@@ -549,6 +437,7 @@ typedef struct {
     rs_t r;
     long long seq, listed_size, listed_mtime, publish_mtime;
     int in_frame;
+    long long published; /* the mtime the SmallFile carries */
 } rf_t;
 
 /* Phase 3 for one file: its SmallFile at `p`, data read in place; the end, or NULL if a read failed. */
@@ -600,8 +489,8 @@ static char *rf_write(rf_t *f, char *p) {
     *p++ = 16;
     memcpy(p, r->digest, 16);
     p += 16;
-    long long same = r->size == f->listed_size && r->mtime_ns == f->listed_mtime;
-    return mp_int(p, same ? f->publish_mtime : r->mtime_ns);
+    f->published = r->size == f->listed_size && r->mtime_ns == f->listed_mtime ? f->publish_mtime : r->mtime_ns;
+    return mp_int(p, f->published);
 }
 
 static PyObject *read_small_frame(PyObject *self, PyObject *args) {
@@ -709,9 +598,10 @@ static PyObject *read_small_frame(PyObject *self, PyObject *args) {
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         rs_t *r = &fs[i].r;
-        PyObject *t = Py_BuildValue("(iiOn)", r->status, r->status == RS_READ ? 0 : r->err,
-                                    r->status == RS_READ && r->stable ? Py_True : Py_False,
-                                    r->status == RS_READ ? r->got : (Py_ssize_t)0);
+        int read = r->status == RS_READ;
+        PyObject *t = Py_BuildValue("(iiOnLL)", r->status, read ? 0 : r->err, read && r->stable ? Py_True : Py_False,
+                                    read ? r->got : (Py_ssize_t)0, read ? r->size : 0LL,
+                                    read ? fs[i].published : 0LL);
         if (t == NULL)
             goto done;
         PyList_SET_ITEM(found, i, t);
@@ -737,10 +627,6 @@ static PyMethodDef methods[] = {
     {"read_small_frame", read_small_frame, METH_VARARGS,
      "read_small_frame(items, limit, budget, kind) -> (frame, found) | None: small source files read into "
      "one Blobs frame without the GIL (see georep.transport.filedata.read_small_frame_py, the reference)."},
-    {"read_small_files", read_small_files, METH_VARARGS,
-     "read_small_files(paths, limit) -> [(status, errno, size, mtime_ns, data, digest, stable)]: small "
-     "source files read and digested without the GIL (see georep.transport.filedata.read_small_files, "
-     "the reference)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,5 +23,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e '.[test]'
 # native/ is built by the install above, only where xxhash.h is (libxxhash-dev): without it the
 # pure-Python twins do everything and the side-by-side tests would skip, so it is required here
-.venv/bin/python -c 'import georep._native as n; n.write_small, n.read_small_files' \
+.venv/bin/python -c 'import georep._native as n; n.write_small, n.read_small_frame' \
     || { echo "setup-machine: georep._native was not built whole (see pip's output)" >&2; exit 1; }

@@ -62,7 +62,7 @@ def publish_mtime(se: SourceEntry, st0: os.stat_result) -> int:
     return st0.st_mtime_ns
 
 
-#: `read_small_files`: what it found for one path (the first field of its tuple).
+#: `read_small_frame` and `read_small_files_py`: what they found of one path.
 READ = 0  # read whole: the other fields hold what was read
 OPEN_FAILED = 1  # errno says why
 READ_FAILED = 2  # errno says why
@@ -75,7 +75,7 @@ NOT_REGULAR = 4  # no regular file any more (replaced since it was listed)
 #: and mtime were the same after reading.  For any status but READ: 0, 0, b"", b"", False.
 SmallRead = tuple[int, int, int, int, bytes, bytes, bool]
 
-#: Paths per `read_small_files` call, at most (each may hold an open descriptor during it).
+#: Paths per `read_small_frame` call, at most (each may hold an open descriptor during it).
 READ_BATCH = 256
 
 #: How every source file is opened for its data: never through a symlink, and O_NONBLOCK so
@@ -85,12 +85,9 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NOTHING: SmallRead = (READ, 0, 0, 0, b"", b"", False)
 
 
-#: `georep._native.read_small_files`, where it was built (with xxhash.h); else the twin runs
-_native_read = getattr(accelerators.extension, "read_small_files", None)
-
-
 def read_small_files_py(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[SmallRead]:
-    """The pure-Python twin and reference of `read_small_files`."""
+    """Small files read whole, digested and looked at twice (size and mtime after reading); the
+    reading half of `read_small_frame_py`.  Opened with `OPEN_FLAGS`."""
 
     out: list[SmallRead] = []
     for path in paths:
@@ -121,32 +118,15 @@ def read_small_files_py(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list
     return out
 
 
-def read_small_files(paths: Sequence[bytes], limit: int = SMALL_FILE) -> list[SmallRead]:
-    """Small files read whole, digested and looked at twice, for many paths per call.
-
-    Why: per small file the sender used to make five system calls and a digest from
-    Python, each with its objects (two stat results); on a first copy of 20,000 files
-    that was a fifth of its CPU, and the sender is what a copy waits for.  The native
-    version (`georep._native`) does a batch with the GIL released; this dispatches to it
-    where it is built.  Opened with `OPEN_FLAGS`.  At most `READ_BATCH` paths.
-    """
-
-    if len(paths) > READ_BATCH:
-        raise ValueError(f"at most {READ_BATCH} paths per call")
-    if _native_read is not None:
-        result: list[SmallRead] = _native_read(paths, limit)
-        return result
-    return read_small_files_py(paths, limit)
-
-
 #: `read_small_frame`: a file that did not fit (its frame held `budget` data bytes before it)
 LATER = 5
 
 #: What `read_small_frame` reads: (path, seq, listed size, st_mtime_ns as listed, the mtime to
 #: publish while the file is as listed; see `publish_mtime`).
 FrameItem = tuple[bytes, int, int, int, int]
-#: What it found, per item: (status, errno, stable, data bytes carried).
-Found = tuple[int, int, bool, int]
+#: What it found, per item: (status, errno, stable, data bytes carried, size, mtime_ns); the last
+#: three for a file in the frame (READ): what it carries, and the size and mtime its SmallFile says.
+Found = tuple[int, int, bool, int, int, int]
 
 #: `georep._native.read_small_frame`, where it was built; else the twin runs
 _native_frame = getattr(accelerators.extension, "read_small_frame", None)
@@ -163,14 +143,14 @@ def read_small_frame_py(items: Sequence[FrameItem], limit: int = SMALL_FILE, bud
     for (_path, seq, listed_size, listed_mtime, publish), read in zip(items, reads, strict=True):
         status, err, size, mtime_ns, data, digest, stable = read
         if status != READ:
-            found.append((status, err, False, 0))
+            found.append((status, err, False, 0, 0, 0))
         elif packed >= budget:
-            found.append((LATER, 0, False, 0))
+            found.append((LATER, 0, False, 0, 0, 0))
         else:
             packed += size
             mtime = publish if (size, mtime_ns) == (listed_size, listed_mtime) else mtime_ns
             files.append(m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime))
-            found.append((READ, 0, stable, len(data)))
+            found.append((READ, 0, stable, len(data), size, mtime))
     return (encode(m.Blobs(files)) if files else b""), found
 
 
@@ -180,8 +160,8 @@ def read_small_frame(items: Sequence[FrameItem], limit: int = SMALL_FILE, budget
 
     A file goes in whole (`SmallFile`: one extent, its digest, the mtime `publish_mtime`
     would give) while fewer than ``budget`` data bytes were packed before it; the rest are
-    LATER, for another call.  Any other status is `read_small_files`'s, and such a file is
-    not in the frame (b"" if none is).
+    LATER, for another call.  Any other status is `read_small_files_py`'s, and such a file
+    is not in the frame (b"" if none is).
 
     Why: building a `SmallFile` per file and packing its bytes into msgpack's buffer and
     then into the frame copied every byte twice more and cost more than the reads (20,000
@@ -203,7 +183,7 @@ def open_source(path: bytes) -> tuple[int, os.stat_result] | str:
     """A source file opened for its data (`OPEN_FLAGS`) and its stat; or why it cannot be sent.
 
     The caller closes the descriptor.  A name that is no regular file any more (replaced
-    since it was listed: a FIFO would hang a read) is refused like `read_small_files` does.
+    since it was listed: a FIFO would hang a read) is refused like `read_small_frame` does.
     """
 
     try:
@@ -296,7 +276,7 @@ def changed_while_read(se: SourceEntry) -> Problem:
 
 
 def unreadable_cause(status: int, err: int) -> str:
-    """Why a file `read_small_files` found OPEN_FAILED, READ_FAILED or NOT_REGULAR is not sent."""
+    """Why a file `read_small_frame` found OPEN_FAILED, READ_FAILED or NOT_REGULAR is not sent."""
 
     if status == NOT_REGULAR:
         return "no regular file any more on the source; the next run sends what is there"
@@ -304,18 +284,30 @@ def unreadable_cause(status: int, err: int) -> str:
     return f"cannot open on the source: {why}" if status == OPEN_FAILED else f"cannot read on the source: {why}"
 
 
-def as_small_file(seq: int, se: SourceEntry, found: SmallRead, summary: Summary) -> m.SmallFile:
-    """The `SmallFile` of a file `read_small_files` read whole (READ), counted in ``summary``.
+def small_frames(batch: list[tuple[int, SourceEntry]]) -> Iterator[tuple[bytes, list[tuple[int, SourceEntry, Found]]]]:
+    """`read_small_frame` over ``batch`` (items asked for whole) until none is LATER.
 
-    Its mtime is the listed one while the file is as listed (see `publish_mtime`); a file
-    that changed while it was read is sent as read and reported in ``summary``.
+    Yields each frame (maybe b"") with what was found of the items it settled: in it (READ),
+    or to be sent otherwise (NOT_SMALL) or not at all (the other statuses).
     """
 
-    _status, _err, size, mtime_ns, data, digest, stable = found
-    e = se.entry
-    mtime = e.meta.mtime_ns if (size, mtime_ns) == (e.size, se.stat_mtime_ns) else mtime_ns
-    summary.bytes_data += len(data)
+    while batch:
+        frame, found = read_small_frame([(se.path, seq, se.entry.size, se.stat_mtime_ns, se.entry.meta.mtime_ns)
+                                         for seq, se in batch])
+        settled, later = [], []
+        for (seq, se), f in zip(batch, found, strict=True):
+            if f[0] == LATER:
+                later.append((seq, se))
+            else:
+                settled.append((seq, se, f))
+        yield frame, settled
+        batch = later
+
+
+def count_read(summary: Summary, se: SourceEntry, found: Found) -> None:
+    """A file packed into a frame (READ), in ``summary``: a file changed while read is reported there."""
+
+    summary.bytes_data += found[3]
     summary.files += 1
-    if not stable:
+    if not found[2]:
         summary.problems.append(changed_while_read(se))
-    return m.SmallFile(seq, size, [[0, data]] if size else [], digest, mtime)

@@ -53,11 +53,11 @@ from georep.transport.filedata import (
     READ,
     SMALL_FILE,
     BlobPacker,
-    SmallRead,
-    as_small_file,
+    Found,
+    count_read,
     open_source,
     publish_mtime,
-    read_small_files,
+    small_frames,
     unreadable_cause,
     unstable,
 )
@@ -257,11 +257,13 @@ class Lane:
             n = 0
             while n < len(jobs) and jobs[n][1].entry.size <= SMALL_FILE:
                 n += 1
-            small = jobs[:n]
-            reads = read_small_files([se.path for _seq, se in small]) if small else []
-            for (seq, se), found in zip(small, reads, strict=True):
-                await self._send_small(seq, se, found, packer)
-            for seq, se in jobs[len(small):]:
+            for frame, settled in small_frames(jobs[:n]):
+                for seq, se, found in settled:
+                    await self._send_small(seq, se, found, packer)
+                if frame:
+                    self.out.write(frame)
+                    await self._drain()
+            for seq, se in jobs[n:]:
                 await self._send_file(seq, se, packer)
             if (rest := packer.take()) is not None:
                 self.out.send(rest)
@@ -272,19 +274,18 @@ class Lane:
                 self.owner.lane_sent(seq for seq, _se in jobs)
             await self._drain()
 
-    async def _send_small(self, seq: int, se: SourceEntry, found: SmallRead, packer: BlobPacker) -> None:
-        """One small file as `read_small_files` found it."""
+    async def _send_small(self, seq: int, se: SourceEntry, found: Found, packer: BlobPacker) -> None:
+        """One small file as `small_frames` found it: in the frame that follows, or not."""
 
-        if found[0] == NOT_SMALL:  # it grew past the limit, or has holes: the general path
+        status = found[0]
+        if status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
             await self._send_file(seq, se, packer)
-            return
-        if found[0] != READ:
-            self._give_up(seq, unreadable_cause(found[0], found[1]))
-            return
-        small = as_small_file(seq, se, found, self.owner.summary)
-        if not self.join_token:
-            self._sent[seq] = (small.size, small.mtime_ns)  # for the Adopt, once Staged
-        await self.out.pack(small, packer, self._drain)
+        elif status != READ:
+            self._give_up(seq, unreadable_cause(status, found[1]))
+        else:
+            count_read(self.owner.summary, se, found)
+            if not self.join_token:
+                self._sent[seq] = (found[4], found[5])  # for the Adopt, once Staged
 
     async def _send_file(self, seq: int, se: SourceEntry, packer: BlobPacker) -> None:
         """One file read one system call at a time: whole if small, else streamed."""

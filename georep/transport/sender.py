@@ -43,17 +43,16 @@ from georep.protocol.session import Role, Session, State
 from georep.source.crawl import SourceEntry
 from georep.transport.channel import Channel, reap
 from georep.transport.filedata import (
-    LATER,
     NOT_SMALL,
     READ,
     READ_BATCH,
     SMALL_FILE,
     BlobPacker,
-    changed_while_read,
+    count_read,
     file_extents,
     open_source,
     publish_mtime,
-    read_small_frame,
+    small_frames,
     unreadable_cause,
     unstable,
 )
@@ -830,36 +829,26 @@ class Sender:
         return batch
 
     async def _send_small(self, batch: list[int], packer: BlobPacker) -> None:
-        """The data of the small files ``batch``: read straight into Blobs frames (`read_small_frame`)."""
+        """The data of the small files ``batch``: read straight into Blobs frames (`small_frames`)."""
 
-        entries: list[SourceEntry] = []
+        items: list[tuple[int, SourceEntry]] = []
         for seq in batch:
             se = self.inflight[seq]
             assert isinstance(se, SourceEntry)
-            entries.append(se)
-        summary = self.summary
-        while entries:
-            frame, found = read_small_frame([(se.path, seq, se.entry.size, se.stat_mtime_ns, se.entry.meta.mtime_ns)
-                                             for seq, se in zip(batch, entries, strict=True)])
-            later: list[tuple[int, SourceEntry]] = []
-            for seq, se, (status, err, stable, carried) in zip(batch, entries, found, strict=True):
-                if status == LATER:  # the frame is full: the next one
-                    later.append((seq, se))
-                    continue
+            items.append((seq, se))
+        for frame, settled in small_frames(items):
+            for seq, se, found in settled:
                 self._answer_final.add(seq)
+                status = found[0]
                 if status == READ:
-                    summary.bytes_data += carried
-                    summary.files += 1
-                    if not stable:
-                        summary.problems.append(changed_while_read(se))
+                    count_read(self.summary, se, found)
                 elif status == NOT_SMALL:  # it grew past the limit, or has holes: the general path
                     await self._send_file(seq, se, None, False, packer)
                 else:
-                    self.out.send(m.DataAbort(seq, unreadable_cause(status, err)))
+                    self.out.send(m.DataAbort(seq, unreadable_cause(status, found[1])))
             if frame:
                 self.out.write(frame)
                 await self._drain()
-            batch, entries = [seq for seq, _ in later], [se for _, se in later]
 
     async def _send_file(self, seq: int, se: SourceEntry, sums: m.BlockSums | None, again: bool,
                          packer: BlobPacker) -> None:

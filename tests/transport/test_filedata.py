@@ -1,5 +1,5 @@
 """georep.transport.filedata on real files: what a small file's SmallFile carries, and the batch
-reader (`read_small_files`) with its native twin side by side."""
+reader (`read_small_frame`) with its pure-Python twin side by side."""
 
 from __future__ import annotations
 
@@ -67,12 +67,9 @@ def test_an_empty_file_has_no_extent(tmp_path: Path) -> None:
     assert _small(tmp_path / "f")[:2] == ([], 0)
 
 
-# -- read_small_files: the native reader and its twin, side by side ------------------------
+# -- read_small_files_py: the reading half of the twin -----------------------------------------
 
 TWIN = filedata.read_small_files_py
-NATIVE = filedata._native_read
-needs_native = pytest.mark.skipif(NATIVE is None, reason="georep._native.read_small_files is not built here "
-                                                        "(tests/setup-machine.sh installs libxxhash-dev for it)")
 
 
 def _digest(data: bytes, size: int) -> bytes:
@@ -80,12 +77,6 @@ def _digest(data: bytes, size: int) -> bytes:
     if size:
         d.update(0, data)
     return d.finish(size)
-
-
-def _native(paths: list[bytes], limit: int = filedata.SMALL_FILE) -> list[filedata.SmallRead]:
-    assert NATIVE is not None
-    result: list[filedata.SmallRead] = NATIVE(paths, limit)
-    return result
 
 
 @pytest.fixture
@@ -106,14 +97,8 @@ def odd_tree(tmp_path: Path) -> list[bytes]:
     return [os.fsencode(tmp_path / n) for n in names]
 
 
-@needs_native
-def test_native_reader_and_twin_agree_on_every_kind_of_path(odd_tree: list[bytes]) -> None:
-    assert _native(odd_tree) == TWIN(odd_tree)
-
-
-@pytest.mark.parametrize("read", [TWIN, pytest.param(_native, marks=needs_native)], ids=["twin", "native"])
-def test_what_the_reader_finds(odd_tree: list[bytes], read: Callable[[list[bytes]], list[filedata.SmallRead]]) -> None:
-    found = dict(zip([os.path.basename(p).decode() for p in odd_tree], read(odd_tree), strict=True))
+def test_what_the_reader_finds(odd_tree: list[bytes]) -> None:
+    found = dict(zip([os.path.basename(p).decode() for p in odd_tree], TWIN(odd_tree), strict=True))
     for name, (status, err, size, mtime_ns, data, digest, stable) in found.items():
         path = os.path.join(os.path.dirname(odd_tree[0]), os.fsencode(name))
         if name[0] == "f" and name[1:].isdigit() and int(name[1:]) <= filedata.SMALL_FILE:
@@ -131,21 +116,6 @@ def test_what_the_reader_finds(odd_tree: list[bytes], read: Callable[[list[bytes
     assert found["fifo"][:2] == (filedata.NOT_REGULAR, 0)  # and opening it did not hang
     assert found["dir"][:2] == (filedata.NOT_REGULAR, 0)
     assert found["missing"][:2] == (filedata.OPEN_FAILED, errno.ENOENT)
-
-
-@needs_native
-def test_native_reader_agrees_with_its_twin_on_many_files(tmp_path: Path) -> None:
-    paths = []
-    for i in range(filedata.READ_BATCH):
-        (tmp_path / str(i)).write_bytes(os.urandom(i * 97))
-        paths.append(os.fsencode(tmp_path / str(i)))
-    assert _native(paths) == TWIN(paths)
-    assert _native(paths, limit=1000) == TWIN(paths, limit=1000)  # the limit is the caller's
-
-
-def test_one_call_reads_a_bounded_batch(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="at most"):
-        filedata.read_small_files([os.fsencode(tmp_path / "x")] * (filedata.READ_BATCH + 1))
 
 
 # -- read_small_frame: files read straight into a Blobs frame, native and twin ---------------
@@ -193,7 +163,7 @@ def test_what_the_frame_holds(odd_tree: list[bytes], read: Callable[..., tuple[b
     small = [f"f{n}" for n in (0, 1, 4095, 4096, 12_345, filedata.SMALL_FILE)]
     for name in small:
         content = open(os.path.join(os.path.dirname(odd_tree[0]), os.fsencode(name)), "rb").read()  # noqa: SIM115
-        assert by_name[name] == (filedata.READ, 0, True, len(content)), name
+        assert by_name[name] == (filedata.READ, 0, True, len(content), len(content), 1_234_567), name
     files = _blobs(frame)
     assert [f.seq for f in files] == [seq for seq, p in enumerate(odd_tree, 1)
                                       if os.path.basename(p).decode() in small]
