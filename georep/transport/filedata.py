@@ -172,6 +172,8 @@ def read_small_frame(items: Sequence[FrameItem], limit: int = SMALL_FILE, budget
 
     if len(items) > READ_BATCH:
         raise ValueError(f"at most {READ_BATCH} items per call")
+    if budget < 1:  # else nothing would ever fit, and `small_frames` would ask again forever
+        raise ValueError("a frame's budget is at least one byte")
     if _native_frame is not None:
         done: tuple[bytes, list[Found]] | None = _native_frame(items, limit, budget, m.Blobs.KIND)
         if done is not None:

@@ -256,9 +256,11 @@ def test_files_shrinking_while_read_still_make_valid_frames(tmp_path: Path) -> N
         worker.join()
 
 
-def test_one_frame_reads_a_bounded_batch(tmp_path: Path) -> None:
+def test_one_frame_reads_a_bounded_batch_into_some_room(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at most"):
         filedata.read_small_frame([(os.fsencode(tmp_path / "x"), 1, 0, 0, 0)] * (filedata.READ_BATCH + 1))
+    with pytest.raises(ValueError, match="budget"):
+        filedata.read_small_frame([(os.fsencode(tmp_path / "x"), 1, 0, 0, 0)], budget=0)
 
 
 class FifoSwapped(passthrough.Passthrough):
