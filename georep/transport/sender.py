@@ -802,8 +802,8 @@ class Sender:
             self.out.send(rest)
         await self._drain()
 
-    def _small_batch(self) -> list[int]:
-        """The items at the head of `need` that `_send_small` reads many at a time (maybe none).
+    def _small_batch(self) -> list[tuple[int, SourceEntry]]:
+        """The items at the head of `need` that `_send_small` reads many at a time (maybe none), with their entries.
 
         Listed as small, asked for whole (no block sums, no delta sent), and no lane ready
         to take them; the batch ends at the first item that is not so.
@@ -812,7 +812,7 @@ class Sender:
         need, inflight = self.need, self.inflight
         if not need or any(lane.ready for lane in self.lanes):
             return []
-        batch: list[int] = []
+        batch: list[tuple[int, SourceEntry]] = []
         listed = 0
         for seq in need:
             se = inflight[seq]
@@ -823,20 +823,15 @@ class Sender:
             listed += size
             if listed > SMALL_BATCH_BYTES and batch:
                 break
-            batch.append(seq)
+            batch.append((seq, se))
         for _ in batch:
             need.popleft()
         return batch
 
-    async def _send_small(self, batch: list[int], packer: BlobPacker) -> None:
+    async def _send_small(self, batch: list[tuple[int, SourceEntry]], packer: BlobPacker) -> None:
         """The data of the small files ``batch``: read straight into Blobs frames (`small_frames`)."""
 
-        items: list[tuple[int, SourceEntry]] = []
-        for seq in batch:
-            se = self.inflight[seq]
-            assert isinstance(se, SourceEntry)
-            items.append((seq, se))
-        for frame, settled in small_frames(items):
+        for frame, settled in small_frames(batch):
             for seq, se, found in settled:
                 self._answer_final.add(seq)
                 status = found[0]
