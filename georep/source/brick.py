@@ -41,7 +41,7 @@ from pathlib import Path
 
 from georep.errors import ChangelogFormatError, ChangelogsOff, NotABrick
 from georep.model import ROOT_ID
-from georep.source.changelog import ChangelogParser, HtimeIndex, Record, parse_htime
+from georep.source.changelog import ChangelogParser, HtimeEntry, HtimeIndex, Record, parse_htime
 
 VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
 HEADER_LEN = 51
@@ -275,8 +275,10 @@ class BrickJournal:
         self._fd_index = -1
         self._fd_ino = -1
         self._fed = 0  # file offset of the next byte to feed the current journal's parser
-        #: journals found overwritten by a later rollover of the same name (read live or lost)
+        #: journals found overwritten by a later rollover of the same name (read live or lost):
+        #: repeats of a name in HTIME, counted as the reader passes them
         self.overwritten = 0
+        self._counted_to = position.index  # HTIME entries before this one were looked at for repeats
         self._parser: ChangelogParser | None = None
 
     # -- HTIME ------------------------------------------------------------------------
@@ -370,6 +372,10 @@ class BrickJournal:
                     self._close_live()
                     self.position = Position(pos.htime, pos.index + 1, 0)
                     continue
+                if pos.index >= self._counted_to:
+                    self._counted_to = pos.index + 1
+                    if _repeats_earlier(idx.entries, pos.index):
+                        self.overwritten += 1  # GlusterFS's rollover bug struck (read live, or lost)
                 later = any(e.path == entry.path for e in idx.entries[pos.index + 1 :])
                 path = self._journal_path(entry.path, entry.ts)
                 fd, parser = self._fd, self._parser
@@ -393,8 +399,6 @@ class BrickJournal:
                         self._close_live()
                         self.position = Position(pos.htime, pos.index + 1, 0)
                         continue
-                if later:
-                    self.overwritten += 1  # GlusterFS's rollover bug struck (read live, or lost)
                 if later and not held:
                     self._gap(
                         f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} was overwritten by a later "
@@ -451,6 +455,24 @@ class BrickJournal:
 
     def close(self) -> None:
         self._close_live()
+
+
+def _repeats_earlier(entries: list[HtimeEntry], index: int) -> bool:
+    """Whether HTIME listed this entry's journal before: a rollover of the same name replaced it.
+
+    Why the repeat and not the first listing: a reader that follows the live journal has
+    read and passed the first listing before GlusterFS appended the second; both readers,
+    live or from history, pass the repeat.  A name is a second (``CHANGELOG.<ts>``), and
+    HTIME is in rollover order, so only the entries of the same second need a look.
+    """
+
+    entry = entries[index]
+    j = index - 1
+    while j >= 0 and entries[j].ts == entry.ts:
+        if entries[j].path == entry.path:
+            return True
+        j -= 1
+    return False
 
 
 def _ino(path: bytes) -> int:

@@ -146,6 +146,31 @@ def test_a_journal_overwritten_by_the_rollover_bug(brick: Path) -> None:
     assert "2026-11-24" in gap.describe()
 
 
+def test_an_overwritten_journal_is_counted_when_the_live_one_was_opened_late(brick: Path) -> None:
+    """The reader opened "the live journal" when GlusterFS had already renamed it away (not yet
+    listed in HTIME), then a rollover in the same second replaced it: a gap, and the rollover bug counted.
+
+    On a fast host a daemon following live meets this more often than the case above; it
+    was reported as a gap only, and the status never said the rollover bug had struck.
+    """
+
+    cl = brick / ".glusterfs" / "changelogs"
+    reader = BrickJournal(Brick(brick), None)
+    with open(cl / "CHANGELOG", "ab") as f:
+        f.write(_create(b"never-read"))
+    dst = cl / "2026" / "11" / "24" / "CHANGELOG.1795508000"
+    os.rename(cl / "CHANGELOG", dst)  # GlusterFS's rollover, before its HTIME append
+    (cl / "CHANGELOG").write_bytes(HEADER + _create(b"read-live"))
+    assert [r.name for r, _ in reader.poll()] == [b"read-live"]
+    with open(_htime(brick), "ab") as f:
+        f.write(b"/bricks/x/b1/.glusterfs/changelogs/2026/11/24/" + dst.name.encode() + b"\0")
+    _rollover(brick, 1795508000)  # same second, same name: what was read replaces what was not
+    assert [r.name for r, _ in reader.poll()] == [b"read-live"]  # again, from history: harmless
+    assert reader.overwritten == 1
+    (gap,) = reader.take_gaps()
+    assert "rolled over" in gap.reason
+
+
 def test_missing_journal_and_new_htime_are_gaps(brick: Path) -> None:
     cl = brick / ".glusterfs" / "changelogs"
     old = Position(_htime(brick).name, 0, 0)
