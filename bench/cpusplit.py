@@ -103,9 +103,10 @@ def table(results: dict[str, Split], cores: int) -> str:
     rows = []
     for name, split in results.items():
         med = split.medians()
-        rows.append([name, *(f"{med[c]:.2f}" for c in cols), f"{med['machine'] / cores:.2f}"])
+        rows.append([name, *(f"{med[c]:.2f}" for c in cols), f"{med['machine'] / cores:.2f}",
+                     " ".join(f"{w:.2f}" for w in split.wall)])
     return "\n".join(markdown_table(["contender", "wall s", "sender CPU s", "secondary CPU s", "proxy CPU s",
-                                      "machine CPU s", f"machine ÷ {cores} cores s"], rows))
+                                      "machine CPU s", f"machine ÷ {cores} cores s", "wall s, each round"], rows))
 
 
 def add_tree_options(p: argparse.ArgumentParser, rounds: int, each: str) -> None:

@@ -855,7 +855,15 @@ class Applier:
     def collect_writes(self, wait: bool) -> list[m.Result]:
         """Record the small files the worker finished (``wait``: all in flight); their results."""
 
-        results = [r for batch in self.writes.collect(wait) for r in self._record(batch)]
+        return self._collected(self.writes.collect(wait))
+
+    def collect_some_writes(self) -> list[m.Result]:
+        """Record the small files the worker finished, waiting for its oldest batch if none is; their results."""
+
+        return self._collected(self.writes.collect_some())
+
+    def _collected(self, batches: list[list[SmallJob]]) -> list[m.Result]:
+        results = [r for batch in batches for r in self._record(batch)]
         self.dirs.release(self.writes.collected if self.writes.busy else None)
         return results
 
@@ -1228,10 +1236,14 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
         while True:
             if applier is not None and applier.writes.busy and not (
                     _readable(in_fd) if hub is None else hub.wait(in_fd, 0) or hub.inbox):
-                # nothing to read: the files in flight are answered before this waits for more
-                written = applier.collect_writes(wait=True)
+                # nothing to read: the files written so far are answered (the worker writes on)
+                written = applier.collect_some_writes()
                 applier.index.commit_if_due()
                 _answers(session, applier, written, out)
+                if applier.writes.busy:  # more to collect before this may wait for the sender
+                    _write_all(out_fd, out)
+                    out.clear()
+                    continue
             _write_all(out_fd, out)
             out.clear()
             if applier is not None and applier.index.in_transaction and not (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +272,38 @@ def test_batches_are_collected_in_order_and_the_queue_is_bounded(places: Callabl
         assert not writes.busy
         assert sorted(os.listdir(p.parent)) == sorted(f"f{i}" for i in range(MAX_BATCHES))
     finally:
+        writes.close()
+
+
+def test_collect_some_answers_what_is_written_while_the_worker_writes_on(
+        places: Callable[[str], Place], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's reader, idle, takes the finished batches without waiting for the one being written."""
+
+    gate = threading.Event()
+    real = writer.write_batch
+
+    def gated(staging_fd: int, privileged: bool, batch: list[SmallJob]) -> None:
+        if batch[0].entry.name == b"slow":
+            gate.wait(30)  # the safety: a collect that waits for every batch would hang here
+        real(staging_fd, privileged, batch)
+
+    monkeypatch.setattr(writer, "write_batch", gated)
+    p = places("s")
+    writes = StagedWrites(p.staging, False)
+    try:
+        assert writes.collect_some() == []  # nothing in flight: nothing to wait for
+        writes.submit([job(p, b"fast", [[0, b"1"]], 1, tmp=b"t0")])
+        writes.submit([job(p, b"slow", [[0, b"2"]], 1, tmp=b"t1")])
+        started = time.monotonic()
+        first = writes.collect_some()
+        assert time.monotonic() - started < 10
+        assert [b[0].entry.name for b in first] == [b"fast"] and first[0][0].published
+        assert writes.busy and not gate.is_set()
+        gate.set()
+        assert [b[0].entry.name for b in writes.collect_some()] == [b"slow"]
+        assert not writes.busy and writes.collected == writes.submitted == 2
+    finally:
+        gate.set()
         writes.close()
 
 
