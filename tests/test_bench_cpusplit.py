@@ -15,9 +15,10 @@ def test_cpusplit_reports_each_side_of_both_contenders(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     rows = table_rows(r.stdout, {"georep-sync oneshot", "rsync -a"})
     assert set(rows) == {"georep-sync oneshot", "rsync -a"}, r.stdout
-    for name, (wall, sender, secondary, proxy, machine, per_core) in rows.items():
+    for name, (wall, sender, secondary, proxy, machine, per_core, each_round) in rows.items():
         assert wall > 0 and sender > 0 and secondary > 0 and machine > 0, (name, r.stdout)
         assert proxy >= 0 and per_core > 0, (name, r.stdout)
+        assert each_round == wall, (name, r.stdout)  # one round: its wall time is the median
     assert list(tmp_path.iterdir()) == []  # its work directory is gone
 
 
@@ -36,6 +37,7 @@ def test_cpusplit_compares_checkouts_in_turns(tmp_path: Path) -> None:
     rows = table_rows(r.stdout, {"one", "two", "rsync -a"})
     assert set(rows) == {"one", "two", "rsync -a"}, r.stdout
     assert all(row[0] > 0 and row[1] > 0 and row[2] > 0 for row in rows.values()), r.stdout
+    assert all(len(row) == 7 and row[6] == row[0] for row in rows.values()), r.stdout
 
 
 def test_cpusplit_refuses_a_checkout_that_is_not_one(tmp_path: Path) -> None:
