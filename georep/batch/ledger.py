@@ -66,6 +66,14 @@ _LEN = struct.Struct("<I")
 #: Writes between two commits (the ledger may lag the agent; a commit is never needed for safety).
 COMMIT_EVERY = 5000
 
+#: Names per query of `Ledger.look_ahead`, and answers it holds at most (a depth-first crawl
+#: reads ahead in every directory on its way down; past this, the older answers go).
+LOOKUP_CHUNK = 500
+AHEAD_MAX = 8192
+
+#: `Ledger._ahead`: what a name's row was when looked up ahead (None: no row)
+_Row = tuple[bytes, bytes | None] | None
+
 
 def meta_digest(e: Entry) -> bytes:
     """xxh3-128 of everything an entry carries to the secondary except its name."""
@@ -131,6 +139,8 @@ class Ledger:
         self._fresh = False
         self._fresh_names: list[tuple[bytes, bytes, bytes]] = []
         self._fresh_objects: list[tuple[bytes, int, bytes]] = []
+        #: (parent, name) → its row as `look_ahead` found it; valid until the next write
+        self._ahead: dict[tuple[bytes, bytes], _Row] = {}
 
     # -- trust ----------------------------------------------------------------------
 
@@ -152,6 +162,7 @@ class Ledger:
         # 0.13 s without it and 0.008 s to build it at the end)
         self._db.execute("DROP INDEX IF EXISTS names_by_id")
         self.commit()
+        self._ahead.clear()
         self._fresh = True
 
     def settle(self) -> None:
@@ -206,10 +217,14 @@ class Ledger:
         if e.id == e.parent:  # the root: no name, only metadata
             root = self._db.execute("SELECT meta FROM objects WHERE id=?", (e.id,)).fetchone()
             return Verdict.SAME if root is not None and bytes(root[0]) == meta_digest(e) else Verdict.CHANGED
-        row = self._db.execute(
-            "SELECT n.id, o.meta FROM names n LEFT JOIN objects o ON o.id = n.id WHERE n.parent=? AND n.name=?",
-            (e.parent, e.name),
-        ).fetchone()
+        key = (e.parent, e.name)
+        if key in self._ahead:
+            row = self._ahead.pop(key)
+        else:
+            row = self._db.execute(
+                "SELECT n.id, o.meta FROM names n LEFT JOIN objects o ON o.id = n.id WHERE n.parent=? AND n.name=?",
+                (e.parent, e.name),
+            ).fetchone()
         digest = meta_digest(e)
         if row is not None and bytes(row[0]) == e.id and row[1] is not None and bytes(row[1]) == digest:
             return Verdict.SAME
@@ -218,6 +233,30 @@ class Ledger:
             if obj is not None and bytes(obj[0]) == digest:
                 return Verdict.MOVED
         return Verdict.NEW if row is None else Verdict.CHANGED
+
+    def look_ahead(self, parent: bytes, names: list[bytes]) -> None:
+        """Look up the rows of ``names`` in ``parent`` in one go, for the `verdict` of each to come.
+
+        Why: a rerun that finds nothing changed is the crawl and one verdict per entry, and
+        one query per entry was a fifth of it (py-spy, 20,000 files: `verdict` 21 % of the
+        sender's samples); one query per few hundred names costs a fraction.  An answer is
+        used once, and every write to the ledger drops them all (`_wrote`, `_flush_fresh`,
+        `forget`): a verdict sees what a query made at its own time would see.
+        """
+
+        self._flush_fresh()
+        if len(self._ahead) + len(names) > AHEAD_MAX:
+            self._ahead.clear()
+        ahead = self._ahead
+        for i in range(0, len(names), LOOKUP_CHUNK):
+            part = names[i:i + LOOKUP_CHUNK]
+            for name in part:
+                ahead[(parent, name)] = None
+            marks = ",".join("?" * len(part))
+            for name, oid, meta in self._db.execute(
+                    f"SELECT n.name, n.id, o.meta FROM names n LEFT JOIN objects o ON o.id = n.id "
+                    f"WHERE n.parent=? AND n.name IN ({marks})", (parent, *part)):
+                ahead[(parent, bytes(name))] = (oid, meta)
 
     def holds(self, oid: bytes, parent: bytes, name: bytes) -> bool:
         """Whether ``parent/name`` is recorded as a name of ``oid``."""
@@ -298,6 +337,7 @@ class Ledger:
         """
 
         if self._fresh_objects or self._fresh_names:
+            self._ahead.clear()
             self._db.executemany("INSERT OR REPLACE INTO names(parent, name, id) VALUES (?,?,?)", self._fresh_names)
             self._db.executemany("INSERT OR REPLACE INTO objects(id, kind, meta) VALUES (?,?,?)", self._fresh_objects)
             self._fresh_names, self._fresh_objects = [], []
@@ -335,6 +375,7 @@ class Ledger:
                 self._wrote()
 
     def _wrote(self) -> None:
+        self._ahead.clear()  # (every write of names and objects ends here)
         self._writes += 1
         if self._writes >= COMMIT_EVERY:
             self.commit()
@@ -372,6 +413,9 @@ class Rerun:
             yield Moved(se) if verdict is Verdict.MOVED else se
 
     # -- ListingObserver ------------------------------------------------------------------
+
+    def ahead(self, did: bytes, names: list[bytes]) -> None:
+        self.ledger.look_ahead(did, names)
 
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
         if not self.ledger.holds(oid, parent, name):

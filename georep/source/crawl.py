@@ -133,6 +133,12 @@ def make_entry(oid: bytes, parent: bytes, name: bytes, path: bytes, st: os.stat_
 class ListingObserver(Protocol):
     """Told what each directory listing held (`georep.batch.ledger` finds removals with it)."""
 
+    def ahead(self, did: bytes, names: list[bytes]) -> None:
+        """Directory ``did`` listed ``names``; the entries of those that are replicable follow.
+
+        For lookups in bulk (`georep.batch.ledger.Ledger.look_ahead`); told before the entries.
+        """
+
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
         """A further name of a hard-linked inode, listed but not yielded (it is sent as a link)."""
 
@@ -266,6 +272,8 @@ class Crawler:
             listing.failed = True
         if not self.brick and ahead:
             listing.ids = self.store.ids_for(listing.dev, [de.inode() for de in ahead])
+        if self.observer is not None and ahead:
+            self.observer.ahead(listing.id, [de.name for de in ahead])
 
 
 @dataclass(slots=True)
@@ -291,6 +299,9 @@ class _Recorder:
 
     def __init__(self, queue: deque[SourceEntry | Callable[[ListingObserver], None]]) -> None:
         self._queue = queue
+
+    def ahead(self, did: bytes, names: list[bytes]) -> None:
+        self._queue.append(lambda o: o.ahead(did, names))
 
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
         self._queue.append(lambda o: o.deferred(oid, parent, name))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from georep.batch.ledger import Ledger, Verdict, meta_digest
 from georep.errors import DaemonRunning
@@ -182,3 +184,104 @@ def test_settle_writes_ahead_and_seal_still_decides(ledger: Ledger) -> None:
         reader.close()
     assert ledger.token == b"t" * 16
     assert ledger.verdict(entry(B, ROOT_ID, b"h")) is Verdict.MOVED  # found by id
+
+
+# -- look_ahead: the verdicts of a rerun from one query per few hundred names ---------------------
+
+_IDS = (A, B, C, D)
+_PARENTS = (ROOT_ID, D)
+_NAMES = (b"a", b"b", b"c")
+
+
+def _some_entry(oid: bytes, parent: bytes, name: bytes, mtime: int, kind: Kind) -> Entry:
+    return entry(oid, parent, name, kind, mtime=mtime)
+
+
+_entries = st.builds(_some_entry, st.sampled_from(_IDS), st.sampled_from(_PARENTS), st.sampled_from(_NAMES),
+                     st.integers(1, 2), st.sampled_from((Kind.FILE, Kind.DIR)))
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("entry_done"), _entries),
+    st.tuples(st.just("link_done"), st.sampled_from(_IDS), st.sampled_from(_PARENTS), st.sampled_from(_NAMES)),
+    st.tuples(st.just("remove_done"), st.sampled_from(_IDS), st.sampled_from(_PARENTS), st.sampled_from(_NAMES)),
+    st.tuples(st.just("gc")),
+    st.tuples(st.just("look_ahead"), st.sampled_from(_PARENTS), st.lists(st.sampled_from(_NAMES), unique=True)),
+    st.tuples(st.just("verdict"), _entries),
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops)
+def test_look_ahead_changes_how_a_verdict_is_found_never_what_it_is(tmp_path_factory: pytest.TempPathFactory,
+                                                                    ops: list[tuple[object, ...]]) -> None:
+    where = tmp_path_factory.mktemp("ahead")
+    plain, ahead = (Ledger(where / name, b"/src", "ssh://h/dst", "") for name in ("plain", "ahead"))
+    try:
+        for op in ops:
+            if op[0] == "look_ahead":
+                ahead.look_ahead(op[1], list(op[2]))  # type: ignore[arg-type]
+            elif op[0] == "verdict":
+                assert ahead.verdict(op[1]) is plain.verdict(op[1])  # type: ignore[arg-type]
+            else:
+                for led in (plain, ahead):
+                    getattr(led, str(op[0]))(*op[1:])
+    finally:
+        plain.close()
+        ahead.close()
+
+
+def _queries(ledger: Ledger) -> list[str]:
+    """The statements ``ledger`` runs from now on (SQLite gives them with their parameters in place)."""
+
+    seen: list[str] = []
+    ledger._db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_verdicts_looked_up_ahead_need_no_query_of_their_own(ledger: Ledger) -> None:
+    names = [b"f%d" % i for i in range(1200)]  # more than one query's worth
+    for i, name in enumerate(names[:1000]):
+        ledger.entry_done(entry(bytes([1 + i % 200, i // 200]) * 8, ROOT_ID, name))
+    ledger.commit()
+    seen = _queries(ledger)
+    ledger.look_ahead(ROOT_ID, names)
+    assert len([q for q in seen if q.startswith("SELECT")]) == 3  # 500 names per query
+    seen.clear()
+    verdicts = [ledger.verdict(entry(bytes([1 + i % 200, i // 200]) * 8, ROOT_ID, name))
+                for i, name in enumerate(names)]
+    assert verdicts == [Verdict.SAME] * 1000 + [Verdict.NEW] * 200
+    assert [q for q in seen if " AND n.name=" in q] == []  # no per-entry query
+    assert len([q for q in seen if "FROM objects WHERE id=" in q]) == 200  # NEW: is it a rename? (as before)
+    seen.clear()
+    ledger.verdict(entry(A, ROOT_ID, names[0]))  # an answer serves once: asked again, it is looked up
+    assert len([q for q in seen if " AND n.name=" in q]) == 1
+
+
+@pytest.mark.parametrize("write", ["entry_done", "link_done", "remove_done", "gc", "forget"])
+def test_every_write_drops_the_answers_looked_up_ahead(ledger: Ledger, write: str) -> None:
+    """Each write below changes the verdict of a name looked up ahead: the verdict follows the write."""
+
+    ledger.entry_done(entry(A, ROOT_ID, b"f"))
+    ledger.entry_done(entry(B, ROOT_ID, b"g", nlink=2))
+    ledger.look_ahead(ROOT_ID, [b"f", b"g", b"h"])
+    if write == "entry_done":
+        ledger.entry_done(entry(C, ROOT_ID, b"h"))
+        assert ledger.verdict(entry(C, ROOT_ID, b"h")) is Verdict.SAME  # was NEW when looked up
+    elif write == "link_done":
+        ledger.link_done(B, ROOT_ID, b"h")
+        assert ledger.verdict(entry(B, ROOT_ID, b"h", nlink=2)) is Verdict.SAME
+    elif write == "remove_done":
+        ledger.remove_done(A, ROOT_ID, b"f")
+        assert ledger.verdict(entry(A, ROOT_ID, b"f")) is Verdict.MOVED  # the object is known, the name not
+    elif write == "gc":
+        ledger.entry_done(entry(D, ROOT_ID, b"dir", Kind.DIR))
+        ledger.entry_done(entry(C, D, b"below"))
+        ledger.remove_done(D, ROOT_ID, b"dir")
+        ledger.look_ahead(D, [b"below"])
+        ledger.gc()  # the directory is gone, and what was below it
+        assert ledger.verdict(entry(C, D, b"below")) is Verdict.NEW
+    else:
+        ledger.forget()
+        assert ledger.verdict(entry(B, ROOT_ID, b"g", nlink=2)) is Verdict.NEW
+        ledger.look_ahead(ROOT_ID, [b"f"])
+        ledger.entry_done(entry(A, ROOT_ID, b"f", mtime=9))  # held for the rebuild, written at the verdict
+        assert ledger.verdict(entry(A, ROOT_ID, b"f", mtime=9)) is Verdict.SAME

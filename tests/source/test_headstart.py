@@ -27,6 +27,9 @@ class Log:
     def __init__(self, log: list[Event]) -> None:
         self.log = log
 
+    def ahead(self, did: bytes, names: list[bytes]) -> None:
+        self.log.append(("ahead", did, tuple(names)))
+
     def deferred(self, oid: bytes, parent: bytes, name: bytes) -> None:
         self.log.append(("deferred", oid, parent, name))
 
@@ -78,7 +81,7 @@ def test_the_same_entries_and_observer_calls_in_the_same_order(tmp_path: Path, s
                                                                 limit: int) -> None:
     root = _tree(tmp_path / "tree")
     expected, count = _plain(root, store)  # also gives every inode its id: both crawls see the same ids
-    assert any(e[0] == "deferred" for e in expected) and any(e[0] == "listed" for e in expected)
+    assert all(any(e[0] == kind for e in expected) for kind in ("ahead", "deferred", "listed"))
 
     log: list[Event] = []
     crawler = Crawler(os.fsencode(root), store)
@@ -89,6 +92,24 @@ def test_the_same_entries_and_observer_calls_in_the_same_order(tmp_path: Path, s
     _consume(head.entries(Log(log)), log)
     assert log == expected
     assert crawler.count == count
+
+
+def test_every_entry_is_announced_ahead_by_its_directory_first(tmp_path: Path, store: IdStore) -> None:
+    """`ahead` names a directory's names before their entries come, a read-ahead at a time."""
+
+    root = _tree(tmp_path / "tree")
+    log, _ = _plain(root, store)
+    announced: set[tuple[object, object]] = set()
+    entries = 0
+    for e in log:
+        if e[0] == "ahead":
+            assert isinstance(e[2], tuple) and 0 < len(e[2]) <= READ_AHEAD
+            announced.update((e[1], name) for name in e[2])
+        elif e[0] == "entry" and e[3] != b"":  # (the root has no name, no directory to list it)
+            assert (e[2], e[3]) in announced
+            entries += 1
+    assert entries == sum(1 for e in log if e[0] == "entry") - 1
+    assert sum(1 for e in log if e[0] == "ahead" and e[1] == log[0][1]) >= 1  # the root's names too
 
 
 def test_without_an_observer_the_queued_calls_are_dropped(tmp_path: Path, store: IdStore) -> None:
