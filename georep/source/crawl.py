@@ -290,8 +290,11 @@ class _Listing:
     ids: dict[int, bytes] = field(default_factory=dict)
 
 
-#: Entries a head start may hold before the connection is up (about 0.5 KiB each).
-HEAD_START_LIMIT = 16_384
+#: Entries a head start may hold before the connection is up (about 0.5 KiB each: 16 MiB at
+#: most).  Why this many: at 16,384 a rerun of 20,000 files reached the limit before the
+#: connection stood and then waited; at 32,768 the whole crawl is done meanwhile (no-change
+#: reruns over SSH, in turns: 0.738 -> 0.673 s median of 12, peak RSS 57.8 -> 59.8 MiB).
+HEAD_START_LIMIT = 32_768
 
 
 class _Recorder:
