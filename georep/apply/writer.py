@@ -29,6 +29,7 @@ import collections
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from georep import accelerators
@@ -146,14 +147,7 @@ class StagedWrites:
     def collect(self, wait: bool) -> list[list[SmallJob]]:
         """The batches finished, oldest first; ``wait``: all of them, waiting for the worker."""
 
-        with self._lock:
-            if wait:
-                self._lock.wait_for(lambda: len(self._done) == self._open)
-            out = list(self._done)
-            self._done.clear()
-            self._open -= len(out)
-            self.collected += len(out)
-        return out
+        return self._take_done(lambda: not wait or len(self._done) == self._open)
 
     def collect_some(self) -> list[list[SmallJob]]:
         """The batches finished, oldest first, waiting for the oldest if none is (at least one).
@@ -165,8 +159,13 @@ class StagedWrites:
         reader spent a quarter of the copy in that wait, the worker a sixth idle).
         """
 
+        return self._take_done(lambda: bool(self._done) or not self._open)
+
+    def _take_done(self, ready: Callable[[], bool]) -> list[list[SmallJob]]:
+        """Once ``ready()`` holds (under the lock), every finished batch, oldest first."""
+
         with self._lock:
-            self._lock.wait_for(lambda: bool(self._done) or not self._open)
+            self._lock.wait_for(ready)
             out = list(self._done)
             self._done.clear()
             self._open -= len(out)
