@@ -65,7 +65,8 @@ def channel_opener(args: argparse.Namespace) -> Callable[[], Awaitable[Channel]]
 
     secondary: str = args.secondary
     if secondary.startswith("ssh://"):
-        from georep.transport.ssh import SshTarget, open_ssh
+        from georep.transport.dial import SshTarget
+        from georep.transport.ssh import open_ssh
 
         target = SshTarget.parse(secondary)
 

@@ -32,6 +32,10 @@ def _dispatch(argv: list[str]) -> Callable[[list[str]], int]:
         from georep.cli import demo
 
         return demo.run
+    # a copy to an ssh:// secondary starts its TCP connection now, while it imports the rest
+    from georep.transport.dial import start_early
+
+    start_early(argv)
     from georep.cli import oneshot
 
     return oneshot.run

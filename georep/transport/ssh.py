@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes.util
-import getpass
 import importlib.util
 import os
 import re
 import shlex
+import socket
 import struct
 import subprocess
 import sys
@@ -26,12 +26,11 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable, UsageError
+from georep.errors import ConnectionLost, HostKeyChanged, HostKeyUnknown, SshAuthFailed, SshUnreachable
 from georep.transport.channel import STDERR_KEEP, JoinedChannel
+from georep.transport.dial import CLIENT_VERSION, VERSION_LINE, SshTarget, take_early
 
 
 @contextlib.contextmanager
@@ -146,34 +145,6 @@ CIPHERS = [
     "aes128-ctr",
     "aes256-ctr",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class SshTarget:
-    user: str
-    host: str
-    port: int
-    path: str
-
-    @classmethod
-    def parse(cls, url: str) -> SshTarget:
-        parts = urlsplit(url)
-        if parts.scheme != "ssh" or not parts.hostname:
-            raise UsageError(f"not an ssh:// URL: {url}", hint="use ssh://[user@]host[:port]/absolute/path")
-        path = unquote(parts.path)
-        if not path.startswith("/") or path == "/":
-            raise UsageError(f"the secondary path in {url} must be absolute and not '/'",
-                             hint="use ssh://[user@]host[:port]/absolute/path")
-        try:
-            port = parts.port or 22
-        except ValueError:
-            raise UsageError(f"bad port in {url}") from None
-        return cls(unquote(parts.username) if parts.username else getpass.getuser(), parts.hostname, port, path)
-
-    @property
-    def display(self) -> str:
-        host = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
-        return f"{self.user}@{host}"
 
 
 def default_known_hosts() -> Path:
@@ -421,6 +392,29 @@ class SessionInFlight:
             self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+def version_sent_ahead(conn: asyncssh.SSHClientConnection, line: bytes) -> None:
+    """asyncssh's first step on a socket where `georep.transport.dial` sent the version line already.
+
+    asyncssh sends its version line as soon as the connection is made (``_send_version``,
+    called right after this client's ``connection_made``).  On a socket dialled early that
+    line left before asyncssh was imported, and a second one would reach the server as the
+    first binary packet and end the connection.  So the line is recorded as asyncssh would
+    (the key exchange hashes it) and nothing is sent.  Only where asyncssh still starts that
+    way (`VERSION_AHEAD`); otherwise `open_ssh` does not use the early socket.
+    """
+
+    version = line.removesuffix(b"\r\n")
+
+    def send_version() -> None:
+        if b"SSH-2.0-" + conn._version != version:  # told CLIENT_VERSION, as the line sent
+            raise asyncssh.ProtocolError(f"version line sent ahead {version!r} is not asyncssh's")
+        conn.logger.debug1("Sent version %s ahead (georep.transport.dial)", version)
+        conn._client_version = version
+        conn.set_extra_info(client_version=version.decode("ascii"))
+
+    conn._send_version = send_version  # type: ignore[method-assign]
+
+
 class _PublicKeyFirst(asyncssh.SSHClient):
     """Starts authentication with a public key, not with asyncssh's ``none`` request.
 
@@ -429,16 +423,20 @@ class _PublicKeyFirst(asyncssh.SSHClient):
     none is accepted), ``none`` is still tried after them, and the server's answer lists its
     methods as before.  Only when asyncssh's connection starts as it does today.
 
+    On a socket dialled early its connection sends no version line (`version_sent_ahead`).
     Its connection also sends its packets through `our_send_packet`, its first
     authentication request at once (`UserauthInFlight`) and, behind the last key's request,
     the open of the session that runs ``command`` (`SessionInFlight`).
     """
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, early: socket.socket | None = None) -> None:
         self.session: SessionInFlight | None = None
         self._command = command
+        self._early = early  # dialled by georep.transport.dial, its version line sent
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        if self._early is not None:
+            version_sent_ahead(conn, VERSION_LINE)
         methods = getattr(conn, "_auth_methods", None)
         if SIGNED_FIRST and methods == [b"none"]:
             conn._auth_methods = [b"publickey", b"none"]
@@ -459,6 +457,8 @@ class _PublicKeyFirst(asyncssh.SSHClient):
     def abandon(self) -> None:
         if self.session is not None:
             self.session.abandon()
+        if self._early is not None:  # if asyncssh did not take it over (closing twice does no harm)
+            self._early.close()
 
 
 _EMPTY_IGNORE = (String(b""),)
@@ -610,6 +610,8 @@ USERAUTH_IN_FLIGHT = SIGNED_FIRST and UserauthInFlight.fits()
 SESSION_IN_FLIGHT = SIGNED_FIRST and SessionInFlight.fits()
 #: Whether channel data on AES-GCM goes through `GcmDataPackets`.
 GCM_DATA_PACKETS = GcmDataPackets.fits()
+#: Whether a socket dialled early, its version line sent, can be handed to asyncssh (`version_sent_ahead`).
+VERSION_AHEAD = callable(getattr(asyncssh.SSHClientConnection, "_send_version", None))
 
 
 class _Unsent:
@@ -822,12 +824,19 @@ async def open_ssh(
     known = _known_hosts(kh_path)
     client_keys: list[str] | tuple[()] = [str(p) for p in identities] if identities else ()
     command = shlex.join([*shlex.split(remote_command), "agent", target.path])
-    client = _PublicKeyFirst(command)
     t0 = time.monotonic()
+    # the TCP connection and the version line, dialled while this process imported asyncssh
+    sock = take_early(target.host, target.port, connect_timeout)
+    if sock is not None and not VERSION_AHEAD:
+        sock.close()
+        sock = None
+    client = _PublicKeyFirst(command, sock)
     try:
         conn = await asyncssh.connect(
             target.host,
             target.port,
+            sock=sock,
+            client_version=CLIENT_VERSION,
             username=target.user,
             known_hosts=known,
             client_keys=client_keys,
@@ -850,7 +859,9 @@ async def open_ssh(
     except BaseException:
         client.abandon()
         raise
-    connect_s = time.monotonic() - t0  # before the agent's session: its exec adds a round trip or two
+    # before the agent's session (its exec adds a round trip or two); on a socket dialled
+    # early, without the TCP handshake and the version lines, done while asyncssh was imported
+    connect_s = time.monotonic() - t0
     try:
         proc = await client.process(conn)
     except BaseException:  # refused, or the run gave up on it (cancelled): the connection goes too
