@@ -1,4 +1,5 @@
-"""Micro-benchmarks of the brick-journal and batch stages: journal parsing (records/s), coalescing (changes/s).
+"""Micro-benchmarks of the brick-journal and batch stages: journal parsing (records/s), catching up on a
+day of rolled-over journals (journals/s), coalescing (changes/s).
 
 Run with ``python -m pytest bench/test_micro_batch.py --benchmark-enable -s`` (the rates are
 printed; ``python -m bench`` puts them in its report).  Under the repository's default
@@ -11,9 +12,12 @@ Each benchmark declares its unit of work in ``benchmark.extra_info`` (``unit``,
 
 from __future__ import annotations
 
+import os
 import random
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
@@ -21,6 +25,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from georep.batch.changes import Change, Create, Data, JournalConverter, Meta, Rename, Rmdir, Unlink
 from georep.batch.coalesce import Coalescer
 from georep.model import ROOT_ID, Kind
+from georep.source.brick import Brick, BrickJournal, Position
 from georep.source.changelog import ChangelogParser
 
 HEADER = b"GlusterFS Changelog | version: v1.2 | encoding : 2\n"
@@ -95,6 +100,47 @@ def test_journal_parse_live_reads(benchmark: BenchmarkFixture, journal: bytes) -
 
     assert benchmark(run) == RECORDS
     _report(benchmark, "journal parsing (64 KiB reads), records", RECORDS)
+
+
+#: A day of rollovers at GlusterFS's default changelog.rollover-time (15 s).
+DAY_OF_JOURNALS = 5_760
+
+
+@pytest.fixture(scope="module")
+def day_of_journals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A brick whose HTIME lists a day of rolled-over journals, one record each, in their dated directories."""
+
+    root = tmp_path_factory.mktemp("catch-up") / "brick"
+    cl = root / ".glusterfs" / "changelogs"
+    (cl / "htime").mkdir(parents=True)
+    os.setxattr(root, "trusted.glusterfs.volume-id", bytes.fromhex("e05d581f8dd64a93b4307cfac1224f37"))
+    record = (b"E8ff7fd0e-6a65-46fa-b999-69a9d648b7c0\x0023\x0033188\x000\x000\x00"
+              b"00000000-0000-0000-0000-000000000001/name\x00")
+    listed = []
+    for i in range(DAY_OF_JOURNALS):
+        ts = 1_795_500_000 + 15 * i
+        day = time.strftime("%Y/%m/%d", time.gmtime(ts))
+        (cl / day).mkdir(parents=True, exist_ok=True)
+        (cl / day / f"CHANGELOG.{ts}").write_bytes(HEADER + record)
+        listed.append(b"/bricks/b1/.glusterfs/changelogs/%s/CHANGELOG.%d\0" % (day.encode(), ts))
+    (cl / "htime" / "HTIME.1795500000").write_bytes(b"".join(listed))
+    (cl / "CHANGELOG").write_bytes(HEADER)
+    return root
+
+
+def test_journal_catch_up_a_day(benchmark: BenchmarkFixture, day_of_journals: Path) -> None:
+    """A daemon back after a day away: every journal HTIME lists, read from history (georep.source.htime)."""
+
+    _declare(benchmark, "journals", DAY_OF_JOURNALS)
+
+    def run() -> int:
+        j = BrickJournal(Brick(day_of_journals), Position("HTIME.1795500000", 0, 0))
+        n = sum(1 for _ in j.poll())
+        j.close()
+        return n
+
+    assert benchmark(run) == DAY_OF_JOURNALS
+    _report(benchmark, "catching up on a day of journals, journals", DAY_OF_JOURNALS)
 
 
 def _rsync_like(n: int) -> list[Change]:

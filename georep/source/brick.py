@@ -41,7 +41,8 @@ from pathlib import Path
 
 from georep.errors import ChangelogFormatError, ChangelogsOff, NotABrick
 from georep.model import ROOT_ID
-from georep.source.changelog import ChangelogParser, HtimeEntry, HtimeIndex, Record, parse_htime
+from georep.source.changelog import ChangelogParser, Record
+from georep.source.htime import HtimeTail
 
 VOLUME_ID_XATTR = "trusted.glusterfs.volume-id"
 HEADER_LEN = 51
@@ -262,14 +263,16 @@ class BrickJournal:
         htime = self._latest_htime()
         if htime is None:
             raise ChangelogsOff(f"no HTIME index under {os.fsdecode(self.htime_dir)}")
-        self._htime_name = htime
-        self._index_cache: tuple[int, HtimeIndex] | None = None
-        if position is None:
-            position = Position(htime, len(self._htime().entries), 0)
-        elif position.htime != htime:
+        if position is not None and position.htime != htime:
             self._gap(f"changelog was turned off and on again (new index {htime}, saved {position.htime})",
                       self._ts_of(position.htime), self._ts_of(htime))
             position = Position(htime, 0, 0)
+        self._htime = HtimeTail(os.path.join(self.htime_dir, htime.encode()),
+                                None if position is None else position.index)
+        self._htime.refresh()
+        if position is None:  # from the live journal on
+            position = Position(htime, self._htime.listed, 0)
+        self._htime.passed(position.index)
         self.position = position
         self._fd: int | None = None
         self._fd_index = -1
@@ -297,17 +300,6 @@ class BrickJournal:
         tail = htime.partition(".")[2]
         return int(tail) if tail.isdigit() else None
 
-    def _htime(self) -> HtimeIndex:
-        path = os.path.join(self.htime_dir, self._htime_name.encode())
-        st = os.stat(path)
-        if self._index_cache is not None and self._index_cache[0] == st.st_size:
-            return self._index_cache[1]
-        with open(path, "rb") as f:
-            data = f.read()
-        idx = parse_htime(os.fsdecode(path), data)
-        self._index_cache = (len(data) - len(idx.partial), idx)
-        return idx
-
     def _gap(self, reason: str, since: int | None, until: int | None) -> None:
         self.gaps.append(Gap(reason, since, until))
 
@@ -315,10 +307,9 @@ class BrickJournal:
         gaps, self.gaps = self.gaps, []
         return gaps
 
-    def _journal_path(self, htime_path: bytes, ts: int) -> bytes:
-        """Where a rolled-over journal lives on this brick (HTIME holds the brick's old path)."""
+    def _journal_path(self, base: bytes, ts: int) -> bytes:
+        """Where a rolled-over journal lives on this brick (by its name: HTIME holds the brick's old path)."""
 
-        base = htime_path.rpartition(b"/")[2]
         dated = os.path.join(self.brick.changelogs, time.strftime("%Y/%m/%d", time.gmtime(ts)).encode(), base)
         if os.path.exists(dated):
             return dated
@@ -363,21 +354,24 @@ class BrickJournal:
     def poll(self) -> Iterator[tuple[Record, Position]]:
         """Every record available now, each with the position just past it."""
 
+        htime = self._htime
         while True:
-            idx = self._htime()
+            htime.refresh()
             pos = self.position
-            if pos.index < len(idx.entries):
-                entry = idx.entries[pos.index]
+            htime.passed(pos.index)
+            if pos.index < htime.listed:
+                entry = htime.entry(pos.index)
                 if entry.empty:
                     self._close_live()
                     self.position = Position(pos.htime, pos.index + 1, 0)
                     continue
                 if pos.index >= self._counted_to:
                     self._counted_to = pos.index + 1
-                    if _repeats_earlier(idx.entries, pos.index):
+                    if entry.repeat:
                         self.overwritten += 1  # GlusterFS's rollover bug struck (read live, or lost)
-                later = any(e.path == entry.path for e in idx.entries[pos.index + 1 :])
-                path = self._journal_path(entry.path, entry.ts)
+                later = htime.listed_again(pos.index)
+                path = self._journal_path(entry.name, entry.ts)
+                since = htime.entry(pos.index - 1).ts if pos.index > 0 else None
                 fd, parser = self._fd, self._parser
                 # the live journal we hold *is* journal number pos.index, whatever its name
                 # holds now: a later rollover may have renamed another journal over it
@@ -391,9 +385,9 @@ class BrickJournal:
                         # crawl repairs it) and read on from history; records seen twice are
                         # harmless, every change is applied as the brick has it now.
                         self._gap(
-                            f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} rolled over while it was "
+                            f"journal {os.fsdecode(entry.name)} rolled over while it was "
                             "being opened (GlusterFS rolls over several times a second at rollover-time 1)",
-                            idx.entries[pos.index - 1].ts if pos.index > 0 else None,
+                            since,
                             entry.ts,
                         )
                         self._close_live()
@@ -401,9 +395,9 @@ class BrickJournal:
                         continue
                 if later and not held:
                     self._gap(
-                        f"journal {os.fsdecode(entry.path.rpartition(b'/')[2])} was overwritten by a later "
+                        f"journal {os.fsdecode(entry.name)} was overwritten by a later "
                         "rollover of the same name (changelog.rollover-time too low; set it to 2 or more)",
-                        idx.entries[pos.index - 1].ts if pos.index > 0 else None,
+                        since,
                         entry.ts,
                     )
                     self._close_live()
@@ -414,8 +408,7 @@ class BrickJournal:
                     try:
                         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                     except FileNotFoundError:
-                        self._gap(f"journal {os.fsdecode(path)} listed in HTIME is missing",
-                                  idx.entries[pos.index - 1].ts if pos.index > 0 else None, entry.ts)
+                        self._gap(f"journal {os.fsdecode(path)} listed in HTIME is missing", since, entry.ts)
                         self.position = Position(pos.htime, pos.index + 1, 0)
                         continue
                     parser = self._new_parser(os.fsdecode(path), fd, pos.offset)
@@ -437,7 +430,8 @@ class BrickJournal:
                     fd = os.open(live, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     return
-                if len(self._htime().entries) != pos.index:
+                htime.refresh()
+                if htime.listed != pos.index:
                     os.close(fd)  # a rollover happened meanwhile: take it from history first
                     continue
                 self._fd, self._fd_index, self._fd_ino = fd, pos.index, os.fstat(fd).st_ino
@@ -455,24 +449,6 @@ class BrickJournal:
 
     def close(self) -> None:
         self._close_live()
-
-
-def _repeats_earlier(entries: list[HtimeEntry], index: int) -> bool:
-    """Whether HTIME listed this entry's journal before: a rollover of the same name replaced it.
-
-    Why the repeat and not the first listing: a reader that follows the live journal has
-    read and passed the first listing before GlusterFS appended the second; both readers,
-    live or from history, pass the repeat.  A name is a second (``CHANGELOG.<ts>``), and
-    HTIME is in rollover order, so only the entries of the same second need a look.
-    """
-
-    entry = entries[index]
-    j = index - 1
-    while j >= 0 and entries[j].ts == entry.ts:
-        if entries[j].path == entry.path:
-            return True
-        j -= 1
-    return False
 
 
 def _ino(path: bytes) -> int:

@@ -474,13 +474,13 @@ class HtimeIndex(NamedTuple):
     partial: bytes
 
 
-def parse_htime(name: str, data: bytes) -> HtimeIndex:
+def parse_htime(name: str, data: bytes, start: int = 0) -> HtimeIndex:
     """Parse the content of ``htime/HTIME.<ts>`` (NUL-terminated absolute paths).
 
     Pure: the caller reads the file.  A path that is not absolute or whose basename is
     not ``CHANGELOG.<ts>``/``changelog.<ts>`` raises `ChangelogFormatError` with its
-    offset; the incomplete last path of a file being appended to is returned as
-    ``partial``, not dropped.
+    offset (``start``: where ``data`` starts in the file, for a piece read as it grew); the
+    incomplete last path of a file being appended to is returned as ``partial``, not dropped.
     """
 
     last = data.rfind(b"\0")
@@ -489,7 +489,7 @@ def parse_htime(name: str, data: bytes) -> HtimeIndex:
     seen: set[bytes] = set()
     dups: list[bytes] = []
     dup_set: set[bytes] = set()
-    off = 0
+    off = start
     if last >= 0:
         for path in body.split(b"\0"):
             base = path.rpartition(b"/")[2]

@@ -171,6 +171,44 @@ def test_an_overwritten_journal_is_counted_when_the_live_one_was_opened_late(bri
     assert "rolled over" in gap.reason
 
 
+def test_a_journal_overwritten_after_the_clock_stepped_back(brick: Path) -> None:
+    """The same name listed again, not next to the first listing: the clock went back over that second.
+
+    The second rollover of that name replaced the first journal; read from history, the first is a gap.
+    """
+
+    cl = brick / ".glusterfs" / "changelogs"
+    before = BrickJournal(Brick(brick), None).position
+    with open(cl / "CHANGELOG", "ab") as f:
+        f.write(_create(b"replaced"))
+    _rollover(brick, 1795509000)
+    with open(cl / "CHANGELOG", "ab") as f:
+        f.write(_create(b"in-between"))
+    _rollover(brick, 1795509060)
+    with open(cl / "CHANGELOG", "ab") as f:
+        f.write(_create(b"after-the-step"))
+    _rollover(brick, 1795509000)  # a minute back: the same name, renamed over the first journal
+    reader = BrickJournal(Brick(brick), before)
+    assert [r.name for r, _ in reader.poll()] == [b"in-between", b"after-the-step"]
+    (gap,) = reader.take_gaps()
+    assert "overwritten" in gap.reason and gap.until == 1795509000
+
+
+def test_a_long_history_is_held_only_ahead_of_the_reader(brick: Path) -> None:
+    """After catching up on 3,000 journals the reader holds the listing it stands after, not 3,000."""
+
+    cl = brick / ".glusterfs" / "changelogs"
+    start = BrickJournal(Brick(brick), None).position
+    for k in range(3000):
+        with open(cl / "CHANGELOG", "ab") as f:
+            f.write(_create(b"f%d" % k))
+        _rollover(brick, 1795510000 + k)
+    reader = BrickJournal(Brick(brick), start)
+    assert sum(1 for _ in reader.poll()) == 3000
+    assert reader.position.index == start.index + 3000
+    assert reader._htime.held <= 2 and reader._htime.ahead == 0
+
+
 def test_missing_journal_and_new_htime_are_gaps(brick: Path) -> None:
     cl = brick / ".glusterfs" / "changelogs"
     old = Position(_htime(brick).name, 0, 0)
