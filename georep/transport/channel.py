@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Protocol
 
 from georep.errors import ConnectionLost
@@ -171,9 +172,13 @@ class JoinedChannel:
     the main session's, so it has no exit status and no stderr.
     """
 
-    def __init__(self, reader: StreamReaderLike, writer: StreamWriterLike) -> None:
+    def __init__(self, reader: StreamReaderLike, writer: StreamWriterLike,
+                 send: Callable[[bytes], None] | None = None) -> None:
         self._reader = reader
         self._writer = writer
+        #: how a write is sent: the writer's own, or one that sends it as it lies (over SSH:
+        #: `georep.transport.ssh.DataInPlace`, as on the main session)
+        self._send = send or writer.write
         self._eof = asyncio.Event()
         self.bytes_written = 0
 
@@ -192,7 +197,7 @@ class JoinedChannel:
 
     def write(self, data: bytes) -> None:
         self.bytes_written += len(data)
-        self._writer.write(data)
+        self._send(data)
 
     async def drain(self) -> None:
         await self._writer.drain()

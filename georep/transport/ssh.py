@@ -123,6 +123,7 @@ with warnings.catch_warnings(), linker_cache_lookups(), no_x509_without_pyopenss
     warnings.filterwarnings("ignore", message="DSA is deprecated")
     import asyncssh
     from asyncssh.auth import _client_auth_handlers, _ClientPublicKeyAuth  # see SignedFirst
+    from asyncssh.channel import SSHChannel  # see DataInPlace
     from asyncssh.constants import (  # see the classes using them
         MSG_CHANNEL_DATA,
         MSG_CHANNEL_EOF,
@@ -633,7 +634,7 @@ class _Unsent:
 
 
 class DataInPlace:
-    """Writes to an asyncssh session channel, sent as packets straight from the caller's bytes.
+    """Writes to an asyncssh channel (the agent's session, a data lane), sent as packets from the caller's bytes.
 
     Why: asyncssh's ``SSHChannel.write`` copies each write into a bytearray, then copies each
     packet's share out of it, again with its length (``String``) and again with the channel
@@ -649,7 +650,7 @@ class DataInPlace:
     reader, and a flush sends up to the window (2 MiB, 64 packets).
     """
 
-    def __init__(self, chan: asyncssh.SSHClientChannel[bytes], conn: asyncssh.SSHClientConnection) -> None:
+    def __init__(self, chan: SSHChannel[bytes], conn: asyncssh.SSHClientConnection) -> None:
         self._chan = chan
         self._conn = conn
         self._packets = _DATA_PACKETS.get(conn)  # None: asyncssh builds every packet
@@ -792,7 +793,9 @@ class SshChannel:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             raise ConnectionLost(f"the secondary's sshd does not forward a data lane to the agent: {reason}",
                                  hint="AllowStreamLocalForwarding in sshd_config") from None
-        return JoinedChannel(reader, writer)
+        chan = writer.channel
+        # lane data goes out as the main session's does: no copies on the way, one socket write per flush
+        return JoinedChannel(reader, writer, DataInPlace(chan, self._conn).write if DataInPlace.fits(chan) else None)
 
     def stderr_text(self) -> str:
         return self._stderr.decode("utf-8", "replace")

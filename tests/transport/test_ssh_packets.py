@@ -79,3 +79,57 @@ def test_other_ciphers_go_through_asyncssh(sshd: Sshd, tmp_path: Path, cipher: s
         assert sent >= len(data) // 32_768 and keys == 1
     else:
         assert sent == 0 and keys == 0
+
+
+async def _lane(sshd: Sshd, sock: Path, pieces: list[bytes], rekey_bytes: int) -> tuple[bytes, int, bool]:
+    """Write ``pieces`` down a data lane (a ``direct-streamlocal`` channel) into a Unix socket served here.
+
+    (what the socket received, packets sent by the fast path, whether the lane wrote through `DataInPlace`)
+    """
+
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 20):
+            received.extend(data)
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_unix_server(serve, path=str(sock))
+    command = "cat > /dev/null"
+    client = ssh._PublicKeyFirst(command)
+    conn = await ssh.asyncssh.connect(
+        "127.0.0.1", sshd.port, username="root", known_hosts=str(sshd.known_hosts),
+        client_keys=[str(sshd.identity)], encryption_algs=["aes128-gcm@openssh.com"], compression_algs=None,
+        config=None, rekey_bytes=rekey_bytes, client_factory=lambda: client)
+    chan = ssh.SshChannel(conn, await client.process(conn), command)
+    lane = await chan.join(os.fsencode(sock))
+    in_place = isinstance(getattr(lane._writer.channel._flush_send_buf, "__self__", None), ssh.DataInPlace)
+    for i, piece in enumerate(pieces):
+        lane.write(piece)
+        if i % 3 == 0:
+            await lane.drain()
+    await lane.drain()
+    await lane.close_input()
+    await asyncio.wait_for(done.wait(), 30)
+    fast = ssh._DATA_PACKETS[conn]
+    await chan.close_input()
+    await chan.wait()
+    server.close()
+    return bytes(received), fast.sent, in_place
+
+
+def test_a_data_lane_writes_in_place_too(sshd: Sshd, tmp_path: Path) -> None:
+    """A lane's channel sends as the session's does: 8 MiB in pieces of every size, across key exchanges."""
+
+    sizes = [1, 15, 16, 17, 32_767, 32_768, 32_769, 65_536 + 3, 1 << 20]
+    pieces, total = [], 0
+    while total < 8 << 20:
+        piece = os.urandom(sizes[len(pieces) % len(sizes)])
+        pieces.append(piece)
+        total += len(piece)
+    received, sent, in_place = asyncio.run(_lane(sshd, tmp_path / "lane.sock", pieces, 512 * 1024))
+    assert in_place
+    assert hashlib.sha256(received).digest() == hashlib.sha256(b"".join(pieces)).digest()
+    assert sent >= total // 32_768
