@@ -274,6 +274,9 @@ class Coalescer:
         # A pre-existing non-directory placed there later might *be* that holder (a
         # hard link): a `Clear` before it would not be idempotent, so `add` cuts.
         self._replaced: dict[NameKey, int] = {}
+        # directories a non-directory's frozen moves (see `_rename`) go from or to: a new one
+        # among them is made even if it is removed right after (`_chain_remove`)
+        self._net_parents: set[bytes] = set()
 
     @property
     def pending_changes(self) -> int:
@@ -353,8 +356,11 @@ class Coalescer:
     def _chain_remove(self, oid: bytes, o: _Obj, key: NameKey, t: int) -> None:
         chain = self._chain
         last = chain[-1] if chain else None
-        if last is not None and last.id == oid and not last.sealed:
-            # consecutive: merge with the object's previous operation
+        if last is not None and last.id == oid and not last.sealed and not (
+                last.kind == _MK and oid in self._net_parents):
+            # consecutive: merge with the object's previous operation (but a new directory
+            # that a non-directory's separate moves passed through must exist for them: it
+            # is made, in staging, by the plan, as any dead directory something passes through)
             chain.pop()
             o.ops.remove(last)
             last.alive = False
@@ -450,7 +456,9 @@ class Coalescer:
                 # once the link is gone, so that case was cut before)
                 if o.frozen is _NO_FROZEN:
                     o.frozen = []
+                self._net_parents.update((src[0], dst[0]))  # where frozen moves go from and to
                 if lin.origin is not None and lin.origin != src:
+                    self._net_parents.add(lin.origin[0])
                     o.frozen.append((_MOVE, lin.origin, src, lin.tv, lin.tp))
                     if o.left is _NO_LEFT:
                         o.left = set()

@@ -375,3 +375,25 @@ def test_object_of_unknown_kind_is_ordered_like_a_directory() -> None:
     w.src.add_name(oid(2), oid(1), b"child")
     w.apply(b)
     assert w.sec.snapshot() == w.src.snapshot()
+
+
+def test_a_new_directory_a_file_passed_through_is_made_even_when_removed_right_after() -> None:
+    """echo >> a; mkdir c/x; touch x/tmp; mv a x/tmp; mv x/tmp c/a; rmdir x, with c/a never seen: the
+    file's moves stay apart (the last one is ambiguous), so the second starts in x, which must exist
+    (in staging) by then.
+
+    Found by the hypothesis model (test_coalesce_model): the directory's Make and its removal met
+    in the chain with nothing of the directories' between them, and merged into nothing.
+    """
+
+    w = World()
+    f = w.have(1, R, b"a", content=b"data")
+    c = w.have(2, R, b"c", Kind.DIR)
+    x = oid(3)
+    changes: list[Change] = [Data(f, 4), Create(x, c, b"x", Kind.DIR), Create(oid(4), x, b"tmp", Kind.FILE),
+                             Rename(f, R, b"a", x, b"tmp"), Rename(f, x, b"tmp", c, b"a"), Rmdir(x, c, b"x")]
+    w.src.rename((R, b"a"), (c, b"a"))
+    b = run(changes)
+    w.apply(b)
+    assert w.sec.snapshot() == w.src.snapshot()
+    assert w.sec.children(STAGING) == []
