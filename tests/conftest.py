@@ -110,6 +110,27 @@ class Sshd:
                 "--remote-command", self.remote_command]
 
 
+class SshdLog:
+    """What sshd logged since this was made (the tests of one module share a server, one after another)."""
+
+    def __init__(self, server: Sshd) -> None:
+        self.server = server
+        self.start = server.log.stat().st_size
+
+    def text(self) -> str:
+        with open(self.server.log, "rb") as f:
+            f.seek(self.start)
+            return f.read().decode("utf-8", "replace")
+
+    def wait_for(self, needle: str, timeout: float = 10.0) -> None:
+        """Until sshd logged ``needle`` (fails after ``timeout`` seconds)."""
+
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert time.monotonic() < deadline, f"sshd never logged {needle!r}: {self.text()[-2000:]}"
+            time.sleep(0.02)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

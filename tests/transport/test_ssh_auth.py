@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, Sshd, run_cli, running_sshd
+from conftest import CliResult, Sshd, SshdLog, run_cli, running_sshd
 
 from georep.protocol.session import MAGIC, Role, Session
 from georep.transport import ssh
@@ -41,17 +41,8 @@ def chatty_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield server
 
 
-class LogSlice:
-    """What sshd logged between `__init__` and `text` (connections in one test run one after another)."""
-
-    def __init__(self, server: Sshd) -> None:
-        self.server = server
-        self.start = server.log.stat().st_size
-
-    def text(self) -> str:
-        with open(self.server.log, "rb") as f:
-            f.seek(self.start)
-            return f.read().decode("utf-8", "replace")
+class LogSlice(SshdLog):
+    """What sshd logged since this was made, and the authentication requests in it."""
 
     def requests(self) -> list[str]:
         return REQUEST.findall(self.text())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Sshd, run_cli, running_sshd
+from conftest import Sshd, SshdLog, run_cli, running_sshd
 
 from georep.cli import main
 from georep.errors import SshUnreachable
@@ -37,23 +36,6 @@ def chatty_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 def no_early_dial_left() -> Iterator[None]:
     yield
     dial.take_early("", 0, 5.0)  # a test that failed midway leaves nothing for the next
-
-
-class LogSlice:
-    def __init__(self, server: Sshd) -> None:
-        self.server = server
-        self.start = server.log.stat().st_size
-
-    def text(self) -> str:
-        with open(self.server.log, "rb") as f:
-            f.seek(self.start)
-            return f.read().decode("utf-8", "replace")
-
-    def wait_for(self, needle: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            assert time.monotonic() < deadline, f"sshd never logged {needle!r}: {self.text()[-2000:]}"
-            time.sleep(0.02)
 
 
 def _url(server: Sshd, root: Path, port: int | None = None) -> str:
@@ -107,7 +89,7 @@ def test_early_target_is_the_one_ssh_secondary(argv: list[str], expected: tuple[
 def test_picking_the_copy_command_dials_its_secondary(chatty_sshd: Sshd, tmp_path: Path) -> None:
     """`georep.cli.main` starts the dial as it picks the command, before the copy's module is imported."""
 
-    log = LogSlice(chatty_sshd)
+    log = SshdLog(chatty_sshd)
     main._dispatch(["--oneshot", str(tmp_path), _url(chatty_sshd, tmp_path / "dst")])
     log.wait_for(OUR_VERSION)
     sock = dial.take_early("127.0.0.1", chatty_sshd.port, 5.0)
@@ -123,7 +105,7 @@ def test_other_commands_dial_nothing(chatty_sshd: Sshd, tmp_path: Path) -> None:
 
 def test_the_line_leaves_before_asyncssh_is_asked_and_asyncssh_sends_no_second(chatty_sshd: Sshd, tmp_path: Path
                                                                                 ) -> None:
-    log = LogSlice(chatty_sshd)
+    log = SshdLog(chatty_sshd)
     dial.start_early(["--oneshot", str(tmp_path), _url(chatty_sshd, tmp_path / "dst")])
     log.wait_for(OUR_VERSION)  # sshd has our version line: nothing of asyncssh has run for this connection
     answer, status, version = _hello(chatty_sshd, tmp_path / "dst")
@@ -181,7 +163,7 @@ def test_a_copy_over_ssh_connects_once_with_our_line(chatty_sshd: Sshd, tmp_path
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x" * 1000)
-    log = LogSlice(chatty_sshd)
+    log = SshdLog(chatty_sshd)
     r = run_cli("--oneshot", src, chatty_sshd.url(tmp_path / "dst"), *chatty_sshd.ssh_args(),
                 "--state-dir", tmp_path / "state")
     assert r.code == 0, r.stderr

@@ -47,16 +47,22 @@ async def _stream(sshd: Sshd, target: Path, pieces: list[bytes], cipher: str, re
     return (fast.sent, fast.keys, status, fast.draws) if fast else (0, 0, status, 0)
 
 
+def _pieces(total: int) -> list[bytes]:
+    """Random pieces of every size around a packet's (32 KiB), ``total`` bytes or a little more."""
+
+    sizes = [1, 15, 16, 17, 32_767, 32_768, 32_769, 65_536 + 3, 1 << 20]
+    pieces: list[bytes] = []
+    while sum(map(len, pieces)) < total:
+        pieces.append(os.urandom(sizes[len(pieces) % len(sizes)]))
+    return pieces
+
+
 def test_data_packets_survive_key_exchanges(sshd: Sshd, tmp_path: Path) -> None:
     """8 MiB in pieces of every size around the packet's, with a key exchange every 256 KiB."""
 
     assert ssh.GCM_DATA_PACKETS  # the path is taken with this asyncssh
-    sizes = [1, 15, 16, 17, 32_767, 32_768, 32_769, 65_536 + 3, 1 << 20]
-    pieces, total = [], 0
-    while total < 8 << 20:
-        piece = os.urandom(sizes[len(pieces) % len(sizes)])
-        pieces.append(piece)
-        total += len(piece)
+    pieces = _pieces(8 << 20)
+    total = sum(map(len, pieces))
     target = tmp_path / "received"
     sent, keys, status, draws = asyncio.run(_stream(sshd, target, pieces, "aes128-gcm@openssh.com", 256 * 1024))
     assert status == 0
@@ -123,12 +129,8 @@ async def _lane(sshd: Sshd, sock: Path, pieces: list[bytes], rekey_bytes: int) -
 def test_a_data_lane_writes_in_place_too(sshd: Sshd, tmp_path: Path) -> None:
     """A lane's channel sends as the session's does: 8 MiB in pieces of every size, across key exchanges."""
 
-    sizes = [1, 15, 16, 17, 32_767, 32_768, 32_769, 65_536 + 3, 1 << 20]
-    pieces, total = [], 0
-    while total < 8 << 20:
-        piece = os.urandom(sizes[len(pieces) % len(sizes)])
-        pieces.append(piece)
-        total += len(piece)
+    pieces = _pieces(8 << 20)
+    total = sum(map(len, pieces))
     received, sent, in_place = asyncio.run(_lane(sshd, tmp_path / "lane.sock", pieces, 512 * 1024))
     assert in_place
     assert hashlib.sha256(received).digest() == hashlib.sha256(b"".join(pieces)).digest()
