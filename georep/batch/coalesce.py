@@ -274,9 +274,9 @@ class Coalescer:
         # A pre-existing non-directory placed there later might *be* that holder (a
         # hard link): a `Clear` before it would not be idempotent, so `add` cuts.
         self._replaced: dict[NameKey, int] = {}
-        # directories a non-directory's frozen moves (see `_rename`) go from or to: a new one
-        # among them is made even if it is removed right after (`_chain_remove`)
-        self._net_parents: set[bytes] = set()
+        # new directories whose Make merged away with their removal (`_chain_remove`), with
+        # its time: the plan still makes one in staging if something passed through it
+        self._merged_mk: list[tuple[bytes, int]] = []
 
     @property
     def pending_changes(self) -> int:
@@ -356,18 +356,16 @@ class Coalescer:
     def _chain_remove(self, oid: bytes, o: _Obj, key: NameKey, t: int) -> None:
         chain = self._chain
         last = chain[-1] if chain else None
-        if last is not None and last.id == oid and not last.sealed and not (
-                last.kind == _MK and oid in self._net_parents):
-            # consecutive: merge with the object's previous operation (but a new directory
-            # that a non-directory's separate moves passed through must exist for them: it
-            # is made, in staging, by the plan, as any dead directory something passes through)
+        if last is not None and last.id == oid and not last.sealed:
+            # consecutive: merge with the object's previous operation
             chain.pop()
             o.ops.remove(last)
             last.alive = False
             if last.kind == _MOVE:
                 rm = _COp(_REMOVE, oid, last.src, None, last.tv)
                 self._removes.append(rm)
-            # _MK then removal: nothing at all
+            else:  # _MK then removal: nothing at all, unless something passed through it (`_plan`)
+                self._merged_mk.append((oid, last.tv))
             self._trim()
         else:
             self._removes.append(_COp(_REMOVE, oid, key, None, t))
@@ -456,9 +454,7 @@ class Coalescer:
                 # once the link is gone, so that case was cut before)
                 if o.frozen is _NO_FROZEN:
                     o.frozen = []
-                self._net_parents.update((src[0], dst[0]))  # where frozen moves go from and to
                 if lin.origin is not None and lin.origin != src:
-                    self._net_parents.add(lin.origin[0])
                     o.frozen.append((_MOVE, lin.origin, src, lin.tv, lin.tp))
                     if o.left is _NO_LEFT:
                         o.left = set()
@@ -709,8 +705,10 @@ class Coalescer:
             for r, tv in o.removed.items():
                 nodes.append(_Node(Remove(oid, r[0], r[1]), r, tv, None, tv, cls=1, net=True))
 
-        # a dead new directory is made in staging only if something passes through it
-        if dead_mk:
+        # a dead new directory is made in staging only if something passes through it: one
+        # whose Make is still in the chain, or one whose Make merged away with its removal (a
+        # non-directory's separate moves are kept out of the chain: `_rename`)
+        if dead_mk or self._merged_mk:
             used = {n.plc[0] for n in nodes if n.plc is not None} | {n.vac[0] for n in nodes if n.vac is not None}
             drop = {id(n) for oid, n in dead_mk if oid not in used}
             if drop:
@@ -719,6 +717,11 @@ class Coalescer:
                 for oid, n in dead_mk:
                     if id(n) in drop:
                         del mk_of[oid]
+            for oid, tv in self._merged_mk:
+                if oid in used and oid not in mk_of:
+                    n = _Node(Make(oid, STAGING, self._stage_name(oid), objs[oid].kind), None, tv, None, tv)
+                    mk_of[oid] = n
+                    nodes.append(n)
 
         # events on each name; a removal is dropped when another object is placed on the
         # name later (placing displaces it; the same object re-placed would be a no-op)
