@@ -37,7 +37,9 @@ class Listing(NamedTuple):
     ts: int  # the rollover's unix time (second granularity)
     empty: bool  # the journal was empty and never kept
     #: the same name was listed earlier in the run of listings of that second: a rollover of the
-    #: same name replaced that journal (GlusterFS's rollover bug; counted, see BrickJournal).  A
+    #: same name replaced that journal (GlusterFS's rollover bug; counted, see BrickJournal).  The
+    #: repeat is counted, not the first listing: a reader following the live journal read and
+    #: passed the first before GlusterFS appended the second; every reader passes the repeat.  A
     #: name is a second, and HTIME is in rollover order: only that run needs a look.
     repeat: bool
 
