@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from georep.model import Kind, ino_from_sql, ino_to_sql, record
+from georep.sqlrows import insert_rows
 
 #: Pseudo parent of objects moved aside into the staging directory.
 STAGING_ID = b"\xff" * 16
@@ -143,8 +144,8 @@ class Index:
         """The connection, once the rows `put_obj` and `put_name` hold back are written.
 
         Why hold them back: the agent records the files of a written batch one after the
-        other, and one ``executemany`` per table for the lot cost less than a statement per
-        row.  Every other use of the connection goes through here, so every statement still
+        other, and one multi-row insert per table for the lot (`georep.sqlrows`) cost less
+        than a statement per row.  Every other use of the connection goes through here, so every statement still
         runs after the rows put before it, as if they had been written at once.
         """
 
@@ -155,12 +156,11 @@ class Index:
     def _write_rows(self) -> None:
         objs, names, self._objs, self._names = self._objs, self._names, [], []
         if objs:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
-                " VALUES (?,?,?,?,?,?,?,?)", objs)
+            insert_rows(self._conn, "INSERT OR REPLACE INTO objects(id, kind, size, mtime_ns, mode, ino, gen, xhash)"
+                        " VALUES (?,?,?,?,?,?,?,?)", objs)
         if names:
-            self._conn.executemany("INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
-                                   names)
+            insert_rows(self._conn, "INSERT OR REPLACE INTO names(parent, name, id, gen, src) VALUES (?,?,?,?,?)",
+                        names)
 
     def new_generation(self) -> int:
         """Start a new generation: names confirmed from now on are told apart from older ones."""

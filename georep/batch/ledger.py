@@ -49,6 +49,7 @@ import xxhash
 from georep.errors import DaemonRunning, StateError
 from georep.model import Entry, Kind, record
 from georep.source.crawl import SourceEntry
+from georep.sqlrows import insert_rows
 
 _NAMES_BY_ID = "CREATE INDEX IF NOT EXISTS names_by_id ON names (id)"
 _SCHEMA = f"""
@@ -338,8 +339,8 @@ class Ledger:
 
         if self._fresh_objects or self._fresh_names:
             self._ahead.clear()
-            self._db.executemany("INSERT OR REPLACE INTO names(parent, name, id) VALUES (?,?,?)", self._fresh_names)
-            self._db.executemany("INSERT OR REPLACE INTO objects(id, kind, meta) VALUES (?,?,?)", self._fresh_objects)
+            insert_rows(self._db, "INSERT OR REPLACE INTO names(parent, name, id) VALUES (?,?,?)", self._fresh_names)
+            insert_rows(self._db, "INSERT OR REPLACE INTO objects(id, kind, meta) VALUES (?,?,?)", self._fresh_objects)
             self._fresh_names, self._fresh_objects = [], []
 
     def link_done(self, oid: bytes, parent: bytes, name: bytes) -> None:
