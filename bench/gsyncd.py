@@ -23,8 +23,7 @@ non-UTF-8 names crash gsyncd's journal reader and a crashed session replays the 
 input forever, so that session is deleted, the non-UTF-8 names are renamed on the primary
 (made UTF-8, everything else identical) and a new session on a new secondary gives the
 numbers.  Live lag is measured on the last session once it has caught up and delivered a
-warm-up file, i.e. in its steady changelog mode; the default method's probe runs beside it,
-on volumes of its own (`DefaultMethodProbe`: it is mostly waiting).
+warm-up file, i.e. in its steady changelog mode.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import os
 import re
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -290,66 +288,38 @@ def catch_up(runner: Runner, s: Session, rel: str, label: str, src: Path, data_b
                    0 if converged else 1, converged and not problems, problems)
 
 
-class DefaultMethodProbe:
-    """What gsyncd's default (rsync) sync method does here: a session of its own, files written, a look.
+def probe_default_method(runner: Runner, base: Path) -> str:
+    """What gsyncd's default (rsync) sync method does here: a fresh session using it, files written, a look."""
 
-    Why a class: the probe is mostly waiting (up to `PROBE_WAIT_S` for names, then
-    `PROBE_GRACE_S` for their data), so it runs beside the live-lag measurement instead of
-    after it (about a minute off the full run).  `begin` starts the session and writes the
-    files; a thread then only looks at the secondary's FUSE mount and the session's log
-    (no ``gluster`` command: glusterd refuses concurrent transactions); `finish` waits for
-    it and asks for the session's status.  The two sessions share no volume, and what the
-    live row reports (lags, not wire bytes) is not mixed with the probe's traffic.
-    """
-
-    COUNT, SIZE = 10, 5000
-
-    def __init__(self, s: Session) -> None:
-        self.s = s
-        self._names_after = 0.0
-        self._got: dict[bytes, int] = {}
-        self._crash: str | None = None
-        self._thread: threading.Thread | None = None
-
-    def begin(self) -> None:
-        s = self.s
+    count, size = 10, 5000
+    with pair(runner, base, "r") as (prim, sec), session(runner, prim, sec, sync_method="rsync") as s:
         s.start()
         wait_until(lambda: "Changelog Crawl" in s.georep("status", check=False).stdout, 60, every=1)
-        probe = s.primary.mount / "probe-rsync-method"
+        probe = prim.mount / "probe-rsync-method"
         probe.mkdir()
-        for i in range(self.COUNT):
-            (probe / f"p{i}").write_bytes(os.urandom(self.SIZE))
-        roll_over(s.primary)  # hand the journal over now instead of at the next 15 s rollover
-        self._thread = threading.Thread(target=self._watch, args=(time.perf_counter(), s.secondary.mount / probe.name),
-                                        name="gsyncd-probe", daemon=True)
-        self._thread.start()
+        for i in range(count):
+            (probe / f"p{i}").write_bytes(os.urandom(size))
+        roll_over(prim)  # hand the journal over now instead of at the next 15 s rollover
+        t0 = time.perf_counter()
+        target = sec.mount / probe.name
 
-    def _watch(self, t0: float, target: Path) -> None:
         def arrived() -> dict[bytes, int]:
             return {k: v for k, v in names_and_sizes(target).items() if v >= 0} if target.exists() else {}
 
-        while time.perf_counter() - t0 < PROBE_WAIT_S and len(arrived()) < self.COUNT and not self.s.crash():
+        while time.perf_counter() - t0 < PROBE_WAIT_S and len(arrived()) < count and not s.crash():
             time.sleep(1)
-        self._names_after = time.perf_counter() - t0
+        names_after = time.perf_counter() - t0
         time.sleep(PROBE_GRACE_S)
-        self._got = arrived()
-        self._crash = self.s.crash()
-
-    def finish(self) -> str:
-        """Wait for the look to end; the finding, in a sentence."""
-
-        assert self._thread is not None, "begin first"
-        self._thread.join()
-        got, size = self._got, self.SIZE
+        got = arrived()
         full = sum(1 for v in got.values() if v == size)
         empty = sum(1 for v in got.values() if v == 0)
-        status = self.s.status()
-        rsync = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-        return (f"gsyncd's default sync method (`rsync`, here {' '.join(rsync.split())}), in a session of its own: "
-                f"of {self.COUNT} files of {size} B written to the primary, {len(got)} names reached the secondary "
-                f"within {self._names_after:.0f} s; {PROBE_GRACE_S:.0f} s later {full} had their data and {empty} "
-                f"were empty; session status {status}" + (f"; worker error: {self._crash}" if self._crash else "")
-                + ". (It ran beside the live-lag measurement, on volumes of its own.)")
+        crash = s.crash()
+        status = s.status()
+    rsync = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return (f"gsyncd's default sync method (`rsync`, here {' '.join(rsync.split())}), in a session of its own: of "
+            f"{count} files of {size} B written to the primary, {len(got)} names reached the secondary within "
+            f"{names_after:.0f} s; {PROBE_GRACE_S:.0f} s later {full} had their data and {empty} were empty; "
+            f"session status {status}" + (f"; worker error: {crash}" if crash else "") + ".")
 
 
 def room_needed(datasets: Iterable[DatasetInfo]) -> tuple[int, int]:
@@ -394,14 +364,10 @@ def run(runner: Runner, base: Path) -> None:
         # live lag on a session of its own, from empty volumes: after catching up a dataset (the
         # mixed tree in 2026-11-25's run, the large one on 2026-12-03) gsyncd stayed Active and
         # delivered no warm-up file in 120 s; from a fresh start it delivers one in about 11 s
-        # v: not a dataset initial; r: the default-method probe, beside it (`DefaultMethodProbe`)
-        with pair(runner, base, "v") as (prim, sec), session(runner, prim, sec) as s, \
-                pair(runner, base, "r") as (pprim, psec), session(runner, pprim, psec, sync_method="rsync") as ps:
+        with pair(runner, base, "v") as (prim, sec), session(runner, prim, sec) as s:  # v: not a dataset initial
             s.start()
-            probe = DefaultMethodProbe(ps)
-            probe.begin()
             _live(runner, s)
-            res.findings.append(probe.finish())
+        res.findings.append(probe_default_method(runner, base))
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         res.not_run.append(NotRun("gsyncd (remaining steps)", f"{type(exc).__name__}: {str(exc)[:500]}"))
     runner.log(f"gsyncd: section done in {time.perf_counter() - t:.0f}s")
@@ -459,8 +425,7 @@ def _live(runner: Runner, s: Session) -> None:
     delivered, lags = measure_lag(s.primary.mount, s.secondary.mount, writes=runner.plan.live_writes,
                                   interval=runner.plan.live_interval, timeout=LIVE_TIMEOUT_S, subdir=LIVE_DIR)
     note = (f"GlusterFS defaults (changelog rollover 15 s, change_interval 5 s); warm-up file took {warm:.1f} s; "
-            f"a write counts if complete within {LIVE_TIMEOUT_S:.0f} s; the default-method probe's session ran "
-            f"beside it (volumes of its own, {DefaultMethodProbe.COUNT} files)")
+            f"a write counts if complete within {LIVE_TIMEOUT_S:.0f} s")
     if delivered < runner.plan.live_writes:
         target = s.secondary.mount / LIVE_DIR
         held = names_and_sizes(target) if target.exists() else {}
