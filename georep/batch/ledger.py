@@ -327,7 +327,7 @@ class Ledger:
         self._wrote()
 
     def _flush_fresh(self) -> None:
-        """The rows `entry_done` gathered while rebuilding, in two statements (not four per entry).
+        """The rows `entry_done` gathered while rebuilding, many per statement (`georep.sqlrows`).
 
         Not committed here (only by `settle` and `seal`, at the end): a rebuilt ledger counts
         only once `seal` gave it a token (`forget` removed the old one, durably).  A run that
