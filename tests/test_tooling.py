@@ -20,7 +20,12 @@ def test_ruff() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-# What each stage may import besides georep.errors and georep.model (restic's depguard, by hand).
+# Leaf modules every stage may import: each imports no other georep module but these
+# (`test_shared_modules_are_leaves`).  sqlrows: the SQLite writes of the id store (source), the
+# ledger (batch) and the index (apply).
+SHARED = ("errors", "model", "sqlrows")
+
+# What each stage may import besides the SHARED modules (restic's depguard, by hand).
 ALLOWED = {
     "protocol": set(),
     "source": set(),
@@ -44,9 +49,23 @@ def test_layers_point_one_way() -> None:
             if len(words) < 2 or words[0] not in ("from", "import") or not words[1].startswith("georep."):
                 continue
             target = words[1].split(".")[1]
-            if target in ("errors", "model", rel[0]) or target in ALLOWED[rel[0]]:
+            if target in SHARED or target == rel[0] or target in ALLOWED[rel[0]]:
                 continue
             bad.append(f"{'/'.join(rel)}: {line.strip()}")
+    assert bad == []
+
+
+def test_shared_modules_are_leaves() -> None:
+    """What every stage may import reaches into no stage: it may import only the other shared modules."""
+
+    bad = []
+    for name in SHARED:
+        for line in (TOP / "georep" / f"{name}.py").read_text().splitlines():
+            words = line.strip().split()
+            if len(words) >= 2 and words[0] in ("from", "import") and words[1].startswith("georep"):
+                target = words[1].split(".")[1] if "." in words[1] else ""
+                if target not in SHARED:
+                    bad.append(f"{name}.py: {line.strip()}")
     assert bad == []
 
 
