@@ -144,9 +144,10 @@ class Index:
         """The connection, once the rows `put_obj` and `put_name` hold back are written.
 
         Why hold them back: the agent records the files of a written batch one after the
-        other, and one multi-row insert per table for the lot (`georep.sqlrows`) cost less
-        than a statement per row.  Every other use of the connection goes through here, so every statement still
-        runs after the rows put before it, as if they had been written at once.
+        other, and writing the lot per table, many rows per statement (`georep.sqlrows`),
+        costs less than a statement per row.  Every other use of the connection goes through
+        here, so every statement still runs after the rows put before it, as if they had been
+        written at once.
         """
 
         if self._objs or self._names:
