@@ -6,4 +6,4 @@ Data flows source → batch → transport → apply; the sub-packages are named 
 __version__ = "0.1.0"
 
 #: Wire protocol version spoken by this release (docs/PROTOCOL.md).
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7

@@ -242,8 +242,9 @@ class Summary:
     problems: list[Problem] = field(default_factory=list)
     #: what went less well than it could without making the replica wrong (shown, exit 0)
     warnings: list[str] = field(default_factory=list)
-    #: data lanes opened, and how: "joined" (channels into the agent's socket, `georep.apply.lanehub`)
-    #: or "sessions" (an agent process each, `georep.apply.lane`); "" when none
+    #: data lanes opened, and how: "dialled" (the agent connected them to a socket sshd holds for the
+    #: sender, `georep.transport.ssh.LaneCalls`), "joined" (channels into the agent's socket,
+    #: `georep.apply.lanehub`) or "sessions" (an agent process each, `georep.apply.lane`); "" when none
     lanes: int = 0
     lanes_kind: str = ""
 

@@ -69,7 +69,7 @@ from georep.protocol.digest import ExtentDigest
 from georep.protocol.framing import CHUNK_SIZE
 from georep.protocol.session import Role, Session
 
-if TYPE_CHECKING:  # imported by `_open_hub`, for sessions that open lanes: its sockets, hmac and
+if TYPE_CHECKING:  # imported by `_new_hub`, for sessions that open lanes: its sockets, hmac and
     # secrets were a tenth of the imports every agent made before its first answer
     from georep.apply.lanehub import LaneHub
 
@@ -1226,7 +1226,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
 
     applier: Applier | None = None
     stager: Stager | None = None
-    hub: LaneHub | None = None  # lanes joining this session, once the sender asked (OpenLanes)
+    hub: LaneHub | None = None  # lanes joining this session, once the sender asked (OpenLanes, DialLanes)
     scope: str | None = None  # from Hello; the session's role is known at its first message
     session = Session(Role.AGENT, privileged=os.geteuid() == 0)
     out = bytearray(session.initiate())
@@ -1303,7 +1303,7 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                 assert applier is not None
                 if isinstance(msg, m.Finish) and hub is not None:
                     results.extend(_lane_data_first(hub, applier))
-                if isinstance(msg, m.Bye | m.Finish | m.Seal | m.Resume | m.OpenLanes):
+                if isinstance(msg, m.Bye | m.Finish | m.Seal | m.Resume | m.OpenLanes | m.DialLanes):
                     results.extend(applier.collect_writes(wait=True))  # they answer after every item
                 if isinstance(msg, m.Bye):
                     _answers(session, applier, results, out)
@@ -1317,8 +1317,11 @@ def serve(root: Path, in_fd: int, out_fd: int, allow: Path | None = None) -> int
                 elif isinstance(msg, m.Resume):
                     out += session.send(applier.resume(msg))
                 elif isinstance(msg, m.OpenLanes):
-                    hub = hub or _open_hub(applier)
-                    out += session.send(m.LaneSocket(hub.path, hub.token) if hub else m.LaneSocket(b"", b""))
+                    hub = hub or _new_hub(applier)
+                    out += session.send(m.LaneSocket(hub.path, hub.token) if _listens(hub) else m.LaneSocket(b"", b""))
+                elif isinstance(msg, m.DialLanes):
+                    hub = hub or _new_hub(applier)
+                    out += session.send(m.LanesDialled(*hub.dial(msg.path, msg.count, msg.token)))
                 else:
                     results.extend(applier.handle(msg))
                     if applier.outbox:
@@ -1390,15 +1393,22 @@ def _lane_data_first(hub: LaneHub, applier: Applier) -> list[m.Result]:
     return results
 
 
-def _open_hub(applier: Applier) -> LaneHub | None:
-    """A socket for lanes to join this session (None: there can be none; the sender opens lane sessions)."""
+def _new_hub(applier: Applier) -> LaneHub:
+    """Where the lanes of this session arrive, once the sender asked for lanes."""
 
     from georep.apply.lanehub import LaneHub  # only sessions that open lanes (see the imports)
 
+    return LaneHub(applier.state_fd)
+
+
+def _listens(hub: LaneHub) -> bool:
+    """Whether lanes can join ``hub`` through its socket (False: the sender opens lane sessions)."""
+
     try:
-        return LaneHub(applier.state_fd)
+        hub.listen()
     except OSError:
-        return None
+        return False
+    return True
 
 
 def _lane_answers(session: Session, results: list[m.Result], staged: list[m.Staged]) -> bytes:

@@ -38,6 +38,8 @@ import re
 import secrets
 import select
 import socket
+import stat
+import struct
 from dataclasses import dataclass, field
 
 from georep.apply.lane import alive
@@ -49,6 +51,10 @@ from georep.protocol.session import Role, Session
 LANE_DATA: tuple[type[m.Message], ...] = (m.DataBegin, m.DataChunk, m.DataEnd, m.Blobs, m.DataAbort)
 #: The hub's socket names; the pid is the agent's.
 SOCKET_NAME = re.compile(rb"lanes-([0-9]{1,10})\.sock")
+#: The names of sockets the agent dials lanes to (`LaneHub.dial`): `georep.transport.ssh.LaneCalls`'s.
+DIALLED_PATH = re.compile(rb"/tmp/georep-lanes-[0-9a-f]{32}\.sock")
+#: How long one lane's connect to sshd's socket may take.
+DIAL_TIMEOUT_S = 5.0
 #: Bytes read from one lane at a time (a DataChunk is at most 1 MiB).
 READ_SIZE = 1 << 20
 
@@ -56,38 +62,91 @@ READ_SIZE = 1 << 20
 @dataclass
 class _Conn:
     sock: socket.socket
+    token: bytes  # what it must present in its JoinLane
     session: Session = field(default_factory=lambda: Session(Role.AGENT))
     joined: bool = False
 
 
 class LaneHub:
-    """The listening socket and the lanes that joined through it."""
+    """The lanes of one session: those that joined through its socket, and those it dialled back."""
 
     def __init__(self, state_fd: int) -> None:
-        pid = os.getpid()
-        self._name = f"lanes-{pid}.sock"
         self._state_fd = state_fd
+        self._name = f"lanes-{os.getpid()}.sock"
+        #: what lanes that join through this agent's socket present (`listen`)
         self.token = secrets.token_bytes(32)
-        remove_stale_sockets(state_fd)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            old_umask = os.umask(0o077)  # the socket is its owner's alone from the start, never briefly wider
-            try:
-                self._listener.bind(f"/proc/self/fd/{state_fd}/{self._name}")
-            finally:
-                os.umask(old_umask)
-            self._listener.listen(64)
-            self._listener.setblocking(False)
-        except OSError:
-            self._listener.close()
-            raise
-        #: what a lane connects to (through the sender's SSH connection or directly)
-        self.path = f"/proc/{pid}/fd/{state_fd}/{self._name}".encode()
+        #: what a lane connects to (through the sender's SSH connection or directly); empty until `listen`
+        self.path = b""
+        self._listener: socket.socket | None = None
         self._poll = select.poll()
-        self._poll.register(self._listener.fileno(), select.POLLIN)
         self._conns: dict[int, _Conn] = {}
         #: data messages read from joined lanes, for the caller to apply
         self.inbox: list[m.Message] = []
+
+    def listen(self) -> None:
+        """Open the socket lanes join through (`OpenLanes`); raises OSError if it cannot be had."""
+
+        if self._listener is not None:
+            return
+        remove_stale_sockets(self._state_fd)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            old_umask = os.umask(0o077)  # the socket is its owner's alone from the start, never briefly wider
+            try:
+                listener.bind(f"/proc/self/fd/{self._state_fd}/{self._name}")
+            finally:
+                os.umask(old_umask)
+            listener.listen(64)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self.path = f"/proc/{os.getpid()}/fd/{self._state_fd}/{self._name}".encode()
+        self._poll.register(listener.fileno(), select.POLLIN)
+
+    def dial(self, path: bytes, count: int, token: bytes) -> tuple[int, str]:
+        """Connect ``count`` lanes to the sender's socket at ``path`` (`DialLanes`): how many, and why not all.
+
+        The socket must be sshd's for this session: named as `georep.transport.ssh.LaneCalls`
+        names it, a socket of this agent's own user that no one else may connect to, with
+        a peer of the same user.  Anything else is left alone: the sender opens its lanes
+        the other way.  The name is removed once the lanes are connected (sshd listens on,
+        but no one else can reach it); each lane then presents ``token`` in its JoinLane.
+        """
+
+        if DIALLED_PATH.fullmatch(path) is None:
+            return 0, f"{path!r} is not a lane socket's name"
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            return 0, f"{os.fsdecode(path)}: {exc.strerror}"
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return 0, f"{os.fsdecode(path)} is not a socket of this user's alone"
+        dialled, why = 0, ""
+        for _ in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(DIAL_TIMEOUT_S)
+                sock.connect(path)
+                pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                    struct.calcsize("3i")))
+                if uid != os.geteuid():
+                    raise OSError(f"its listener runs as uid {uid}, not this agent's")
+                sock.setblocking(True)
+                conn = _Conn(sock, token=token)
+                sock.sendall(conn.session.initiate())  # the agent's side of the stream opens with MAGIC
+            except OSError as exc:
+                sock.close()
+                why = f"{os.fsdecode(path)}: {exc.strerror or exc}"
+                break
+            self._conns[sock.fileno()] = conn
+            self._poll.register(sock.fileno(), select.POLLIN)
+            dialled += 1
+        if dialled:  # its peer answered as this user: sshd's socket, no one else's to keep
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return dialled, why
 
     def wait(self, main_fd: int | None, timeout: float | None = None) -> bool:
         """Serve the lanes until ``main_fd`` is readable (True), lane data came, or ``timeout`` passed.
@@ -108,7 +167,7 @@ class LaneHub:
         for fd, _ev in events:
             if fd == main_fd:
                 main_ready = True
-            elif fd == self._listener.fileno():
+            elif self._listener is not None and fd == self._listener.fileno():
                 self._accept()
             elif fd in self._conns:
                 self._read(self._conns[fd])
@@ -123,13 +182,15 @@ class LaneHub:
     def close(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
-        self._listener.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._name, dir_fd=self._state_fd)
+        if self._listener is not None:
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._name, dir_fd=self._state_fd)
 
     # -- internals -------------------------------------------------------------------
 
     def _accept(self) -> None:
+        assert self._listener is not None
         while True:
             try:
                 sock, _ = self._listener.accept()
@@ -138,7 +199,7 @@ class LaneHub:
             except OSError:
                 return  # out of descriptors, for one: the lane's channel closes, the sender goes on without it
             sock.setblocking(True)
-            conn = _Conn(sock)
+            conn = _Conn(sock, token=self.token)
             try:
                 sock.sendall(conn.session.initiate())  # the agent's side of the stream opens with MAGIC too
             except OSError:
@@ -172,7 +233,7 @@ class LaneHub:
                     self._drop(conn)
                     return
             elif not conn.joined:
-                if isinstance(msg, m.JoinLane) and hmac.compare_digest(msg.token, self.token):
+                if isinstance(msg, m.JoinLane) and hmac.compare_digest(msg.token, conn.token):
                     conn.joined = True
                 else:
                     self._refuse(conn, "this socket takes only the data lanes of its agent's session")

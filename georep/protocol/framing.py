@@ -201,6 +201,9 @@ _CHECKS: dict[type[Any], Callable[[Any], str | None]] = {
     m.Resume: lambda msg: None if len(msg.token) == 16 else "a resume token is 16 bytes",
     m.Sealed: lambda msg: None if len(msg.token) in (0, 16) else "a seal token is 16 bytes or none",
     m.JoinLane: lambda msg: None if len(msg.token) == 32 else "a lane token is 32 bytes",
+    m.DialLanes: lambda msg: (None if len(msg.token) == 32 and 0 < len(msg.path) < 108 and 0 < msg.count <= 64
+                              else "lanes to dial: a 32-byte token, a socket path of 1-107 bytes, 1-64 of them"),
+    m.LanesDialled: _nonnegative("count"),
     m.LaneSocket: lambda msg: (None if (len(msg.token), bool(msg.path)) in ((0, False), (32, True))
                                else "a lane socket has a 32-byte token, or neither path nor token"),
 }

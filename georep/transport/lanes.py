@@ -11,10 +11,13 @@ publishing), so lanes change throughput, never semantics.
 
 How
 ---
-A lane is a channel into the main agent's own socket where sshd forwards one
-(`georep.apply.lanehub`: no process per lane, the agent publishes what a lane brings and
-answers on the main session), else a session running an agent of its own, described
-below.  The sender's side is the same for both, bar the answers.
+A lane is a channel sshd opens back to the sender when the agent dials the socket sshd
+holds for it (`georep.transport.ssh.LaneCalls`: ready one round trip after the Hello), else
+a channel into the main agent's own socket where sshd forwards one (`georep.apply.lanehub`:
+ready a round trip later).  Either way there is no process per lane: the agent publishes
+what a lane brings and answers on the main session.  Where sshd forwards neither, a lane is
+a session running an agent of its own, described below.  The sender's side is the same for
+all three, bar the answers.
 
 When the agent answers NEED, the sender puts the item on one work queue that every ready
 lane pulls from: a lane takes small files in a batch and big ones one at a time, so a lane

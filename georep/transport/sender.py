@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ T = TypeVar("T")
 #: An SSH connection that took this long (four round trips and the key exchange's CPU) is on a
 #: long link: lanes open at once.  Below it, a Ping decides (see `Sender._probe_round_trip`).
 LONG_CONNECT_S = 0.25
+
+#: How long the sender waits for sshd to open the channels of the lanes the agent dialled
+#: (`Sender._dial_lanes`) once the agent has said how many: sshd sends them ahead of that count.
+DIALLED_WAIT_S = 10.0
 
 #: Listed bytes of small files read per `read_small_frame` call, at most (but one file always).
 SMALL_BATCH_BYTES = CHUNK_SIZE
@@ -184,6 +189,11 @@ class Sender:
         self._ping_at = 0.0
         self._long_link = False  # the Pong took longer than the lanes' threshold
         self._lane_socket: asyncio.Future[m.LaneSocket] | None = None
+        self._lanes_dialled: asyncio.Future[m.LanesDialled] | None = None
+        #: why the agent dialled no lane back, if it did not (the lanes were opened from this side)
+        self.dial_refused = ""
+        #: lanes are being dialled back: file data waits for them, off the main session (`_dial_lanes`)
+        self._lanes_coming = False
         self._lane_task_ended = False  # a lane's reader or writer is done: see `_check`
 
     # -- session lifecycle -------------------------------------------------------------
@@ -215,9 +225,14 @@ class Sender:
             # nothing to decide on the agent's answer: entries follow Hello in the same flight,
             # a round trip sooner.  The agent applies them in order, after Hello; one that
             # refuses (another version, an unusable root) says so and the run fails on it.
-            # Not with lanes: their data would start on the main session while the lanes
-            # open, filling its window ahead of the entries (measured at 150 ms on the small
-            # dataset, 4.15-4.36 s against 4.06-4.13 s waiting for HelloOk).
+            # Not with lanes opened from this side: their data would start on the main
+            # session while the lanes open, filling its window ahead of the entries (measured
+            # at 150 ms on the small dataset, 4.15-4.36 s against 4.06-4.13 s waiting for HelloOk).
+            return
+        if not resume and self._lanes_task is not None and self._dials_lanes():
+            # lanes the agent dials back reach this side with its first answers: the entries
+            # need not wait for HelloOk either
+            self._send_ping()  # the round trip, for the record (rtt); nothing waits for it
             return
         ready = asyncio.get_running_loop().create_task(self._ready.wait())
         await asyncio.wait(self._with_reader(ready), return_when=asyncio.FIRST_COMPLETED)
@@ -366,6 +381,12 @@ class Sender:
                 raise ProtocolError("LaneSocket without an OpenLanes")
             if not offer.done():  # else the run ended before it came: no lane is wanted any more
                 offer.set_result(msg)
+        elif isinstance(msg, m.LanesDialled):
+            dialled = self._lanes_dialled
+            if dialled is None or (dialled.done() and not dialled.cancelled()):
+                raise ProtocolError("LanesDialled without a DialLanes")
+            if not dialled.done():
+                dialled.set_result(msg)
         elif isinstance(msg, m.Pong):
             if self._pong is None or self._pong.done():
                 raise ProtocolError("Pong without a Ping")
@@ -466,6 +487,15 @@ class Sender:
         self._lanes_task = asyncio.get_running_loop().create_task(self._open_lanes(pol.count))
 
     async def _open_lanes(self, count: int) -> None:
+        """Lanes dialled back by the agent where sshd listens for this side, else opened from it."""
+
+        try:
+            await self._open_some_lanes(count)
+        finally:
+            if not self.lanes:  # none at all: what waits for one goes back to the main session
+                self._take_back_lane_work()
+
+    async def _open_some_lanes(self, count: int) -> None:
         """Lanes into the main agent itself when it and sshd allow it, else lane sessions.
 
         Joined lanes (`georep.apply.lanehub`) cost the secondary no process.  They are all
@@ -475,6 +505,8 @@ class Sender:
         which seven of eight lanes carried nothing.)
         """
 
+        if self._dials_lanes() and await self._dial_lanes(count):
+            return
         if self.opts.lanes.join and hasattr(self.chan, "join"):
             offer = await self._ask_lane_socket()
             if offer.path:
@@ -495,22 +527,46 @@ class Sender:
                                ) -> list[BaseException]:
         """Open ``count`` lanes at once; each joins the work as soon as it is open.  What failed."""
 
-        async def one(i: int) -> None:
-            lane = await open_lane(opener, self, f"#{i + 1}", self.lane_work, token)
-            for task in (lane.reader, lane.writer):
-                if task is not None:
-                    task.add_done_callback(self._lane_ended)
-            self.summary.lanes_kind = "joined" if token else "sessions"  # known once a lane carries data
-            self.lanes.append(lane)
-            self.summary.lanes = len(self.lanes)
-            self.changed.set()
-
-        results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+        kind = "joined" if token else "sessions"
+        results = await asyncio.gather(*(self._start_lane(opener, i, token, kind) for i in range(count)),
+                                       return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         for exc in failed:
             if not isinstance(exc, Exception):
                 raise exc  # cancelled: the session is being torn down
         return failed
+
+    async def _start_lane(self, opener: Callable[[], Awaitable[Channel]], i: int, token: bytes, kind: str) -> None:
+        """One lane, working as soon as its channel is open; ``kind`` goes in the summary."""
+
+        lane = await open_lane(opener, self, f"#{i + 1}", self.lane_work, token)
+        for task in (lane.reader, lane.writer):
+            if task is not None:
+                task.add_done_callback(self._lane_ended)
+        self.summary.lanes_kind = kind  # known once a lane carries data
+        self.lanes.append(lane)
+        self.summary.lanes = len(self.lanes)
+        self.changed.set()
+
+    def _lanes_take_data(self) -> bool:
+        """Whether file data goes to the lanes' work queue rather than the main session.
+
+        Once a lane is ready; and while lanes are being dialled back, whose channels come
+        with the agent's first answers: data sent on the main session meanwhile would fill
+        its window ahead of the entries that follow (measured at 150 ms on the small dataset).
+        """
+
+        return self._lanes_coming or any(lane.ready for lane in self.lanes)
+
+    def _take_back_lane_work(self) -> None:
+        """No lane came after all: what waits for one goes back to the main session, in its order."""
+
+        waiting: list[int] = []
+        while not self.lane_work.empty():
+            waiting.append(self.lane_work.get_nowait()[0])
+        self.need.extendleft(reversed(waiting))
+        if waiting:
+            self.changed.set()
 
     def _lane_ended(self, _task: asyncio.Task[None]) -> None:
         """A lane's reader or writer ended (broke, or closed): `_check` looks at the lanes again."""
@@ -526,6 +582,65 @@ class Sender:
                 f"{len(failed)} of {count} data lanes could not be opened ({why}); file data went over "
                 f"{len(self.lanes)} lane(s) and the main session{hint}"
             )
+
+    def _dials_lanes(self) -> bool:
+        """Whether lanes will be dialled back by the agent (`_dial_lanes`), if any are opened."""
+
+        return self.opts.lanes.join and hasattr(self.chan, "call_lanes_back")
+
+    async def _dial_lanes(self, count: int) -> bool:
+        """Lanes the agent dials back through sshd (`georep.transport.ssh.LaneCalls`); False: none came.
+
+        Each channel sshd opens back becomes a lane as it arrives, before the agent's count
+        does: the count only says how many to wait for.  Zero: the agent could not dial (why:
+        `dial_refused`; no warning, sshd may simply not forward that way), and the lanes are
+        opened from this side instead.
+        """
+
+        calls = await self.chan.call_lanes_back()  # type: ignore[attr-defined]
+        token = secrets.token_bytes(32)
+        self._lanes_dialled = dialled = asyncio.get_running_loop().create_future()
+        self._lanes_coming = True
+        self.out.send(m.DialLanes(calls.path.encode(), count, token))
+        self.out.flush()
+        arrived = asyncio.Event()
+        taken = 0
+
+        async def next_channel() -> Channel:
+            nonlocal taken
+            chan: Channel = await calls.next()
+            taken += 1
+            arrived.set()
+            return chan
+
+        # every task takes the next channel to arrive; a task is done once its lane runs
+        tasks = [asyncio.ensure_future(self._start_lane(next_channel, i, token, "dialled")) for i in range(count)]
+        try:
+            answer = await self._await(dialled)
+            deadline = time.monotonic() + DIALLED_WAIT_S
+            while taken < answer.count and time.monotonic() < deadline:
+                arrived.clear()
+                waiter = asyncio.ensure_future(arrived.wait())
+                await asyncio.wait(self._with_reader(waiter), timeout=deadline - time.monotonic(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                self._check()
+        finally:
+            self._lanes_coming = False
+            calls.close()
+            for task in tasks:
+                task.cancel()  # those still waiting for a channel (the others are done)
+            if not self.lanes:
+                self._take_back_lane_work()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if answer.count == 0:  # sshd refused the socket (no remote forwarding), say: nothing to warn about
+            self.dial_refused = answer.why
+            return False
+        failed: list[BaseException] = [r for r in results if isinstance(r, Exception)]
+        if taken < answer.count:
+            failed.append(ConnectionLost(f"sshd opened {taken} of the {answer.count} lanes the agent dialled"))
+        self._report_lane_failures(failed, count)
+        return True
 
     async def _ask_lane_socket(self) -> m.LaneSocket:
         """Where lanes may join the agent (answered one round trip later, beside the handshake's)."""
@@ -804,7 +919,7 @@ class Sender:
             sums = self.sums.pop(seq, None)
             again = seq in self._delta_sent  # the delta did not verify: now the whole file
             # asked per file: one call may send for seconds (big files), while lanes become ready
-            if sums is None and not again and any(lane.ready for lane in self.lanes):
+            if sums is None and not again and self._lanes_take_data():
                 await self.lane_work.put((seq, se))  # a delta needs the main session's copy
                 continue
             await self._send_file(seq, se, sums, again, packer)
@@ -820,7 +935,7 @@ class Sender:
         """
 
         need, inflight = self.need, self.inflight
-        if not need or any(lane.ready for lane in self.lanes):
+        if not need or self._lanes_take_data():
             return []
         batch: list[tuple[int, SourceEntry]] = []
         listed = 0

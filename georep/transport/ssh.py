@@ -17,6 +17,7 @@ import ctypes.util
 import importlib.util
 import os
 import re
+import secrets
 import shlex
 import socket
 import struct
@@ -797,6 +798,17 @@ class SshChannel:
         # lane data goes out as the main session's does: no copies on the way, one socket write per flush
         return JoinedChannel(reader, writer, DataInPlace(chan, self._conn).write if DataInPlace.fits(chan) else None)
 
+    async def call_lanes_back(self) -> LaneCalls:
+        """A socket on the secondary where sshd takes lanes the agent dials (`LaneCalls`).
+
+        Returns once the request for it has left, ahead of anything written after: sshd
+        listens before the agent can read where to dial.
+        """
+
+        calls = LaneCalls(self._conn)
+        await asyncio.sleep(0)  # the listener's task runs up to its wait for the answer: the request is sent
+        return calls
+
     def stderr_text(self) -> str:
         return self._stderr.decode("utf-8", "replace")
 
@@ -813,6 +825,62 @@ class SshChannel:
 
         self._conn.abort()
         await self._conn.wait_closed()
+
+
+class LaneCalls:
+    """Data lanes the agent dials back: sshd listens on a Unix socket for this connection.
+
+    Why: a lane opened from this side (``direct-streamlocal``, `SshChannel.join`) needs the
+    agent's socket first, and the agent names it only once it runs: its answer, then each
+    channel's open, are two round trips after the session starts before a lane carries
+    data (0.3 s at 150 ms, most of what a long link adds to a short copy).  Here sshd
+    listens on a socket this side names (OpenSSH's ``streamlocal-forward``, as ``ssh -R
+    /path:...``), asked for in the same flight as the agent's `DialLanes`.  The agent
+    connects to it as soon as it reads that message, sshd opens a channel back to this
+    side for each connection, and the lanes carry data one round trip after the session
+    starts.  The channels are as wide as those opened from this side (sshd grants 2 MiB).
+
+    The socket is ``/tmp/georep-lanes-<128 random bits>.sock``: short enough for any
+    ``sun_path``, in a directory that exists on every secondary, created by sshd as this
+    login's user with its ``StreamLocalBindMask`` (0177 unless changed: the user's alone).
+    The agent checks that it is a socket of its own user's, and that the peer it reaches is
+    too, before it dials, and removes it once its lanes are connected.  A socket that
+    cannot be had (``AllowStreamLocalForwarding local`` or ``no``, ``DisableForwarding``, a
+    ``restrict`` key) fails the agent's dial, which says so, and the sender opens lanes as
+    before.
+    """
+
+    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.path = f"/tmp/georep-lanes-{secrets.token_hex(16)}.sock"
+        self._conn = conn
+        self._arrived: asyncio.Queue[JoinedChannel] = asyncio.Queue()
+        self._listener: asyncssh.SSHListener | None = None
+        self._listening = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await self._conn.start_unix_server(lambda: self._arrive, self.path)
+        except (OSError, asyncssh.Error, asyncssh.ChannelListenError) as exc:
+            # refused (no remote forwarding here): the agent finds no socket and says so
+            self._conn.logger.debug1("No socket for lanes dialled back: %s", exc)
+
+    def _arrive(self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
+        chan = writer.channel
+        send = DataInPlace(chan, self._conn).write if DataInPlace.fits(chan) else None
+        self._arrived.put_nowait(JoinedChannel(reader, writer, send))
+
+    async def next(self) -> JoinedChannel:
+        """The next lane's channel, as sshd opens it."""
+
+        return await self._arrived.get()
+
+    def close(self) -> None:
+        """No more lanes: sshd stops listening (nothing waits for its answer)."""
+
+        if self._listener is not None:
+            self._listener.close()
+        elif not self._listening.done():
+            self._listening.cancel()
 
 
 async def open_ssh(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -228,3 +229,119 @@ def test_finish_with_data_owed_and_every_lane_gone_fails_the_session(tmp_path: P
     assert not (root / "f").exists()
     assert os.listdir(root / ".georep" / "staging") == []
     silent.close()
+
+
+# -- lanes the agent dials back (DialLanes) ------------------------------------------------
+
+
+def _dialled_path() -> bytes:
+    return b"/tmp/georep-lanes-" + os.urandom(16).hex().encode() + b".sock"
+
+
+def _listener(path: bytes) -> socket.socket:
+    """What sshd holds for the sender (streamlocal-forward): a socket of this user's alone."""
+
+    old = os.umask(0o177)
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return sock
+
+
+def _dial(main: RawAgent, path: bytes, count: int, token: bytes) -> m.LanesDialled:
+    main.send(m.DialLanes(path, count, token))
+    while not main.inbox:
+        assert main._pump(), "agent closed its output"
+    answer = main.inbox.pop(0)
+    assert isinstance(answer, m.LanesDialled), answer
+    return answer
+
+
+class DialledLane:
+    """The sender's end of a lane the agent dialled: what sshd's channel back to the sender carries."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.client = LaneClient.__new__(LaneClient)
+        self.client.sock, self.client.session, self.client.inbox = sock, Session(Role.SENDER), []
+
+
+def test_dialled_lanes_carry_data_like_joined_ones_and_the_socket_goes(tmp_path: Path) -> None:
+    root, path, token = tmp_path / "root", _dialled_path(), os.urandom(32)
+    main = RawAgent(root)
+    assert main.one(entry(1, oid(90), ROOT_ID, b"f", Kind.FILE, 5)).status == m.NEED
+    listener = _listener(path)
+    try:
+        answer = _dial(main, path, 3, token)
+        assert (answer.count, answer.why) == (3, "")
+        assert not os.path.exists(path)  # removed once the lanes were connected
+        lanes = [DialledLane(listener.accept()[0]).client for _ in range(3)]
+        lanes[1].join(token)
+        lanes[1].send(*_data_msgs(1, b"hello"), m.Bye())
+        (r,) = main.results(1)
+        assert (r.seq, r.status) == (1, m.DONE)
+        assert (root / "f").read_bytes() == b"hello"
+        lanes[2].join(os.urandom(32))  # not the session's token: turned away, the session goes on
+        assert lanes[2].until_closed() and isinstance(lanes[2].inbox[-1], m.ErrorMsg)
+        assert main.finish() == 0
+        assert _sockets(root) == []  # it never listened itself
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@pytest.mark.parametrize("case", ["no socket", "not the name", "others may connect", "another user's file",
+                                  "another user's listener", "not a socket"])
+def test_the_agent_dials_only_a_socket_of_its_own_users(tmp_path: Path, case: str) -> None:
+    """Anything but sshd's socket for this session is left alone: nothing dialled, the reason said, no file removed."""
+
+    root, path, token = tmp_path / "root", _dialled_path(), os.urandom(32)
+    main = RawAgent(root)
+    assert main.one(entry(1, oid(90), ROOT_ID, b"f", Kind.FILE, 5)).status == m.NEED
+    listener: socket.socket | None = None
+    child = 0
+    dialled = path
+    try:
+        if case == "not the name":
+            dialled = b"/tmp/lanes-" + os.urandom(16).hex().encode() + b".sock"
+            listener = _listener(dialled)
+        elif case == "others may connect":
+            listener = _listener(path)
+            os.chmod(path, 0o666)
+        elif case == "another user's file":
+            listener = _listener(path)
+            os.chown(path, 65534, 65534)
+        elif case == "another user's listener":
+            # a listener running as nobody, its file then given to this user: only the peer's credentials tell
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+                own = _listener(path)
+                os.write(w, b"x")
+                signal.pause()
+                del own
+                os._exit(0)
+            assert os.read(r, 1) == b"x"
+            os.chown(path, os.geteuid(), os.getegid())
+        elif case == "not a socket":
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+        answer = _dial(main, dialled, 2, token)
+        assert answer.count == 0 and answer.why, answer
+        if case != "no socket":
+            assert os.path.lexists(dialled)  # not its own: left where it was
+        assert main.finish() == 0
+    finally:
+        if listener is not None:
+            listener.close()
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        for p in (path, dialled):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)

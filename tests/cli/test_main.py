@@ -61,7 +61,7 @@ def test_a_session_opening_lanes_still_finds_the_hub() -> None:
 
     code = ("import os, sys, tempfile\nfrom georep.apply import agent\n"
             "class A: state_fd = os.open(tempfile.mkdtemp(), os.O_RDONLY | os.O_DIRECTORY)\n"
-            "hub = agent._open_hub(A())\n"
+            "hub = agent._new_hub(A()); hub.listen()\n"
             "print(type(hub).__name__, 'georep.apply.lanehub' in sys.modules)\nhub.close()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert r.stdout.split() == ["LaneHub", "True"]

@@ -68,6 +68,8 @@ BY_KIND: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.JoinLane: st.builds(m.JoinLane, lane_tokens),
     m.LaneSocket: st.one_of(st.just(m.LaneSocket(b"", b"")),
                             st.builds(m.LaneSocket, st.binary(min_size=1, max_size=120), lane_tokens)),
+    m.DialLanes: st.builds(m.DialLanes, st.binary(min_size=1, max_size=107), st.integers(1, 64), lane_tokens),
+    m.LanesDialled: st.builds(m.LanesDialled, st.integers(0, 64), st.text(max_size=40)),
     m.Finish: st.builds(m.Finish, st.booleans(), u64, st.booleans()),
     m.Bye: st.just(m.Bye()),
     m.Results: st.builds(m.Results, st.lists(results, max_size=5)),
@@ -176,6 +178,12 @@ def test_truncated_frame_stays_pending() -> None:
         (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, 10, b"s" * 15], use_bin_type=True), "for 1 blocks"),
         (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, CHUNK_SIZE + 1, b"s" * 16], use_bin_type=True), "for 2"),
         (msgpack.packb([m.BlockSums.KIND, 1, CHUNK_SIZE, 10], use_bin_type=True), "3 fields, expected 4"),
+        (msgpack.packb([m.DialLanes.KIND, b"/tmp/x.sock", 4, b"k" * 31], use_bin_type=True), "lanes to dial"),
+        (msgpack.packb([m.DialLanes.KIND, b"", 4, b"k" * 32], use_bin_type=True), "lanes to dial"),
+        (msgpack.packb([m.DialLanes.KIND, b"/" * 108, 4, b"k" * 32], use_bin_type=True), "lanes to dial"),
+        (msgpack.packb([m.DialLanes.KIND, b"/tmp/x.sock", 0, b"k" * 32], use_bin_type=True), "lanes to dial"),
+        (msgpack.packb([m.DialLanes.KIND, b"/tmp/x.sock", 65, b"k" * 32], use_bin_type=True), "lanes to dial"),
+        (msgpack.packb([m.LanesDialled.KIND, -1, ""], use_bin_type=True), "negative count"),
     ],
 )
 def test_bad_bodies_are_protocol_errors(body: bytes, match: str) -> None:

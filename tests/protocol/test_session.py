@@ -44,6 +44,8 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.OpenLanes: m.OpenLanes(),
     m.JoinLane: m.JoinLane(b"k" * 32),
     m.LaneSocket: m.LaneSocket(b"/proc/1/fd/3/lanes-1.sock", b"k" * 32),
+    m.DialLanes: m.DialLanes(b"/tmp/georep-lanes-" + b"0" * 32 + b".sock", 16, b"k" * 32),
+    m.LanesDialled: m.LanesDialled(16, ""),
 }
 
 
@@ -51,12 +53,12 @@ def test_samples_cover_every_message() -> None:
     assert set(SAMPLES) == set(m.ALL_MESSAGES)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6])
 def test_an_older_peer_is_refused(old: int) -> None:
     """v2 added block deltas, v3 data lanes, v4 Bye behind Finish, v5 lanes joining the agent, v6 Finish
-    ahead of joined lanes' data: an older sender is refused, not half understood."""
+    ahead of joined lanes' data, v7 lanes the agent dials back: an older sender is refused, not half understood."""
 
-    assert PROTOCOL_VERSION == 6
+    assert PROTOCOL_VERSION == 7
     agent = Session(Role.AGENT)
     hello = agent.receive(MAGIC + encode(m.Hello(old, "georep-sync 0.0", "")))[0]
     assert isinstance(hello, m.Hello)

@@ -23,7 +23,7 @@ from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
 from georep.transport.channel import JoinedChannel, PipeChannel, local_agent_argv
 from georep.transport.sender import Lanes, Options, Sender
-from georep.transport.ssh import SshChannel, SshTarget, open_ssh
+from georep.transport.ssh import LaneCalls, SshChannel, SshTarget, open_ssh
 
 MIB = 1 << 20
 
@@ -34,12 +34,15 @@ def _tree(root: Path) -> None:
         (root / f"big{i}.bin").write_bytes(os.urandom(3 * MIB + i))
 
 
-async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: Lanes) -> Sender:
+async def _oneshot(chan_factory: object, src: Path, state: Path, lanes: Lanes,
+                   hook: Callable[[Sender], None] | None = None) -> Sender:
     store = IdStore(state, os.fsencode(src))
     try:
         crawler = Crawler(os.fsencode(src), store)
         chan = await chan_factory()  # type: ignore[operator]
         sender = Sender(chan, Options(lanes=lanes))
+        if hook is not None:
+            hook(sender)
         try:
             await sender.handshake()
             await sender.run(iter(crawler), store.deferred_links, lambda: crawler.count)
@@ -97,10 +100,12 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     assert sum(carried) > 48 * MIB, carried
     assert sender.chan.bytes_written < 27 * MIB, sender.chan.bytes_written
     assert _staging(dst) == []
-    # sshd forwarded each lane's channel to the agent's socket: no agent process per lane
-    assert sender.summary.lanes_kind == "joined" and sender.summary.lanes == 3
+    # the agent dialled each lane to the socket sshd held for the sender: no agent process per
+    # lane, and neither that socket nor one of the agent's own is left behind
+    assert sender.summary.lanes_kind == "dialled" and sender.summary.lanes == 3
     assert all(isinstance(lane.chan, JoinedChannel) for lane in sender.lanes)
     assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
+    assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
 
 
 @pytest.mark.ssh
@@ -114,6 +119,7 @@ def test_every_joined_lane_is_opened_in_the_same_round_trip(sshd: Sshd, tmp_path
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     _tree(src)
     events: list[str] = []
+    listened: list[LaneCalls] = []
 
     async def recording(ssh: Callable[[], Awaitable[SshChannel]]) -> SshChannel:
         chan = await ssh()
@@ -127,13 +133,79 @@ def test_every_joined_lane_is_opened_in_the_same_round_trip(sshd: Sshd, tmp_path
                 events.append("answered")
 
         chan.join = recorded_join  # type: ignore[method-assign]
+        call_back = chan.call_lanes_back
+
+        async def kept() -> object:
+            listened.append(await call_back())
+            return listened[-1]
+
+        chan.call_lanes_back = kept  # type: ignore[method-assign]
         return chan
 
-    with _ssh_through_proxy(sshd, tmp_path, dst, 0.040) as ssh:
+    from conftest import running_sshd
+
+    (tmp_path / "sshd").mkdir()
+    with running_sshd(tmp_path / "sshd", "AllowStreamLocalForwarding local\n") as server, \
+            _ssh_through_proxy(server, tmp_path, dst, 0.040) as ssh:
         sender = asyncio.run(_oneshot(lambda: recording(ssh), src, state, Lanes(4)))
     assert diff(snapshot(src), snapshot(dst)) == []
     assert (sender.summary.lanes_kind, sender.summary.lanes) == ("joined", 4)
     assert events == ["asked"] * 4 + ["answered"] * 4
+    # sshd would not listen for the sender (no remote forwarding), so the agent could not dial
+    assert "No such file or directory" in sender.dial_refused, sender.dial_refused
+    # the refusal was taken as an answer: no task left with an exception nobody retrieved (its
+    # report, written from the garbage collector, once broke an ast.parse running at that moment)
+    (calls,) = listened
+    assert calls._listening.done() and calls._listening.exception() is None
+
+
+@pytest.mark.ssh
+def test_dialled_lanes_come_with_the_agents_first_answer(sshd: Sshd, tmp_path: Path) -> None:
+    """At 150 ms: the agent dials its lanes as it reads the Hello's flight, and sshd's channels come back with
+    its HelloOk.  Lanes opened from this side come a round trip after it at the soonest: the HelloOk
+    brings the agent's socket, then each channel's open is answered.
+    """
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
+    _tree(src)
+    seen: dict[str, float] = {}
+
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def timed(ssh: Callable[[], Awaitable[SshChannel]]) -> SshChannel:
+        chan = await ssh()
+        call_back = chan.call_lanes_back
+
+        async def recorded() -> object:
+            calls = await call_back()
+            take = calls.next
+
+            async def next_channel() -> JoinedChannel:
+                got = await take()
+                seen.setdefault("first lane", now())
+                return got
+
+            calls.next = next_channel  # type: ignore[method-assign]
+            return calls
+
+        chan.call_lanes_back = recorded  # type: ignore[method-assign]
+        return chan
+
+    class Stamped(asyncio.Event):
+        def set(self) -> None:
+            seen.setdefault("HelloOk", now())
+            super().set()
+
+    def stamp(sender: Sender) -> None:
+        sender._ready = Stamped()
+
+    with _ssh_through_proxy(sshd, tmp_path, dst, 0.150) as ssh:
+        sender = asyncio.run(_oneshot(lambda: timed(ssh), src, state, Lanes(4), stamp))
+    assert diff(snapshot(src), snapshot(dst)) == []
+    assert (sender.summary.lanes_kind, sender.summary.lanes, sender.summary.warnings) == ("dialled", 4, [])
+    assert abs(seen["first lane"] - seen["HelloOk"]) < 0.075, seen  # within half a round trip of it
+    assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
 
 
 @pytest.mark.ssh
@@ -279,7 +351,7 @@ def test_the_session_cap_bounds_only_lanes_that_must_be_sessions(sshd: Sshd, tmp
     src = tmp_path / "src"
     _tree(src)
     joined = asyncio.run(run(sshd, tmp_path / "dst-joined", tmp_path / "state-joined"))
-    assert (joined.summary.lanes_kind, joined.summary.lanes, joined.summary.warnings) == ("joined", 4, [])
+    assert (joined.summary.lanes_kind, joined.summary.lanes, joined.summary.warnings) == ("dialled", 4, [])
     (tmp_path / "sshd").mkdir()
     with running_sshd(tmp_path / "sshd", "AllowStreamLocalForwarding no\n") as server:
         sessions = asyncio.run(run(server, tmp_path / "dst-sessions", tmp_path / "state-sessions"))
