@@ -129,7 +129,7 @@ class LaneHub:
             try:
                 sock.settimeout(DIAL_TIMEOUT_S)
                 sock.connect(path)
-                pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                     struct.calcsize("3i")))
                 if uid != os.geteuid():
                     raise OSError(f"its listener runs as uid {uid}, not this agent's")
