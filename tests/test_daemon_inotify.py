@@ -552,3 +552,48 @@ def test_a_full_state_directory_stops_the_daemon_with_a_clear_error(tmp_path: Pa
     assert f"error: the state directory {state} is full" in r.stderr, r.stderr
     assert "hint: free space there or give another --state-dir" in r.stderr
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
+class _Url:
+    """A secondary's ssh:// URL where `Daemon` takes a path (it passes ``str(dst)`` on)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.mark.ssh
+def test_over_ssh_the_daemons_lanes_are_dialled_back(tmp_path: Path) -> None:
+    """The daemon over SSH with lanes: the initial copy and the live changes after it go through lanes the agent
+    dialled back to a socket sshd held for the daemon (sshd's own log says so), and no socket name is left
+    in /tmp."""
+
+    from conftest import running_sshd
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}").write_bytes(os.urandom(200_000 + i))
+    (tmp_path / "sshd").mkdir()
+    with running_sshd(tmp_path / "sshd", log_level="DEBUG1") as server:
+        d = Daemon(src, _Url(server.url(dst)), tmp_path / "state", *server.ssh_args(),  # type: ignore[arg-type]
+                   "--lanes", "2")
+        try:
+            d.start()
+            d.wait_state("live", timeout=60)
+            converge(src, dst, d)
+            for i in range(5):
+                (src / f"live{i}").write_bytes(os.urandom(3 << 20))
+            converge(src, dst, d)
+            assert d.stop() == 0
+        finally:
+            d.kill()
+        log = server.log.read_text(errors="replace")
+    # sshd listened for the daemon, opened a channel back for each of the two lanes the agent dialled,
+    # and stopped listening when the daemon said so
+    assert re.search(r"streamlocal-forward listen path /tmp/georep-lanes-[0-9a-f]{32}\.sock", log), log[-3000:]
+    assert len(re.findall(r"new forwarded-streamlocal@openssh\.com", log)) == 2, log[-3000:]
+    assert "cancel-streamlocal-forward path /tmp/georep-lanes-" in log, log[-3000:]
+    assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
