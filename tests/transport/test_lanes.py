@@ -19,6 +19,7 @@ from treecmp import build_fidelity_tree, diff, snapshot
 from georep.errors import GeorepError
 from georep.model import ROOT_ID, Kind
 from georep.protocol import messages as m
+from georep.protocol.session import Role, Session
 from georep.source.crawl import Crawler
 from georep.source.identity import IdStore
 from georep.transport.channel import JoinedChannel, PipeChannel, local_agent_argv
@@ -169,6 +170,7 @@ def test_dialled_lanes_come_with_the_agents_first_answer(sshd: Sshd, tmp_path: P
     src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "state"
     _tree(src)
     seen: dict[str, float] = {}
+    writes: list[bytes] = []
 
     def now() -> float:
         return asyncio.get_running_loop().time()
@@ -190,6 +192,13 @@ def test_dialled_lanes_come_with_the_agents_first_answer(sshd: Sshd, tmp_path: P
             return calls
 
         chan.call_lanes_back = recorded  # type: ignore[method-assign]
+        write = chan.write
+
+        def first_write(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        chan.write = first_write  # type: ignore[method-assign]
         return chan
 
     class Stamped(asyncio.Event):
@@ -205,6 +214,9 @@ def test_dialled_lanes_come_with_the_agents_first_answer(sshd: Sshd, tmp_path: P
     assert diff(snapshot(src), snapshot(dst)) == []
     assert (sender.summary.lanes_kind, sender.summary.lanes, sender.summary.warnings) == ("dialled", 4, [])
     assert abs(seen["first lane"] - seen["HelloOk"]) < 0.075, seen  # within half a round trip of it
+    # DialLanes goes in the Hello's first write, ahead of every entry: the agent dials before it applies any
+    first = Session(Role.AGENT).receive(writes[0])
+    assert [type(msg) for msg in first[:2]] == [m.Hello, m.DialLanes], first[:3]
     assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
 
 
