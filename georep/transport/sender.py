@@ -219,8 +219,8 @@ class Sender:
             self._long_link = True
             if self._dials_lanes():
                 # right behind Hello, ahead of any entry: the agent dials before it applies them
-                # (sent from the lanes' task, it went out after the first entries the crawl had
-                # ready, and the lanes came that much later: 0.83 s or 1.06-1.40 s at 150 ms)
+                # (sent from the lanes' task, it left in a later write, where entries the crawl
+                # had ready could come first)
                 dial = await self._ask_to_dial(self.opts.lanes.count)
             self._maybe_open_lanes()
         try:
