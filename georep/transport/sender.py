@@ -663,6 +663,9 @@ class Sender:
         if taken < answer.count:
             failed.append(ConnectionLost(f"sshd opened {taken} of the {answer.count} lanes the agent dialled"))
         self._report_lane_failures(failed, count)
+        if answer.count < count:  # it stopped dialling (out of descriptors, say): it said why
+            self.summary.warnings.append(f"the agent dialled {answer.count} of {count} data lanes ({answer.why}); "
+                                         "file data went over those and the main session")
         return True
 
     async def _ask_lane_socket(self) -> m.LaneSocket:
