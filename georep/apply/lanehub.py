@@ -40,6 +40,7 @@ import select
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass, field
 
 from georep.apply.lane import alive
@@ -53,6 +54,9 @@ LANE_DATA: tuple[type[m.Message], ...] = (m.DataBegin, m.DataChunk, m.DataEnd, m
 SOCKET_NAME = re.compile(rb"lanes-([0-9]{1,10})\.sock")
 #: The names of sockets the agent dials lanes to (`LaneHub.dial`): `georep.transport.ssh.LaneCalls`'s.
 DIALLED_PATH = re.compile(rb"/tmp/georep-lanes-[0-9a-f]{32}\.sock")
+DIALLED_DIR = b"/tmp"
+#: A dialled lanes' socket older than this is no live session's (`remove_stale_dialled`).
+STALE_DIALLED_S = 600.0
 #: How long one lane's connect to sshd's socket may take.
 DIAL_TIMEOUT_S = 5.0
 #: Bytes read from one lane at a time (a DataChunk is at most 1 MiB).
@@ -115,6 +119,7 @@ class LaneHub:
         but no one else can reach it); each lane then presents ``token`` in its JoinLane.
         """
 
+        remove_stale_dialled()
         if DIALLED_PATH.fullmatch(path) is None:
             return 0, f"{path!r} is not a lane socket's name"
         try:
@@ -256,6 +261,28 @@ class LaneHub:
         if self._conns.pop(fd, None) is not None:
             self._poll.unregister(fd)
         conn.sock.close()
+
+
+def remove_stale_dialled() -> None:
+    """Remove the lane sockets of this user's earlier sessions that no agent dialled.
+
+    sshd never removes the socket it listened on for a sender, and an agent that dials
+    removes it; one whose agent never got that far (it failed, or the session ended
+    first) stays.  A sender stops listening as soon as its agent has answered, so a name
+    older than `STALE_DIALLED_S` is no live session's.  Its file is removed without
+    connecting to it: a connection to a live one would reach that session's sender as
+    a lane.
+    """
+
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(DIALLED_DIR) as entries:
+        for entry in entries:
+            if DIALLED_PATH.fullmatch(entry.path) is None:
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid() and now - st.st_mtime > STALE_DIALLED_S:
+                    os.unlink(entry.path)
 
 
 def remove_stale_sockets(state_fd: int) -> None:

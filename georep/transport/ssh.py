@@ -845,7 +845,9 @@ class LaneCalls:
     login's user with its ``StreamLocalBindMask`` (0177 unless changed: the user's alone).
     The agent dials it only if it is a socket of its own user's alone, keeps a connection
     only if the peer it reaches runs as that user, and removes the name once its lanes are
-    connected.  A socket that
+    connected.  sshd never removes it (measured: not on the cancel, not when the
+    connection ends); a name no agent dialled is removed by a later agent of the same user
+    (`georep.apply.lanehub.remove_stale_dialled`).  A socket that
     cannot be had (``AllowStreamLocalForwarding local`` or ``no``, ``DisableForwarding``, a
     ``restrict`` key) fails the agent's dial, which says so, and the sender opens lanes as
     before.

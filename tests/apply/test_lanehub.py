@@ -8,6 +8,7 @@ import select
 import signal
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -343,5 +344,31 @@ def test_the_agent_dials_only_a_socket_of_its_own_users(tmp_path: Path, case: st
             os.kill(child, signal.SIGKILL)
             os.waitpid(child, 0)
         for p in (path, dialled):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def test_a_dialled_socket_no_agent_reached_is_removed_by_a_later_one(tmp_path: Path) -> None:
+    """sshd never removes the socket it held for a sender: one whose agent never dialled (it failed first)
+    stays in /tmp until a later agent of the same user dials.  Only old ones of this user's go, unconnected."""
+
+    old, fresh, others = _dialled_path(), _dialled_path(), _dialled_path()
+    listeners = [_listener(p) for p in (old, fresh, others)]
+    try:
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        os.utime(others, (time.time() - 3600, time.time() - 3600))
+        os.chown(others, 65534, 65534)
+        main = RawAgent(tmp_path / "root")
+        assert main.one(entry(1, oid(90), ROOT_ID, b"f", Kind.FILE, 5)).status == m.NEED
+        assert _dial(main, _dialled_path(), 1, os.urandom(32)).count == 0  # nothing there: no lane
+        assert not os.path.lexists(old)
+        assert os.path.lexists(fresh) and os.path.lexists(others)
+        ready, _, _ = select.select([listeners[0]], [], [], 0)
+        assert not ready  # the old one was removed, never connected to
+        assert main.finish() == 0
+    finally:
+        for sock in listeners:
+            sock.close()
+        for p in (old, fresh, others):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
