@@ -106,7 +106,8 @@ def test_lanes_carry_the_data_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
     assert sender.summary.lanes_kind == "dialled" and sender.summary.lanes == 3
     assert all(isinstance(lane.chan, JoinedChannel) for lane in sender.lanes)
     assert not [n for n in os.listdir(dst / ".georep") if n.startswith("lanes-")]
-    assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
+    assert sender._dial is not None
+    assert not os.path.lexists(sender._dial[0].path)  # the socket sshd held: the agent removed its name
 
 
 @pytest.mark.ssh
@@ -217,7 +218,8 @@ def test_dialled_lanes_come_with_the_agents_first_answer(sshd: Sshd, tmp_path: P
     # DialLanes goes in the Hello's first write, ahead of every entry: the agent dials before it applies any
     first = Session(Role.AGENT).receive(writes[0])
     assert [type(msg) for msg in first[:2]] == [m.Hello, m.DialLanes], first[:3]
-    assert not [n for n in os.listdir("/tmp") if n.startswith("georep-lanes-")]
+    assert sender._dial is not None
+    assert not os.path.lexists(sender._dial[0].path)  # the socket sshd held: the agent removed its name
 
 
 @pytest.mark.ssh
