@@ -716,6 +716,18 @@ class DataInPlace:
                 chan._close_send()
 
 
+def lane_channel(conn: asyncssh.SSHClientConnection, reader: asyncssh.SSHReader[bytes],
+                 writer: asyncssh.SSHWriter[bytes]) -> JoinedChannel:
+    """A data lane's stream over one asyncssh channel, opened from this side or by sshd.
+
+    Lane data goes out as the main session's does: no copies on the way, one socket write
+    per flush (`DataInPlace`), where asyncssh's channel still has what that relies on.
+    """
+
+    chan = writer.channel
+    return JoinedChannel(reader, writer, DataInPlace(chan, conn).write if DataInPlace.fits(chan) else None)
+
+
 class SshChannel:
     """A `georep.transport.channel.Channel` over an asyncssh session."""
 
@@ -794,9 +806,7 @@ class SshChannel:
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             raise ConnectionLost(f"the secondary's sshd does not forward a data lane to the agent: {reason}",
                                  hint="AllowStreamLocalForwarding in sshd_config") from None
-        chan = writer.channel
-        # lane data goes out as the main session's does: no copies on the way, one socket write per flush
-        return JoinedChannel(reader, writer, DataInPlace(chan, self._conn).write if DataInPlace.fits(chan) else None)
+        return lane_channel(self._conn, reader, writer)
 
     async def call_lanes_back(self) -> LaneCalls:
         """A socket on the secondary where sshd takes lanes the agent dials (`LaneCalls`).
@@ -868,9 +878,7 @@ class LaneCalls:
             self._conn.logger.debug1("No socket for lanes dialled back: %s", exc)
 
     def _arrive(self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-        chan = writer.channel
-        send = DataInPlace(chan, self._conn).write if DataInPlace.fits(chan) else None
-        self._arrived.put_nowait(JoinedChannel(reader, writer, send))
+        self._arrived.put_nowait(lane_channel(self._conn, reader, writer))
 
     async def next(self) -> JoinedChannel:
         """The next lane's channel, as sshd opens it."""
