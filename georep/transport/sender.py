@@ -653,8 +653,6 @@ class Sender:
             calls.close()
             for task in tasks:
                 task.cancel()  # those still waiting for a channel (the others are done)
-            if not self.lanes:
-                self._take_back_lane_work()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         if answer.count == 0:  # sshd refused the socket (no remote forwarding), say: nothing to warn about
             self.dial_refused = answer.why
